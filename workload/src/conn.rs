@@ -1,0 +1,804 @@
+//! The per-connection state machine, the same for every model and both
+//! protocols, in the style of quinn-proto: no I/O, the caller hands in bytes
+//! and the time and takes out bytes to write and decisions.
+//!
+//! # The order of calls
+//!
+//! 1. Bytes arrive: [`Conn::handle_input`]. The peer shut its side:
+//!    [`Conn::handle_eof`].
+//! 2. Write [`Conn::output`] to the socket; after each write say how much
+//!    went with [`Conn::advance_output`] (this may produce more output from
+//!    pipelined requests that waited for room).
+//! 3. Close the socket when [`Conn::wants_close`] says so.
+//! 4. Wake up at [`Conn::poll_timeout`] and call [`Conn::handle_timeout`]: that
+//!    finishes a parked `/wait`, times out a slow head, or ends an idle
+//!    keep-alive connection.
+//! 5. Read only while [`Conn::wants_read`]: a connection that has a response
+//!    parked or a lot of output pending stops taking requests (backpressure).
+//!
+//! A blocking model may instead sleep until [`Conn::parked_until`]; an
+//! event-driven model parks the connection on a timer and serves others.
+//! `/file` reads through [`Host::read_file`]; a model that reads files
+//! asynchronously returns [`FileRead::Pending`] and later calls
+//! [`Conn::file_done`].
+//!
+//! Idle connections are cheap: the input and output buffers are freed as
+//! soon as they are empty, so a connection between requests holds no heap
+//! memory at all.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::fcgi::{self, ProtocolStatus};
+use crate::http::{self, Parse};
+use crate::routes::{self, Route, Status};
+
+/// The wire protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 (and 1.0).
+    Http,
+    /// FastCGI 1.0, responder role.
+    Fcgi,
+}
+
+impl Protocol {
+    /// `http` or `fcgi`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Fcgi => "fcgi",
+        }
+    }
+}
+
+/// Timeouts a connection applies to itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Time allowed to receive one whole request once its first byte came.
+    pub header: Duration,
+    /// Time a connection may sit with nothing to do (or with output the
+    /// peer does not read) before it is closed.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The answer of [`Host::read_file`].
+#[derive(Debug)]
+pub enum FileRead {
+    /// The file's content, or why it could not be read.
+    Done(io::Result<Vec<u8>>),
+    /// The model reads it asynchronously and will call [`Conn::file_done`].
+    Pending,
+}
+
+/// What a connection needs from the server around it.
+pub trait Host {
+    /// Header lines every response carries, each ending in CRLF:
+    /// `Server: iomodels-<model>` and `X-Worker: <id>`.
+    fn response_headers(&self) -> &[u8];
+    /// Timeouts to apply.
+    fn timeouts(&self) -> Timeouts;
+    /// FCGI_MAX_CONNS, for GET_VALUES.
+    fn max_conns(&self) -> u64;
+    /// Reads file `name` of the data dir (`name` is already checked to be a
+    /// plain file name).
+    fn read_file(&mut self, name: &str) -> FileRead;
+    /// The server's state, for `/status`.
+    fn status(&mut self) -> Status;
+    /// Called once for every request answered.
+    fn on_request(&mut self) {}
+}
+
+/// Output beyond which a connection stops taking new requests until the
+/// peer has read some.
+const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// Input held beyond what one request may need is a peer that does not
+/// respect backpressure: the connection is closed.
+const MAX_BUFFERED_INPUT: usize = http::MAX_BODY + http::MAX_HEAD + fcgi::MAX_RECORD;
+
+#[cfg(test)]
+pub(crate) fn tests_max_input() -> usize {
+    MAX_BUFFERED_INPUT
+}
+
+/// How the response to a request is framed.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    keep_alive: bool,
+    head_only: bool,
+    http10: bool,
+    fcgi_id: u16,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Parked {
+    /// `/wait` until this instant, then answer `waited us`.
+    Until(Instant, u64, Meta),
+    /// `/file` being read by the model.
+    File(Meta),
+}
+
+/// A FastCGI request being received.
+#[derive(Debug)]
+struct FcgiRequest {
+    id: u16,
+    keep_conn: bool,
+    params: Vec<u8>,
+    stdin: Vec<u8>,
+    params_done: bool,
+    stdin_done: bool,
+}
+
+/// A response body.
+enum Body<'a> {
+    Bytes(&'a [u8]),
+    Pattern(usize),
+}
+
+impl Body<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Body::Bytes(b) => b.len(),
+            Body::Pattern(n) => *n,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Body::Bytes(b) => out.extend_from_slice(b),
+            Body::Pattern(n) => routes::extend_pattern(out, *n),
+        }
+    }
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+pub struct Conn {
+    protocol: Protocol,
+    pub(crate) input: Vec<u8>,
+    pub(crate) out: Vec<u8>,
+    out_pos: usize,
+    parked: Option<Parked>,
+    fcgi: Option<Box<FcgiRequest>>,
+    /// Close once the output is written (an error, `Connection: close`).
+    close_after_output: bool,
+    /// Close now, dropping any output (protocol violation, timeout).
+    done: bool,
+    /// The server is stopping: finish what is in flight, then close.
+    draining: bool,
+    peer_closed: bool,
+    /// The input holds the start of a request, not a whole one.
+    input_partial: bool,
+    partial_since: Instant,
+    last_activity: Instant,
+    continue_sent: bool,
+    requests: u64,
+}
+
+impl Conn {
+    /// A new connection, opened at `now`.
+    pub fn new(protocol: Protocol, now: Instant) -> Conn {
+        Conn {
+            protocol,
+            input: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            parked: None,
+            fcgi: None,
+            close_after_output: false,
+            done: false,
+            draining: false,
+            peer_closed: false,
+            input_partial: false,
+            partial_since: now,
+            last_activity: now,
+            continue_sent: false,
+            requests: 0,
+        }
+    }
+
+    /// The protocol this connection speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Requests answered on this connection.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    /// Hands in bytes read from the peer.
+    pub fn handle_input(&mut self, data: &[u8], now: Instant, host: &mut dyn Host) {
+        if data.is_empty() {
+            return;
+        }
+        self.last_activity = now;
+        if self.done {
+            return;
+        }
+        if self.input.is_empty() {
+            // The common case: parse straight from the caller's buffer and
+            // keep only what is left over.
+            if !self.input_partial {
+                self.partial_since = now;
+            }
+            let used = self.process(data, now, host);
+            if used < data.len() {
+                self.input.extend_from_slice(&data[used..]);
+            }
+            self.after_process(used, now);
+        } else {
+            if self.input.len() + data.len() > MAX_BUFFERED_INPUT {
+                self.done = true;
+                return;
+            }
+            self.input.extend_from_slice(data);
+            self.resume(now, host);
+        }
+    }
+
+    /// The peer shut its writing side: answer what is complete, then close.
+    pub fn handle_eof(&mut self, now: Instant, host: &mut dyn Host) {
+        self.peer_closed = true;
+        self.resume(now, host);
+    }
+
+    /// Bytes to write to the peer.
+    pub fn output(&self) -> &[u8] {
+        &self.out[self.out_pos..]
+    }
+
+    /// `n` bytes of [`Conn::output`] were written.
+    pub fn advance_output(&mut self, n: usize, now: Instant, host: &mut dyn Host) {
+        if n == 0 {
+            return;
+        }
+        self.last_activity = now;
+        self.out_pos += n;
+        debug_assert!(self.out_pos <= self.out.len());
+        if self.out_pos >= self.out.len() {
+            // Free the buffer: a connection between requests holds no heap.
+            self.out = Vec::new();
+            self.out_pos = 0;
+            self.resume(now, host);
+        }
+    }
+
+    /// Whether the model should read from the socket now.
+    pub fn wants_read(&self) -> bool {
+        self.can_process() && !self.peer_closed
+    }
+
+    /// Whether the socket should be closed now.
+    pub fn wants_close(&self) -> bool {
+        if self.done {
+            return true;
+        }
+        let idle = self.output().is_empty() && self.parked.is_none();
+        idle && (self.close_after_output
+            || (self.peer_closed && (self.input.is_empty() || self.input_partial))
+            || (self.draining && self.input.is_empty() && self.fcgi.is_none()))
+    }
+
+    /// When a parked `/wait` is due (blocking models sleep until then).
+    pub fn parked_until(&self) -> Option<Instant> {
+        match self.parked {
+            Some(Parked::Until(t, _, _)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// When [`Conn::handle_timeout`] must be called next, if ever.
+    pub fn poll_timeout(&self, timeouts: Timeouts) -> Option<Instant> {
+        if self.done {
+            return None;
+        }
+        match self.parked {
+            Some(Parked::Until(t, _, _)) => Some(t),
+            Some(Parked::File(_)) => None,
+            None if self.input_partial && self.output().is_empty() => {
+                Some(self.partial_since + timeouts.header)
+            }
+            None => Some(self.last_activity + timeouts.idle),
+        }
+    }
+
+    /// The time has come (or passed) for the deadline [`Conn::poll_timeout`] gave.
+    pub fn handle_timeout(&mut self, now: Instant, host: &mut dyn Host) {
+        let timeouts = host.timeouts();
+        if let Some(Parked::Until(t, us, meta)) = self.parked {
+            if now >= t {
+                self.parked = None;
+                let body = routes::wait_body(us);
+                self.respond(
+                    meta,
+                    200,
+                    "text/plain",
+                    Body::Bytes(body.as_bytes()),
+                    None,
+                    host,
+                );
+                self.resume(now, host);
+            }
+            return;
+        }
+        if self.parked.is_some() {
+            return;
+        }
+        if self.input_partial && self.output().is_empty() {
+            if now >= self.partial_since + timeouts.header {
+                // A slow or stalled client (slowloris): it loses its
+                // connection, nobody else waits for it.
+                match self.protocol {
+                    Protocol::Http => {
+                        self.input = Vec::new();
+                        self.input_partial = false;
+                        let meta = Meta {
+                            keep_alive: false,
+                            head_only: false,
+                            http10: false,
+                            fcgi_id: 0,
+                        };
+                        let body = Body::Bytes(b"request not received in time");
+                        self.respond(meta, 408, "text/plain", body, None, host);
+                    }
+                    Protocol::Fcgi => self.done = true,
+                }
+            }
+        } else if now >= self.last_activity + timeouts.idle {
+            self.done = true;
+        }
+    }
+
+    /// The server is stopping: answer requests already received, then close.
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// The file a `/file` request asked for was read (see [`FileRead::Pending`]).
+    pub fn file_done(&mut self, result: io::Result<Vec<u8>>, now: Instant, host: &mut dyn Host) {
+        if let Some(Parked::File(meta)) = self.parked {
+            self.parked = None;
+            self.reply_file(meta, result, host);
+            self.resume(now, host);
+        }
+    }
+
+    fn can_process(&self) -> bool {
+        !self.done
+            && !self.close_after_output
+            && self.parked.is_none()
+            && self.out.len() - self.out_pos < OUTPUT_HIGH_WATER
+    }
+
+    /// Processes buffered input.
+    fn resume(&mut self, now: Instant, host: &mut dyn Host) {
+        if self.input.is_empty() || !self.can_process() {
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.input);
+        let used = self.process(&buf, now, host);
+        if used == buf.len() {
+            buf = Vec::new();
+        } else {
+            buf.drain(..used);
+        }
+        self.input = buf;
+        self.after_process(used, now);
+    }
+
+    fn after_process(&mut self, used: usize, now: Instant) {
+        let partial = !self.input.is_empty() && self.can_process();
+        if partial && (used > 0 || !self.input_partial) {
+            self.partial_since = now;
+        }
+        self.input_partial = partial;
+    }
+
+    /// Answers every whole request at the start of `buf`; returns the bytes used.
+    fn process(&mut self, buf: &[u8], now: Instant, host: &mut dyn Host) -> usize {
+        match self.protocol {
+            Protocol::Http => self.process_http(buf, now, host),
+            Protocol::Fcgi => self.process_fcgi(buf, now, host),
+        }
+    }
+
+    fn process_http(&mut self, buf: &[u8], now: Instant, host: &mut dyn Host) -> usize {
+        let mut pos = 0;
+        while pos < buf.len() && self.can_process() {
+            let rest = &buf[pos..];
+            let head = match http::parse_head(rest) {
+                Ok(Parse::Complete(head)) => head,
+                Ok(Parse::Partial) => break,
+                Err(e) => {
+                    // The rest of the stream cannot be framed: answer and close.
+                    let meta = Meta {
+                        keep_alive: false,
+                        head_only: false,
+                        http10: false,
+                        fcgi_id: 0,
+                    };
+                    self.respond(
+                        meta,
+                        e.status(),
+                        "text/plain",
+                        Body::Bytes(e.reason().as_bytes()),
+                        None,
+                        host,
+                    );
+                    return buf.len();
+                }
+            };
+            let total = head.head_len + head.body_len;
+            if rest.len() < total {
+                if head.expect_continue && !self.continue_sent {
+                    self.out.extend_from_slice(http::CONTINUE);
+                    self.continue_sent = true;
+                }
+                break;
+            }
+            self.continue_sent = false;
+            let meta = Meta {
+                keep_alive: head.keep_alive && !self.draining,
+                head_only: head.method == "HEAD",
+                http10: head.http10,
+                fcgi_id: 0,
+            };
+            pos += total;
+            self.dispatch(
+                head.method,
+                head.target,
+                &rest[head.head_len..total],
+                meta,
+                now,
+                host,
+            );
+        }
+        pos
+    }
+
+    fn process_fcgi(&mut self, buf: &[u8], now: Instant, host: &mut dyn Host) -> usize {
+        let mut pos = 0;
+        while pos < buf.len() && self.can_process() {
+            let rec = match fcgi::parse_record(&buf[pos..]) {
+                Ok(Some(rec)) => rec,
+                Ok(None) => break,
+                Err(_) => {
+                    // A wrong version byte: nothing after it can be trusted.
+                    self.close_after_output = true;
+                    return buf.len();
+                }
+            };
+            pos += rec.len;
+            self.fcgi_record(rec, now, host);
+        }
+        pos
+    }
+
+    fn fcgi_record(&mut self, rec: fcgi::Record<'_>, now: Instant, host: &mut dyn Host) {
+        let (kind, id, content) = (rec.header.kind, rec.header.id, rec.content);
+        if id == 0 {
+            // Management records.
+            match kind {
+                fcgi::GET_VALUES => fcgi::push_get_values_result(
+                    &mut self.out,
+                    content,
+                    host.max_conns(),
+                    host.max_conns(),
+                ),
+                _ => fcgi::push_unknown_type(&mut self.out, kind),
+            }
+            return;
+        }
+        match kind {
+            fcgi::BEGIN_REQUEST => {
+                if content.len() != 8 {
+                    self.close_after_output = true;
+                    return;
+                }
+                if let Some(active) = &self.fcgi {
+                    if active.id != id {
+                        // One request at a time on a connection (FCGI_MPXS_CONNS=0).
+                        fcgi::push_end_request(&mut self.out, id, 0, ProtocolStatus::CantMpxConn);
+                    }
+                    return;
+                }
+                let role = u16::from_be_bytes([content[0], content[1]]);
+                let keep_conn = content[2] & fcgi::FLAG_KEEP_CONN != 0;
+                if role != fcgi::ROLE_RESPONDER {
+                    fcgi::push_end_request(&mut self.out, id, 0, ProtocolStatus::UnknownRole);
+                    self.close_after_output |= !keep_conn;
+                    return;
+                }
+                self.fcgi = Some(Box::new(FcgiRequest {
+                    id,
+                    keep_conn,
+                    params: Vec::new(),
+                    stdin: Vec::new(),
+                    params_done: false,
+                    stdin_done: false,
+                }));
+            }
+            fcgi::PARAMS | fcgi::STDIN | fcgi::ABORT_REQUEST | fcgi::DATA => {
+                let Some(active) = self.fcgi.as_mut().filter(|a| a.id == id) else {
+                    return; // Records of a request we are not serving.
+                };
+                let over = match kind {
+                    fcgi::PARAMS if content.is_empty() => {
+                        active.params_done = true;
+                        None
+                    }
+                    fcgi::PARAMS if active.params.len() + content.len() > fcgi::MAX_PARAMS => {
+                        Some((431, "FastCGI PARAMS larger than 64 KiB"))
+                    }
+                    fcgi::PARAMS => {
+                        active.params.extend_from_slice(content);
+                        None
+                    }
+                    fcgi::STDIN if content.is_empty() => {
+                        active.stdin_done = true;
+                        None
+                    }
+                    fcgi::STDIN if active.stdin.len() + content.len() > fcgi::MAX_STDIN => {
+                        Some((413, "request body larger than 1 MiB"))
+                    }
+                    fcgi::STDIN => {
+                        active.stdin.extend_from_slice(content);
+                        None
+                    }
+                    fcgi::ABORT_REQUEST => {
+                        let keep = active.keep_conn;
+                        self.fcgi = None;
+                        fcgi::push_end_request(
+                            &mut self.out,
+                            id,
+                            0,
+                            ProtocolStatus::RequestComplete,
+                        );
+                        self.close_after_output |= !keep;
+                        return;
+                    }
+                    _ => None, // DATA belongs to the filter role only.
+                };
+                if let Some((status, reason)) = over {
+                    self.fcgi = None;
+                    let meta = Meta {
+                        keep_alive: false,
+                        head_only: false,
+                        http10: false,
+                        fcgi_id: id,
+                    };
+                    self.respond(
+                        meta,
+                        status,
+                        "text/plain",
+                        Body::Bytes(reason.as_bytes()),
+                        None,
+                        host,
+                    );
+                    return;
+                }
+                if active.params_done && active.stdin_done {
+                    let req = self.fcgi.take().expect("active request");
+                    self.fcgi_dispatch(&req, now, host);
+                }
+            }
+            fcgi::END_REQUEST
+            | fcgi::STDOUT
+            | fcgi::STDERR
+            | fcgi::GET_VALUES_RESULT
+            | fcgi::UNKNOWN_TYPE => {
+                // Records only an application sends: ignore.
+            }
+            _ => fcgi::push_unknown_type(&mut self.out, kind),
+        }
+    }
+
+    fn fcgi_dispatch(&mut self, req: &FcgiRequest, now: Instant, host: &mut dyn Host) {
+        let meta = Meta {
+            keep_alive: req.keep_conn && !self.draining,
+            head_only: false,
+            http10: false,
+            fcgi_id: req.id,
+        };
+        match fcgi::CgiRequest::from_params(&req.params) {
+            Ok(cgi) => {
+                let target = cgi.target();
+                self.dispatch(cgi.method, &target, &req.stdin, meta, now, host);
+            }
+            Err(_) => {
+                let meta = Meta {
+                    keep_alive: false,
+                    ..meta
+                };
+                let body = Body::Bytes(b"malformed FastCGI PARAMS");
+                self.respond(meta, 400, "text/plain", body, None, host);
+            }
+        }
+    }
+
+    /// Runs the route of one whole request.
+    fn dispatch(
+        &mut self,
+        method: &str,
+        target: &str,
+        body: &[u8],
+        meta: Meta,
+        now: Instant,
+        host: &mut dyn Host,
+    ) {
+        const TEXT: &str = "text/plain";
+        match routes::route(method, target) {
+            Route::Hello => self.respond(meta, 200, TEXT, Body::Bytes(routes::HELLO), None, host),
+            Route::Cpu(n) => {
+                let body = routes::cpu_body(n);
+                self.respond(meta, 200, TEXT, Body::Bytes(body.as_bytes()), None, host)
+            }
+            Route::Wait(us) => {
+                self.parked = Some(Parked::Until(now + Duration::from_micros(us), us, meta));
+                if us == 0 {
+                    self.handle_timeout(now, host);
+                }
+            }
+            Route::Bytes(n) => self.respond(meta, 200, TEXT, Body::Pattern(n as usize), None, host),
+            Route::File(name) => match host.read_file(name) {
+                FileRead::Done(result) => self.reply_file(meta, result, host),
+                FileRead::Pending => self.parked = Some(Parked::File(meta)),
+            },
+            Route::Echo => self.respond(
+                meta,
+                200,
+                "application/octet-stream",
+                Body::Bytes(body),
+                None,
+                host,
+            ),
+            Route::Status => {
+                let status = serde_json::to_vec(&host.status()).unwrap_or_default();
+                self.respond(
+                    meta,
+                    200,
+                    "application/json",
+                    Body::Bytes(&status),
+                    None,
+                    host,
+                )
+            }
+            Route::MethodNotAllowed(allow) => {
+                let body = Body::Bytes(b"method not allowed");
+                self.respond(meta, 405, TEXT, body, Some(("Allow", allow)), host)
+            }
+            Route::BadRequest(reason) => {
+                self.respond(meta, 400, TEXT, Body::Bytes(reason.as_bytes()), None, host)
+            }
+            Route::NotFound => self.respond(meta, 404, TEXT, Body::Bytes(b"not found"), None, host),
+        }
+    }
+
+    fn reply_file(&mut self, meta: Meta, result: io::Result<Vec<u8>>, host: &mut dyn Host) {
+        match result {
+            Ok(data) => self.respond(
+                meta,
+                200,
+                "application/octet-stream",
+                Body::Bytes(&data),
+                None,
+                host,
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.respond(
+                meta,
+                404,
+                "text/plain",
+                Body::Bytes(b"no such file"),
+                None,
+                host,
+            ),
+            Err(_) => self.respond(
+                meta,
+                500,
+                "text/plain",
+                Body::Bytes(b"file could not be read"),
+                None,
+                host,
+            ),
+        }
+    }
+
+    /// Writes one response in the connection's protocol.
+    fn respond(
+        &mut self,
+        meta: Meta,
+        status: u16,
+        ctype: &str,
+        body: Body<'_>,
+        extra: Option<(&str, &str)>,
+        host: &mut dyn Host,
+    ) {
+        host.on_request();
+        self.requests += 1;
+        if self.out.capacity() == 0 {
+            self.out.reserve(256 + body.len().min(1 << 16));
+        }
+        match self.protocol {
+            Protocol::Http => {
+                let out = &mut self.out;
+                out.extend_from_slice(b"HTTP/1.1 ");
+                http::push_decimal(out, status as u64);
+                out.push(b' ');
+                out.extend_from_slice(http::reason_phrase(status).as_bytes());
+                out.extend_from_slice(b"\r\n");
+                head_fields(out, ctype, body.len(), extra, host);
+                if !meta.keep_alive {
+                    out.extend_from_slice(b"Connection: close\r\n");
+                } else if meta.http10 {
+                    out.extend_from_slice(b"Connection: keep-alive\r\n");
+                }
+                out.extend_from_slice(b"\r\n");
+                if !meta.head_only {
+                    body.write(out);
+                }
+            }
+            Protocol::Fcgi => {
+                // CGI output (Status + headers + body) in STDOUT records. The
+                // header is written after the content when its length is known.
+                let out = &mut self.out;
+                let start = out.len();
+                out.extend_from_slice(&[0; fcgi::HEADER_LEN]);
+                out.extend_from_slice(b"Status: ");
+                http::push_decimal(out, status as u64);
+                out.push(b' ');
+                out.extend_from_slice(http::reason_phrase(status).as_bytes());
+                out.extend_from_slice(b"\r\n");
+                head_fields(out, ctype, body.len(), extra, host);
+                out.extend_from_slice(b"\r\n");
+                body.write(out);
+                let content_len = out.len() - start - fcgi::HEADER_LEN;
+                if content_len <= fcgi::MAX_CONTENT {
+                    let mut header = Vec::with_capacity(fcgi::HEADER_LEN);
+                    fcgi::push_header(&mut header, fcgi::STDOUT, meta.fcgi_id, content_len, 0);
+                    out[start..start + fcgi::HEADER_LEN].copy_from_slice(&header);
+                } else {
+                    let content = out.split_off(start + fcgi::HEADER_LEN);
+                    out.truncate(start);
+                    fcgi::push_stream(out, fcgi::STDOUT, meta.fcgi_id, &content);
+                }
+                fcgi::push_header(out, fcgi::STDOUT, meta.fcgi_id, 0, 0);
+                fcgi::push_end_request(out, meta.fcgi_id, 0, ProtocolStatus::RequestComplete);
+            }
+        }
+        if !meta.keep_alive {
+            self.close_after_output = true;
+        }
+    }
+}
+
+/// The header fields every response has, in HTTP and CGI alike.
+fn head_fields(
+    out: &mut Vec<u8>,
+    ctype: &str,
+    len: usize,
+    extra: Option<(&str, &str)>,
+    host: &dyn Host,
+) {
+    out.extend_from_slice(host.response_headers());
+    out.extend_from_slice(b"Content-Type: ");
+    out.extend_from_slice(ctype.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    http::push_decimal(out, len as u64);
+    out.extend_from_slice(b"\r\n");
+    if let Some((name, value)) = extra {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}

@@ -1,0 +1,24 @@
+//! # iomodels-workload
+//!
+//! What the bytes mean, with no I/O at all: every server model and the load
+//! generator share this crate, so no model parses or formats a protocol by
+//! itself.
+//!
+//! * [`http`] — HTTP/1.1 request heads (httparse), response framing, and the
+//!   client side (request encoding, response parsing).
+//! * [`fcgi`] — the FastCGI 1.0 record codec, both sides.
+//! * [`routes`] — the routes (`/hello`, `/cpu`, `/wait`, `/bytes`, `/file`,
+//!   `/echo`, `/status`), their deterministic bodies and [`routes::verify`].
+//! * [`conn`] — the per-connection state machine models drive: bytes and the
+//!   time in, bytes to write, deadlines and "close" out.
+
+pub mod conn;
+pub mod fcgi;
+pub mod http;
+pub mod routes;
+
+pub use conn::{Conn, FileRead, Host, Protocol, Timeouts};
+pub use routes::{verify, Expectation, Status, VerifyError};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,544 @@
+//! Tests of the connection state machine, driven in memory on a virtual clock.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use crate::conn::{Conn, FileRead, Host, Protocol, Timeouts};
+use crate::routes::{self, Status};
+use crate::{fcgi, http};
+
+struct TestHost {
+    requests: u64,
+}
+
+impl Host for TestHost {
+    fn response_headers(&self) -> &[u8] {
+        b"Server: iomodels-test\r\nX-Worker: 1\r\n"
+    }
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            header: Duration::from_secs(5),
+            idle: Duration::from_secs(30),
+        }
+    }
+    fn max_conns(&self) -> u64 {
+        100
+    }
+    fn read_file(&mut self, name: &str) -> FileRead {
+        match routes::DATA_FILES.iter().find(|(n, _)| *n == name) {
+            Some((_, size)) => {
+                let mut v = Vec::new();
+                routes::extend_pattern(&mut v, *size);
+                FileRead::Done(Ok(v))
+            }
+            None => FileRead::Done(Err(io::ErrorKind::NotFound.into())),
+        }
+    }
+    fn status(&mut self) -> Status {
+        Status {
+            model: "test".into(),
+            requests: self.requests,
+            ..Status::default()
+        }
+    }
+    fn on_request(&mut self) {
+        self.requests += 1;
+    }
+}
+
+/// Feeds `chunks` one by one, writing out everything and running timers as
+/// a perfect model would; returns all output and whether it wants to close.
+fn drive(protocol: Protocol, chunks: &[&[u8]]) -> (Vec<u8>, bool) {
+    let mut host = TestHost { requests: 0 };
+    let mut now = Instant::now();
+    let mut conn = Conn::new(protocol, now);
+    let mut written = Vec::new();
+    let flush = |conn: &mut Conn, host: &mut TestHost, now: &mut Instant, written: &mut Vec<u8>| {
+        // Bounded: every round either writes or fires a due timer.
+        for _ in 0..10_000 {
+            let out = conn.output();
+            if !out.is_empty() {
+                written.extend_from_slice(out);
+                let n = out.len();
+                conn.advance_output(n, *now, host);
+            } else if let Some(t) = conn.parked_until() {
+                *now = t;
+                conn.handle_timeout(*now, host);
+            } else {
+                break;
+            }
+        }
+    };
+    for chunk in chunks {
+        assert!(conn.input.len() <= super::conn::tests_max_input());
+        if conn.wants_close() {
+            break;
+        }
+        conn.handle_input(chunk, now, &mut host);
+        flush(&mut conn, &mut host, &mut now, &mut written);
+    }
+    conn.handle_eof(now, &mut host);
+    flush(&mut conn, &mut host, &mut now, &mut written);
+    (written, conn.wants_close())
+}
+
+fn http_requests(targets: &[(&str, &str, Vec<u8>)]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for (m, t, body) in targets {
+        http::encode_request(&mut wire, m, t, "localhost", &[], body);
+    }
+    wire
+}
+
+fn fcgi_requests(targets: &[(&str, &str, Vec<u8>)]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for (i, (m, t, body)) in targets.iter().enumerate() {
+        fcgi::encode_request(&mut wire, i as u16 + 1, true, m, t, &[], body);
+    }
+    wire
+}
+
+/// Parses HTTP responses and checks each against its request.
+fn check_http(out: &[u8], reqs: &[(&str, &str, Vec<u8>)]) {
+    let mut rest = out;
+    for (m, t, body) in reqs {
+        let r = http::parse_response(rest, *m == "HEAD")
+            .unwrap()
+            .unwrap_or_else(|| panic!("no response to {t}"));
+        routes::verify(m, t, body, r.status, r.body).unwrap_or_else(|e| panic!("{t}: {e}"));
+        assert_eq!(r.worker, Some(&b"1"[..]));
+        rest = &rest[r.len..];
+    }
+    assert!(
+        rest.is_empty(),
+        "extra output: {:?}",
+        String::from_utf8_lossy(rest)
+    );
+}
+
+fn check_fcgi(out: &[u8], reqs: &[(&str, &str, Vec<u8>)]) {
+    let mut rest = out;
+    let mut reader = fcgi::ResponseReader::new();
+    for (i, (m, t, body)) in reqs.iter().enumerate() {
+        let r = reader
+            .read(rest)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no response to {t}"));
+        assert_eq!(r.id, i as u16 + 1);
+        assert_eq!(r.protocol_status, fcgi::ProtocolStatus::RequestComplete);
+        routes::verify(m, t, body, r.status, reader.body()).unwrap_or_else(|e| panic!("{t}: {e}"));
+        rest = &rest[r.len..];
+    }
+    assert!(rest.is_empty());
+}
+
+fn sample() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    vec![
+        ("GET", "/hello", vec![]),
+        ("GET", "/cpu?n=1000", vec![]),
+        ("GET", "/wait?us=1500", vec![]),
+        ("GET", "/bytes?n=70000", vec![]),
+        ("GET", "/file?name=4k", vec![]),
+        ("GET", "/file?name=missing", vec![]),
+        ("POST", "/echo", b"some body bytes".to_vec()),
+        ("GET", "/status", vec![]),
+        ("GET", "/nope", vec![]),
+        ("GET", "/cpu?n=x", vec![]),
+        ("POST", "/hello", vec![]),
+        ("GET", "/hello", vec![]),
+    ]
+}
+
+#[test]
+fn http_pipelined_routes_in_order() {
+    let reqs = sample();
+    let (out, close) = drive(Protocol::Http, &[&http_requests(&reqs)]);
+    check_http(&out, &reqs);
+    assert!(close, "closes after the peer's EOF");
+}
+
+#[test]
+fn fcgi_routes_in_order() {
+    let reqs = sample();
+    let (out, _) = drive(Protocol::Fcgi, &[&fcgi_requests(&reqs)]);
+    check_fcgi(&out, &reqs);
+}
+
+#[test]
+fn head_has_no_body() {
+    let (out, _) = drive(
+        Protocol::Http,
+        &[b"HEAD /hello HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\n\r\n"],
+    );
+    let r = http::parse_response(&out, true).unwrap().unwrap();
+    assert_eq!(r.body, b"");
+    let r2 = http::parse_response(&out[r.len..], false).unwrap().unwrap();
+    assert_eq!(r2.body, routes::HELLO);
+}
+
+#[test]
+fn http_errors_close_only_after_answer() {
+    for (input, status) in [
+        (&b"BLAH\r\n\r\n"[..], 400),
+        (
+            b"POST /echo HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n",
+            413,
+        ),
+        (
+            b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            501,
+        ),
+    ] {
+        let (out, close) = drive(Protocol::Http, &[input, b"GET /hello HTTP/1.1\r\n\r\n"]);
+        let r = http::parse_response(&out, false).unwrap().unwrap();
+        assert_eq!((r.status, r.close), (status, true));
+        assert_eq!(r.len, out.len(), "nothing after the error");
+        assert!(close);
+    }
+    let mut big = b"GET /hello HTTP/1.1\r\nX: ".to_vec();
+    big.resize(9000, b'a');
+    let (out, _) = drive(Protocol::Http, &[&big]);
+    assert_eq!(
+        http::parse_response(&out, false).unwrap().unwrap().status,
+        431
+    );
+}
+
+#[test]
+fn connection_close_and_http10() {
+    let (out, close) = drive(
+        Protocol::Http,
+        &[b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\nGET /hello HTTP/1.1\r\n\r\n"],
+    );
+    let r = http::parse_response(&out, false).unwrap().unwrap();
+    assert!(r.close && close && r.len == out.len());
+    let (out, _) = drive(
+        Protocol::Http,
+        &[b"GET /hello HTTP/1.0\r\n\r\nGET /hello HTTP/1.0\r\n\r\n"],
+    );
+    assert_eq!(
+        http::parse_response(&out, false).unwrap().unwrap().len,
+        out.len()
+    );
+    let two = b"GET /hello HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /hello HTTP/1.0\r\n\r\n";
+    let (out, _) = drive(Protocol::Http, &[two]);
+    let r = http::parse_response(&out, false).unwrap().unwrap();
+    assert!(!r.close);
+    assert!(
+        http::parse_response(&out[r.len..], false)
+            .unwrap()
+            .unwrap()
+            .close
+    );
+}
+
+#[test]
+fn expect_continue() {
+    let head = b"POST /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
+    let (out, _) = drive(Protocol::Http, &[head, b"abc"]);
+    assert!(out.starts_with(http::CONTINUE));
+    let r = http::parse_response(&out, false).unwrap().unwrap();
+    assert_eq!((r.status, r.body), (200, &b"abc"[..]));
+}
+
+#[test]
+fn slow_head_times_out_with_408() {
+    let mut host = TestHost { requests: 0 };
+    let t0 = Instant::now();
+    let mut conn = Conn::new(Protocol::Http, t0);
+    conn.handle_input(b"GET /hello HT", t0, &mut host);
+    let deadline = conn.poll_timeout(host.timeouts()).unwrap();
+    assert_eq!(deadline, t0 + Duration::from_secs(5));
+    conn.handle_input(b"T", t0 + Duration::from_secs(3), &mut host);
+    assert_eq!(
+        conn.poll_timeout(host.timeouts()),
+        Some(deadline),
+        "trickling does not extend it"
+    );
+    conn.handle_timeout(deadline, &mut host);
+    let r = http::parse_response(conn.output(), false).unwrap().unwrap();
+    assert_eq!(r.status, 408);
+    let n = conn.output().len();
+    conn.advance_output(n, deadline, &mut host);
+    assert!(conn.wants_close());
+}
+
+#[test]
+fn idle_keep_alive_closes_and_holds_no_buffers() {
+    let mut host = TestHost { requests: 0 };
+    let t0 = Instant::now();
+    let mut conn = Conn::new(Protocol::Http, t0);
+    conn.handle_input(b"GET /hello HTTP/1.1\r\n\r\n", t0, &mut host);
+    let n = conn.output().len();
+    conn.advance_output(n, t0, &mut host);
+    assert_eq!((conn.input.capacity(), conn.out.capacity()), (0, 0));
+    let idle = conn.poll_timeout(host.timeouts()).unwrap();
+    assert_eq!(idle, t0 + Duration::from_secs(30));
+    conn.handle_timeout(idle, &mut host);
+    assert!(conn.wants_close());
+}
+
+#[test]
+fn wait_parks_and_blocks_pipelined_requests() {
+    let mut host = TestHost { requests: 0 };
+    let t0 = Instant::now();
+    let mut conn = Conn::new(Protocol::Http, t0);
+    conn.handle_input(
+        b"GET /wait?us=1000 HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\n\r\n",
+        t0,
+        &mut host,
+    );
+    assert!(conn.output().is_empty() && !conn.wants_read());
+    let t = conn.parked_until().unwrap();
+    assert_eq!(t, t0 + Duration::from_millis(1));
+    conn.handle_timeout(t, &mut host);
+    let r = http::parse_response(conn.output(), false).unwrap().unwrap();
+    assert_eq!(r.body, b"waited 1000 us");
+    let r2 = http::parse_response(&conn.output()[r.len..], false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(r2.body, routes::HELLO);
+}
+
+#[test]
+fn async_file_read() {
+    struct Deferring(TestHost);
+    impl Host for Deferring {
+        fn response_headers(&self) -> &[u8] {
+            self.0.response_headers()
+        }
+        fn timeouts(&self) -> Timeouts {
+            self.0.timeouts()
+        }
+        fn max_conns(&self) -> u64 {
+            1
+        }
+        fn read_file(&mut self, _: &str) -> FileRead {
+            FileRead::Pending
+        }
+        fn status(&mut self) -> Status {
+            self.0.status()
+        }
+    }
+    let mut host = Deferring(TestHost { requests: 0 });
+    let t0 = Instant::now();
+    let mut conn = Conn::new(Protocol::Http, t0);
+    conn.handle_input(b"GET /file?name=4k HTTP/1.1\r\n\r\n", t0, &mut host);
+    assert!(conn.output().is_empty() && conn.poll_timeout(host.timeouts()).is_none());
+    conn.file_done(Ok(b"data".to_vec()), t0, &mut host);
+    let r = http::parse_response(conn.output(), false).unwrap().unwrap();
+    assert_eq!(r.body, b"data");
+}
+
+#[test]
+fn drain_closes_after_in_flight() {
+    let mut host = TestHost { requests: 0 };
+    let t0 = Instant::now();
+    let mut conn = Conn::new(Protocol::Http, t0);
+    conn.drain();
+    assert!(conn.wants_close(), "an idle connection closes at once");
+    let mut conn = Conn::new(Protocol::Http, t0);
+    conn.handle_input(b"GET /hel", t0, &mut host);
+    conn.drain();
+    assert!(!conn.wants_close(), "a request in flight is finished");
+    conn.handle_input(b"lo HTTP/1.1\r\n\r\n", t0, &mut host);
+    let r = http::parse_response(conn.output(), false).unwrap().unwrap();
+    assert!(r.close && r.body == routes::HELLO);
+}
+
+fn fcgi_records(records: &[(u8, u16, &[u8])]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for &(kind, id, content) in records {
+        fcgi::push_header(&mut wire, kind, id, content.len(), 0);
+        wire.extend_from_slice(content);
+    }
+    wire
+}
+
+fn read_records(mut out: &[u8]) -> Vec<(u8, u16, Vec<u8>)> {
+    let mut v = Vec::new();
+    while let Some(r) = fcgi::parse_record(out).unwrap() {
+        v.push((r.header.kind, r.header.id, r.content.to_vec()));
+        out = &out[r.len..];
+    }
+    assert!(out.is_empty());
+    v
+}
+
+#[test]
+fn fcgi_management_and_roles() {
+    let mut names = Vec::new();
+    for n in [
+        "FCGI_MAX_CONNS",
+        "FCGI_MAX_REQS",
+        "FCGI_MPXS_CONNS",
+        "OTHER",
+    ] {
+        fcgi::push_name_value(&mut names, n.as_bytes(), b"");
+    }
+    let begin_authorizer = [0, 2, 1, 0, 0, 0, 0, 0];
+    let wire = fcgi_records(&[
+        (fcgi::GET_VALUES, 0, &names),
+        (77, 0, b""),
+        (fcgi::BEGIN_REQUEST, 5, &begin_authorizer),
+    ]);
+    let (out, _) = drive(Protocol::Fcgi, &[&wire]);
+    let recs = read_records(&out);
+    assert_eq!(recs[0].0, fcgi::GET_VALUES_RESULT);
+    let values: Vec<_> = fcgi::NameValues::new(&recs[0].2)
+        .map(|p| p.unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            (&b"FCGI_MAX_CONNS"[..], &b"100"[..]),
+            (b"FCGI_MAX_REQS", b"100"),
+            (b"FCGI_MPXS_CONNS", b"0")
+        ]
+    );
+    assert_eq!((recs[1].0, recs[1].2[0]), (fcgi::UNKNOWN_TYPE, 77));
+    assert_eq!(
+        (recs[2].0, recs[2].1, recs[2].2[4]),
+        (fcgi::END_REQUEST, 5, 3)
+    );
+}
+
+#[test]
+fn fcgi_second_request_id_cant_mpx() {
+    let begin = [0, 1, 1, 0, 0, 0, 0, 0];
+    let mut wire = fcgi_records(&[
+        (fcgi::BEGIN_REQUEST, 1, &begin),
+        (fcgi::BEGIN_REQUEST, 2, &begin),
+    ]);
+    let mut rest = Vec::new();
+    fcgi::encode_request(&mut rest, 1, true, "GET", "/hello", &[], b"");
+    wire.extend_from_slice(&rest[16..]); // request 1's PARAMS and STDIN
+    let (out, _) = drive(Protocol::Fcgi, &[&wire]);
+    let recs = read_records(&out);
+    assert_eq!(
+        (recs[0].0, recs[0].1, recs[0].2[4]),
+        (fcgi::END_REQUEST, 2, 1)
+    );
+    let last = recs.last().unwrap();
+    assert_eq!((last.0, last.1, last.2[4]), (fcgi::END_REQUEST, 1, 0));
+}
+
+#[test]
+fn fcgi_keep_conn_off_closes_and_version_checked() {
+    let mut wire = Vec::new();
+    fcgi::encode_request(&mut wire, 1, false, "GET", "/hello", &[], b"");
+    fcgi::encode_request(&mut wire, 2, false, "GET", "/hello", &[], b"");
+    let (out, close) = drive(Protocol::Fcgi, &[&wire]);
+    let recs = read_records(&out);
+    assert!(
+        close && recs.iter().all(|r| r.1 == 1),
+        "only the first answered, then closed"
+    );
+    let (out, close) = drive(Protocol::Fcgi, &[&[2, 1, 0, 1, 0, 0, 0, 0]]);
+    assert!(out.is_empty() && close);
+}
+
+#[test]
+fn fcgi_caps() {
+    let begin = [0, 1, 1, 0, 0, 0, 0, 0];
+    let chunk = vec![0u8; 60_000];
+    let wire = fcgi_records(&[
+        (fcgi::BEGIN_REQUEST, 1, &begin),
+        (fcgi::PARAMS, 1, &chunk),
+        (fcgi::PARAMS, 1, &chunk),
+    ]);
+    let (out, close) = drive(Protocol::Fcgi, &[&wire]);
+    let mut reader = fcgi::ResponseReader::new();
+    assert_eq!(reader.read(&out).unwrap().unwrap().status, 431);
+    assert!(close);
+    let mut recs = vec![
+        (fcgi::BEGIN_REQUEST, 1, &begin[..]),
+        (fcgi::PARAMS, 1, &[][..]),
+    ];
+    recs.extend(std::iter::repeat((fcgi::STDIN, 1, &chunk[..])).take(18));
+    let (out, _) = drive(Protocol::Fcgi, &[&fcgi_records(&recs)]);
+    assert_eq!(reader.read(&out).unwrap().unwrap().status, 413);
+    // Malformed name-value lengths in PARAMS: 400.
+    let wire = fcgi_records(&[
+        (fcgi::BEGIN_REQUEST, 1, &begin),
+        (fcgi::PARAMS, 1, &[0xff, 0, 0, 9]),
+        (fcgi::PARAMS, 1, &[]),
+        (fcgi::STDIN, 1, &[]),
+    ]);
+    let (out, _) = drive(Protocol::Fcgi, &[&wire]);
+    assert_eq!(reader.read(&out).unwrap().unwrap().status, 400);
+}
+
+#[test]
+fn fcgi_abort() {
+    let begin = [0, 1, 1, 0, 0, 0, 0, 0];
+    let wire = fcgi_records(&[
+        (fcgi::BEGIN_REQUEST, 1, &begin),
+        (fcgi::ABORT_REQUEST, 1, &[]),
+    ]);
+    let (out, _) = drive(Protocol::Fcgi, &[&wire]);
+    let recs = read_records(&out);
+    assert_eq!(recs.len(), 1);
+    assert_eq!((recs[0].0, recs[0].2[4]), (fcgi::END_REQUEST, 0));
+}
+
+fn split(wire: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+    points.sort_unstable();
+    let mut chunks = Vec::new();
+    let mut last = 0;
+    for p in points.into_iter().chain([wire.len()]) {
+        chunks.push(wire[last..p].to_vec());
+        last = p;
+    }
+    chunks
+}
+
+fn arb_requests() -> impl Strategy<Value = Vec<(&'static str, &'static str, Vec<u8>)>> {
+    let one = prop_oneof![
+        Just(("GET", "/hello", vec![])),
+        Just(("GET", "/cpu?n=77", vec![])),
+        Just(("GET", "/wait?us=300", vec![])),
+        Just(("GET", "/bytes?n=3000", vec![])),
+        Just(("GET", "/file?name=4k", vec![])),
+        Just(("GET", "/nope", vec![])),
+        proptest::collection::vec(any::<u8>(), 0..300).prop_map(|b| ("POST", "/echo", b)),
+    ];
+    proptest::collection::vec(one, 1..8)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_split_gives_the_same_responses(reqs in arb_requests(), cuts in proptest::collection::vec(any::<usize>(), 0..12)) {
+        for (protocol, wire) in [(Protocol::Http, http_requests(&reqs)), (Protocol::Fcgi, fcgi_requests(&reqs))] {
+            let (whole, _) = drive(protocol, &[&wire]);
+            let chunks = split(&wire, &cuts);
+            let refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+            let (pieces, _) = drive(protocol, &refs);
+            prop_assert_eq!(&whole, &pieces);
+            match protocol {
+                Protocol::Http => check_http(&whole, &reqs),
+                Protocol::Fcgi => check_fcgi(&whole, &reqs),
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..4096), cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+        for protocol in [Protocol::Http, Protocol::Fcgi] {
+            let chunks = split(&data, &cuts);
+            let refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+            drive(protocol, &refs);
+        }
+    }
+
+    #[test]
+    fn arbitrary_fcgi_records_never_panic(records in proptest::collection::vec((0u8..14, 0u16..3, proptest::collection::vec(any::<u8>(), 0..64)), 0..24)) {
+        let recs: Vec<(u8, u16, &[u8])> = records.iter().map(|(k, i, c)| (*k, *i, &c[..])).collect();
+        drive(Protocol::Fcgi, &[&fcgi_records(&recs)]);
+    }
+}
