@@ -1,0 +1,96 @@
+//! The serve loop of the blocking models (iterative, fork, prefork, thread,
+//! threadpool): one connection, blocking read and write, the worker sleeps
+//! through `/wait`. The only wake-ups besides data are a once-a-second
+//! receive timeout, so the worker can look at its deadlines and at the stop
+//! flag (a signal that lands just before `read` starts would otherwise wait
+//! for the next byte).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use iomodels_workload::{Conn, Host};
+use nix::errno::Errno;
+use nix::sys::socket::{self, sockopt, MsgFlags};
+
+use crate::host::ServerHost;
+use crate::net;
+use crate::signals;
+
+/// How often a blocked worker wakes to look at deadlines and the stop flag.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// How a connection came to this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Accepted while serving normally.
+    Accepted,
+    /// Taken from the listen backlog after a stop was asked: it gets one
+    /// request (waiting up to [`TICK`] for it), then closes.
+    Backlog,
+}
+
+/// Serves `fd` to its end: requests are answered in order until the peer
+/// closes, a timeout, an error, `Connection: close`, or a stop.
+/// `buf` is the worker's read buffer.
+pub fn serve(fd: OwnedFd, host: &mut ServerHost, buf: &mut [u8], origin: Origin) {
+    let start = Instant::now();
+    let timeouts = host.timeouts();
+    let mut conn = Conn::new(host.shared().protocol, start);
+    net::set_recv_timeout(&fd, TICK);
+    let tv = nix::sys::time::TimeVal::new(
+        timeouts.idle.as_secs() as _,
+        timeouts.idle.subsec_micros() as _,
+    );
+    let _ = socket::setsockopt(&fd, sockopt::SendTimeout, &tv);
+    loop {
+        // 1. Write everything there is to write.
+        while !conn.output().is_empty() {
+            match nix::unistd::write(&fd, conn.output()) {
+                Ok(n) => conn.advance_output(n, Instant::now(), host),
+                Err(Errno::EINTR) => continue,
+                // EAGAIN here is SO_SNDTIMEO: the peer stopped reading.
+                Err(_) => return,
+            }
+        }
+        if conn.wants_close() {
+            return;
+        }
+        // 2. A parked /wait: the worker sleeps, which is this model's lesson.
+        if let Some(until) = conn.parked_until() {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            conn.handle_timeout(Instant::now(), host);
+            continue;
+        }
+        // 3. A stop: answer what already arrived, then close.
+        if signals::stop_requested()
+            && !(origin == Origin::Backlog && conn.requests() == 0 && start.elapsed() < TICK)
+        {
+            if conn.wants_read() {
+                if let Ok(n) = socket::recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+                    let now = Instant::now();
+                    match n {
+                        0 => conn.handle_eof(now, host),
+                        n => conn.handle_input(&buf[..n], now, host),
+                    }
+                }
+            }
+            conn.drain();
+            if conn.wants_close() {
+                return;
+            }
+        }
+        // 4. A deadline (slow head, idle keep-alive) that has passed.
+        let now = Instant::now();
+        if conn.poll_timeout(timeouts).is_some_and(|d| now >= d) {
+            conn.handle_timeout(now, host);
+            continue;
+        }
+        // 5. Block in read until data, EOF, the tick, or a signal.
+        match nix::unistd::read(&fd, buf) {
+            Ok(0) => conn.handle_eof(Instant::now(), host),
+            Ok(n) => conn.handle_input(&buf[..n], Instant::now(), host),
+            Err(e) if net::would_block(e) || e == Errno::EINTR => {}
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! # iomodels-servers
+//!
+//! One binary per I/O model in `src/bin/`, each serving the iomodels
+//! workload (see the `iomodels-workload` crate) over HTTP/1.1 or FastCGI.
+//! This library is the small runtime they share, so that a model's file
+//! holds only its model:
+//!
+//! * [`cli`] — the command line every server takes (`--listen`,
+//!   `--protocol`, `--workers`, …) and the `main` wrapper that turns errors
+//!   into one line on stderr.
+//! * [`net`] — listening sockets (TCP or unix), accepting, small socket
+//!   helpers.
+//! * [`signals`] — SIGTERM/SIGINT as a flag and a self-pipe.
+//! * [`stats`] — counters shared by every process and thread of a server.
+//! * [`host`] — the workload's `Host`: response headers, the data dir,
+//!   `/status`.
+//! * [`blocking`] — the serve loop of the blocking models.
+//! * [`timers`] — deadlines for the event-driven models.
+
+pub mod blocking;
+pub mod cli;
+pub mod host;
+pub mod net;
+pub mod signals;
+pub mod stats;
+pub mod timers;

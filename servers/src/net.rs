@@ -1,0 +1,254 @@
+//! Listening sockets and the few socket calls every model makes, through nix.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use iomodels_workload::{fcgi, Protocol};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, UnixAddr,
+};
+
+/// Where a server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address (port 0: any free port).
+    Tcp(SocketAddr),
+    /// A unix stream socket at this path.
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    /// Parses `HOST:PORT`, `[::1]:PORT` or `unix:/path`.
+    pub fn parse(s: &str) -> Result<ListenAddr, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a path, as in unix:/tmp/iomodels.sock".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .map(ListenAddr::Tcp)
+            .ok_or_else(|| format!("'{s}' is neither HOST:PORT nor unix:/path"))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Options for [`listen`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListenOptions {
+    /// SO_REUSEPORT, so that several sockets can bind the same port.
+    pub reuseport: bool,
+    /// O_NONBLOCK on the listening socket (event-driven models).
+    pub nonblocking: bool,
+}
+
+/// Creates, binds and listens; returns the socket and the address to print
+/// in the ready line (with the real port when port 0 was asked).
+pub fn listen(
+    addr: &ListenAddr,
+    backlog: i32,
+    opts: ListenOptions,
+) -> anyhow::Result<(OwnedFd, String)> {
+    let mut flags = SockFlag::SOCK_CLOEXEC;
+    if opts.nonblocking {
+        flags |= SockFlag::SOCK_NONBLOCK;
+    }
+    let backlog = Backlog::new(backlog).context("bad backlog")?;
+    match addr {
+        ListenAddr::Tcp(sa) => {
+            let family = if sa.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
+            let fd = socket::socket(family, SockType::Stream, flags, None).context("socket")?;
+            socket::setsockopt(&fd, sockopt::ReuseAddr, &true).context("SO_REUSEADDR")?;
+            if opts.reuseport {
+                socket::setsockopt(&fd, sockopt::ReusePort, &true).context("SO_REUSEPORT")?;
+            }
+            socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(*sa))
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            socket::listen(&fd, backlog).with_context(|| format!("cannot listen on {addr}"))?;
+            let local: SockaddrStorage =
+                socket::getsockname(fd.as_raw_fd()).context("getsockname")?;
+            let shown = local
+                .as_sockaddr_in()
+                .map(|a| SocketAddr::from((a.ip(), a.port())))
+                .or_else(|| {
+                    local
+                        .as_sockaddr_in6()
+                        .map(|a| SocketAddr::from((a.ip(), a.port())))
+                })
+                .map_or_else(|| addr.to_string(), |a| a.to_string());
+            Ok((fd, shown))
+        }
+        ListenAddr::Unix(path) => {
+            // A socket file left by an earlier run would make bind fail.
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                use std::os::unix::fs::FileTypeExt;
+                if meta.file_type().is_socket() {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            let fd = socket::socket(AddressFamily::Unix, SockType::Stream, flags, None)
+                .context("socket")?;
+            let ua = UnixAddr::new(path)
+                .with_context(|| format!("bad unix socket path {}", path.display()))?;
+            socket::bind(fd.as_raw_fd(), &ua)
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            socket::listen(&fd, backlog).with_context(|| format!("cannot listen on {addr}"))?;
+            Ok((fd, addr.to_string()))
+        }
+    }
+}
+
+/// Accepts one connection with the given flags (`SOCK_NONBLOCK` for event
+/// loops). `SOCK_CLOEXEC` is always added.
+pub fn accept(listener: impl AsFd, flags: SockFlag) -> nix::Result<OwnedFd> {
+    let fd = socket::accept4(listener.as_fd().as_raw_fd(), flags | SockFlag::SOCK_CLOEXEC)?;
+    // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// TCP_NODELAY on a TCP socket (responses are written whole, so Nagle's
+/// delay only ever hurts); a unix socket is left alone.
+pub fn set_nodelay(fd: &OwnedFd) {
+    let _ = socket::setsockopt(fd, sockopt::TcpNoDelay, &true);
+}
+
+/// A receive timeout (blocking models use it to look at their deadlines
+/// and the stop flag now and then; `accept` honours it too).
+pub fn set_recv_timeout(fd: &impl AsFd, d: std::time::Duration) {
+    let tv = nix::sys::time::TimeVal::new(d.as_secs() as _, d.subsec_micros() as _);
+    let _ = socket::setsockopt(fd, sockopt::ReceiveTimeout, &tv);
+}
+
+/// What a server over `--max-conns` writes before closing: 503 over HTTP,
+/// END_REQUEST(OVERLOADED) for request id 1 (the id web servers use on a
+/// fresh connection) over FastCGI.
+pub fn refusal(protocol: Protocol, server: &str) -> Vec<u8> {
+    match protocol {
+        Protocol::Http => {
+            let body = "server busy: too many connections";
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\nServer: {server}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        }
+        Protocol::Fcgi => {
+            let mut v = Vec::new();
+            fcgi::push_end_request(&mut v, 1, 0, fcgi::ProtocolStatus::Overloaded);
+            v
+        }
+    }
+}
+
+/// Refuses a connection cleanly: the refusal, a shutdown, a close.
+pub fn refuse(fd: OwnedFd, refusal: &[u8]) {
+    let _ = nix::unistd::write(&fd, refusal);
+    let _ = socket::shutdown(fd.as_raw_fd(), socket::Shutdown::Write);
+}
+
+/// Raises the soft open-file limit to the hard one (C10K needs more than
+/// the usual 1024) and returns it.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => 1024,
+    }
+}
+
+/// True for the errors that mean "try again later" on a non-blocking socket.
+pub fn would_block(e: Errno) -> bool {
+    e == Errno::EAGAIN || e == Errno::EWOULDBLOCK
+}
+
+/// True for accept errors that concern only the connection being accepted
+/// (it was reset before we took it, …): skip it and go on.
+pub fn accept_error_is_transient(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::ECONNABORTED
+            | Errno::EPROTO
+            | Errno::EPERM
+            | Errno::ENETDOWN
+            | Errno::ENOPROTOOPT
+            | Errno::EHOSTDOWN
+            | Errno::ENONET
+            | Errno::EHOSTUNREACH
+            | Errno::EOPNOTSUPP
+            | Errno::ENETUNREACH
+    )
+}
+
+/// True for accept errors that mean we are out of descriptors or memory:
+/// stop accepting for a moment instead of spinning.
+pub fn accept_error_is_exhaustion(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_addresses() {
+        assert_eq!(
+            ListenAddr::parse("127.0.0.1:0"),
+            Ok(ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()))
+        );
+        assert_eq!(
+            ListenAddr::parse("[::1]:80").unwrap().to_string(),
+            "[::1]:80"
+        );
+        assert!(ListenAddr::parse("unix:").is_err());
+        assert!(ListenAddr::parse("localhost").is_err());
+    }
+
+    #[test]
+    fn listen_reports_the_real_port_and_address_in_use() {
+        let (fd, shown) = listen(
+            &ListenAddr::parse("127.0.0.1:0").unwrap(),
+            16,
+            ListenOptions::default(),
+        )
+        .unwrap();
+        assert!(!shown.ends_with(":0"));
+        let again = listen(
+            &ListenAddr::parse(&shown).unwrap(),
+            16,
+            ListenOptions::default(),
+        );
+        let msg = format!("{:#}", again.unwrap_err());
+        assert!(
+            msg.contains("cannot listen on") && msg.contains("in use"),
+            "{msg}"
+        );
+        drop(fd);
+    }
+}
