@@ -76,9 +76,12 @@ pub fn wake_on_child_exit() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Re-arms the handler in a forked child: a fresh flag and a fresh pipe of
-/// its own (the parent's pipe is shared with every sibling).
-pub fn reinstall_in_child() -> anyhow::Result<()> {
+/// Re-arms the handler in a forked child: a pipe of its own (the parent's
+/// is shared with every sibling), the default SIGCHLD, and SIGTERM when the
+/// parent dies (PR_SET_PDEATHSIG), so workers never outlive a killed master.
+/// `parent` is the pid of the process that forked.
+pub fn reinstall_in_child(parent: nix::unistd::Pid) -> anyhow::Result<()> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
     let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
     PIPE_WRITE.store(w.as_raw_fd(), Ordering::SeqCst);
     // The child keeps its new pipe for its whole life.
@@ -88,6 +91,10 @@ pub fn reinstall_in_child() -> anyhow::Result<()> {
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     // SAFETY: restoring the default disposition installs no handler code.
     unsafe { signal::sigaction(Signal::SIGCHLD, &default)? };
+    // The parent may have died before PR_SET_PDEATHSIG took effect.
+    if nix::unistd::getppid() != parent {
+        request_stop();
+    }
     Ok(())
 }
 

@@ -129,12 +129,13 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 /// Forks one worker; the child never returns.
 fn spawn(listener: &OwnedFd, shared: &Shared) -> anyhow::Result<Pid> {
+    let master = nix::unistd::getpid();
     // SAFETY: the master is single-threaded, so the child starts with a
     // consistent heap and no lock held by a vanished thread.
     match unsafe { fork() }? {
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
-            let code = match signals::reinstall_in_child() {
+            let code = match signals::reinstall_in_child(master) {
                 Ok(()) => worker(listener, shared),
                 Err(e) => {
                     eprintln!("prefork-server: worker: {e:#}");
