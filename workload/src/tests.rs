@@ -457,7 +457,7 @@ fn fcgi_caps() {
         (fcgi::BEGIN_REQUEST, 1, &begin[..]),
         (fcgi::PARAMS, 1, &[][..]),
     ];
-    recs.extend(std::iter::repeat((fcgi::STDIN, 1, &chunk[..])).take(18));
+    recs.extend(std::iter::repeat_n((fcgi::STDIN, 1, &chunk[..]), 18));
     let (out, _) = drive(Protocol::Fcgi, &[&fcgi_records(&recs)]);
     assert_eq!(reader.read(&out).unwrap().unwrap().status, 413);
     // Malformed name-value lengths in PARAMS: 400.
