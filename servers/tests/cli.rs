@@ -16,7 +16,16 @@ fn help_names_the_shared_flags() {
         let out = Command::new(bin_path(bin)).arg("--help").output().unwrap();
         assert!(out.status.success());
         let text = String::from_utf8_lossy(&out.stdout);
-        for flag in ["--listen", "--protocol", "--workers", "--backlog", "--data-dir", "--max-conns", "--header-timeout", "--idle-timeout"] {
+        for flag in [
+            "--listen",
+            "--protocol",
+            "--workers",
+            "--backlog",
+            "--data-dir",
+            "--max-conns",
+            "--header-timeout",
+            "--idle-timeout",
+        ] {
             assert!(text.contains(flag), "{bin} --help lacks {flag}");
         }
     }
@@ -25,7 +34,12 @@ fn help_names_the_shared_flags() {
 #[test]
 fn bad_flag_is_one_line_and_exit_2() {
     for bin in BINARIES {
-        for args in [&["--no-such-flag"][..], &["--protocol", "gopher"], &["--listen", "nowhere"], &["--workers", "0"]] {
+        for args in [
+            &["--no-such-flag"][..],
+            &["--protocol", "gopher"],
+            &["--listen", "nowhere"],
+            &["--workers", "0"],
+        ] {
             let out = Command::new(bin_path(bin)).args(args).output().unwrap();
             assert_eq!(out.status.code(), Some(2), "{bin} {args:?}");
             let err = String::from_utf8_lossy(&out.stderr);
@@ -39,11 +53,18 @@ fn bad_flag_is_one_line_and_exit_2() {
 fn address_in_use_is_one_line() {
     for bin in BINARIES {
         let first = Server::start(bin, Protocol::Http, &[]);
-        let out = Command::new(bin_path(bin)).args(["--listen", &first.addr]).stdout(Stdio::null()).output().unwrap();
+        let out = Command::new(bin_path(bin))
+            .args(["--listen", &first.addr])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-        assert!(err.contains("cannot listen on") && err.contains("in use"), "{err}");
+        assert!(
+            err.contains("cannot listen on") && err.contains("in use"),
+            "{err}"
+        );
     }
 }
 
@@ -51,9 +72,20 @@ fn address_in_use_is_one_line() {
 fn unix_socket_listener() {
     for bin in BINARIES {
         for protocol in [Protocol::Http, Protocol::Fcgi] {
-            let path = std::env::temp_dir().join(format!("iomodels-test-{bin}-{}-{}.sock", protocol.name(), std::process::id()));
+            let path = std::env::temp_dir().join(format!(
+                "iomodels-test-{bin}-{}-{}.sock",
+                protocol.name(),
+                std::process::id()
+            ));
             let mut child = Command::new(bin_path(bin))
-                .args(["--listen", &format!("unix:{}", path.display()), "--protocol", protocol.name(), "--workers", "2"])
+                .args([
+                    "--listen",
+                    &format!("unix:{}", path.display()),
+                    "--protocol",
+                    protocol.name(),
+                    "--workers",
+                    "2",
+                ])
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap();
@@ -79,13 +111,27 @@ impl UnixClient {
         use std::io::{Read, Write};
         let mut wire = Vec::new();
         match self.protocol {
-            Protocol::Http => iomodels_workload::http::encode_request(&mut wire, "GET", "/hello", "x", &[], b""),
-            Protocol::Fcgi => iomodels_workload::fcgi::encode_request(&mut wire, 1, false, "GET", "/hello", &[], b""),
+            Protocol::Http => {
+                iomodels_workload::http::encode_request(&mut wire, "GET", "/hello", "x", &[], b"")
+            }
+            Protocol::Fcgi => iomodels_workload::fcgi::encode_request(
+                &mut wire,
+                1,
+                false,
+                "GET",
+                "/hello",
+                &[],
+                b"",
+            ),
         }
         self.stream.write_all(&wire).unwrap();
         self.stream.shutdown(std::net::Shutdown::Write).unwrap();
         let mut out = Vec::new();
         self.stream.read_to_end(&mut out).unwrap();
-        assert!(out.windows(13).any(|w| w == b"Hello, World!"), "{}", String::from_utf8_lossy(&out));
+        assert!(
+            out.windows(13).any(|w| w == b"Hello, World!"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
     }
 }

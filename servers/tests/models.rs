@@ -1,0 +1,99 @@
+//! Behaviour particular to one model (the shared cases are in
+//! `conformance.rs`).
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use iomodels_workload::Protocol;
+use util::Server;
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// prefork-server: a worker killed with SIGKILL is replaced, and the pool
+/// keeps serving.
+#[test]
+fn prefork_replaces_a_dead_worker() {
+    let s = Server::start("prefork-server", Protocol::Http, &["--workers", "3"]);
+    let master = s.child.id();
+    let before = children(master);
+    assert_eq!(before.len(), 3, "{before:?}");
+    let victim = before[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        let now = children(master);
+        if now.len() == 3 && !now.contains(&victim) {
+            break;
+        }
+        assert!(Instant::now() < end, "pool not back to 3 workers: {now:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..10 {
+        s.connect().request("GET", "/hello", b"");
+    }
+}
+
+/// epoll-server parks /wait on a timer, so a /hello on another connection
+/// is answered at once; with --blocking-wait the loop sleeps and the
+/// /hello waits (the lesson of the flag).
+#[test]
+fn epoll_parks_wait_unless_blocking_wait() {
+    for (flags, stalls) in [(&[][..], false), (&["--blocking-wait"][..], true)] {
+        let s = Server::start("epoll-server", Protocol::Http, flags);
+        let mut waiter = s.connect();
+        let wire = waiter.encode("GET", "/wait?us=500000", b"");
+        waiter.send(&wire).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let start = Instant::now();
+        s.connect().request("GET", "/hello", b"");
+        let took = start.elapsed();
+        if stalls {
+            assert!(
+                took >= Duration::from_millis(300),
+                "--blocking-wait did not stall: {took:?}"
+            );
+        } else {
+            assert!(
+                took < Duration::from_millis(300),
+                "parked /wait stalled the loop: {took:?}"
+            );
+        }
+        assert_eq!(
+            waiter.read_response(false).unwrap().body,
+            b"waited 500000 us"
+        );
+    }
+}
+
+/// --max-conns: connections beyond it get 503 and the server keeps serving.
+#[test]
+fn epoll_refuses_beyond_max_conns() {
+    let s = Server::start("epoll-server", Protocol::Http, &["--max-conns", "2"]);
+    let mut a = s.connect();
+    let mut b = s.connect();
+    a.request("GET", "/hello", b"");
+    b.request("GET", "/hello", b"");
+    let mut c = s.connect();
+    let (out, closed) = c.read_to_eof(Duration::from_secs(5));
+    assert!(closed);
+    assert!(
+        out.starts_with(b"HTTP/1.1 503"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    drop(a);
+    std::thread::sleep(Duration::from_millis(100));
+    s.connect().request("GET", "/hello", b"");
+    assert!(s.status()["refused"].as_u64().unwrap() >= 1);
+}
