@@ -15,10 +15,13 @@
 //! * [`host`] — the workload's `Host`: response headers, the data dir,
 //!   `/status`.
 //! * [`blocking`] — the serve loop of the blocking models.
+//! * [`event`] — what every event-driven model shares: the non-blocking
+//!   read/write pump, the connection slab, deadlines, graceful stop.
 //! * [`timers`] — deadlines for the event-driven models.
 
 pub mod blocking;
 pub mod cli;
+pub mod event;
 pub mod host;
 pub mod net;
 pub mod signals;
