@@ -5,12 +5,13 @@
 //! flag (a signal that lands just before `read` starts would otherwise wait
 //! for the next byte).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use iomodels_workload::{Conn, Host};
 use nix::errno::Errno;
-use nix::sys::socket::{self, sockopt, MsgFlags};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::socket::{self, sockopt, MsgFlags, SockFlag};
 
 use crate::host::ServerHost;
 use crate::net;
@@ -27,6 +28,8 @@ pub enum Origin {
     /// Taken from the listen backlog after a stop was asked: it gets one
     /// request (waiting up to [`TICK`] for it), then closes.
     Backlog,
+    /// One request, then close: a process per request, CGI style.
+    Single,
 }
 
 /// Serves `fd` to its end: requests are answered in order until the peer
@@ -36,6 +39,9 @@ pub fn serve(fd: OwnedFd, host: &mut ServerHost, buf: &mut [u8], origin: Origin)
     let start = Instant::now();
     let timeouts = host.timeouts();
     let mut conn = Conn::new(host.shared().protocol, start);
+    if origin == Origin::Single {
+        conn.single_request();
+    }
     net::set_recv_timeout(&fd, TICK);
     let tv = nix::sys::time::TimeVal::new(
         timeouts.idle.as_secs() as _,
@@ -93,4 +99,33 @@ pub fn serve(fd: OwnedFd, host: &mut ServerHost, buf: &mut [u8], origin: Origin)
             Err(_) => return,
         }
     }
+}
+
+/// The accept loop of a blocking model: block in accept(2) (waking each
+/// [`TICK`] to look at the stop flag) and hand every connection to
+/// `on_conn`. After a stop it takes what is left in the listen backlog
+/// (those connections were already accepted by the kernel; dropping them
+/// would reset their requests) and hands them over as [`Origin::Backlog`].
+/// The listener must have a [`TICK`] receive timeout (`net::set_recv_timeout`).
+pub fn accept_loop(
+    listener: &OwnedFd,
+    mut on_conn: impl FnMut(OwnedFd, Origin),
+) -> anyhow::Result<()> {
+    while !signals::stop_requested() {
+        match net::accept(listener, SockFlag::empty()) {
+            Ok(fd) => on_conn(fd, Origin::Accepted),
+            // The tick (SO_RCVTIMEO) or a signal: look at the stop flag.
+            Err(e) if net::would_block(e) || e == Errno::EINTR => {}
+            Err(e) if net::accept_error_is_transient(e) => {}
+            Err(e) if net::accept_error_is_exhaustion(e) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => anyhow::bail!("accept: {e}"),
+        }
+    }
+    let _ = fcntl(listener.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+    while let Ok(fd) = net::accept(listener, SockFlag::empty()) {
+        on_conn(fd, Origin::Backlog);
+    }
+    Ok(())
 }

@@ -8,7 +8,14 @@ use std::process::{Command, Stdio};
 use iomodels_workload::Protocol;
 use util::{bin_path, Server};
 
-const BINARIES: &[&str] = &["prefork-server", "epoll-server"];
+const BINARIES: &[&str] = &[
+    "iterative-server",
+    "fork-server",
+    "prefork-server",
+    "thread-server",
+    "threadpool-server",
+    "epoll-server",
+];
 
 #[test]
 fn help_names_the_shared_flags() {

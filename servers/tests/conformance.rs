@@ -12,25 +12,60 @@ use iomodels_workload::fcgi::{self, ProtocolStatus};
 use iomodels_workload::{http, Protocol};
 use util::{Client, Server};
 
+/// A model as the suite starts it.
+struct Model {
+    bin: &'static str,
+    flags: &'static [&'static str],
+    /// Serves many requests per connection (all but the CGI-style fork-server).
+    keep_alive: bool,
+    /// Serves several connections at once (all but iterative-server, whose
+    /// lesson is that it does not: there a slow client delays everyone).
+    concurrent: bool,
+}
+
+const fn model(bin: &'static str, flags: &'static [&'static str]) -> Model {
+    Model {
+        bin,
+        flags,
+        keep_alive: true,
+        concurrent: true,
+    }
+}
+
 /// Every server model with the flags the suite starts it with. Blocking
 /// models get 4 workers: the slow-client case pins one of them.
-const SERVERS: &[(&str, &[&str])] = &[
-    ("prefork-server", &["--workers", "4"]),
-    ("epoll-server", &[]),
-    ("epoll-server", &["--edge"]),
+const SERVERS: &[Model] = &[
+    Model {
+        bin: "iterative-server",
+        flags: &[],
+        keep_alive: true,
+        concurrent: false,
+    },
+    Model {
+        bin: "fork-server",
+        flags: &[],
+        keep_alive: false,
+        concurrent: true,
+    },
+    model("prefork-server", &["--workers", "4"]),
+    model("thread-server", &[]),
+    model("threadpool-server", &["--workers", "4", "--queue", "256"]),
+    model("epoll-server", &[]),
+    model("epoll-server", &["--edge"]),
 ];
 
 const PROTOCOLS: [Protocol; 2] = [Protocol::Http, Protocol::Fcgi];
 
 /// Runs `case` against every server and protocol, each with a fresh server
 /// started with `extra` flags added.
-fn each(extra: &[&str], case: impl Fn(&mut Server)) {
-    for (bin, flags) in SERVERS {
+fn each(extra: &[&str], case: impl Fn(&mut Server, &Model)) {
+    for m in SERVERS {
         for protocol in PROTOCOLS {
-            let args: Vec<&str> = flags.iter().chain(extra).copied().collect();
-            let mut server = Server::start(bin, protocol, &args);
-            eprintln!("case on {bin} {args:?} over {}", protocol.name());
-            case(&mut server);
+            let args: Vec<&str> = m.flags.iter().chain(extra).copied().collect();
+            let mut server = Server::start(m.bin, protocol, &args);
+            server.one_request_per_connection = !m.keep_alive;
+            eprintln!("case on {} {args:?} over {}", m.bin, protocol.name());
+            case(&mut server, m);
         }
     }
 }
@@ -40,7 +75,7 @@ fn each(extra: &[&str], case: impl Fn(&mut Server)) {
 fn every_route_verified() {
     let mut echo = Vec::new();
     iomodels_workload::routes::extend_pattern(&mut echo, 300_000);
-    each(&[], |s| {
+    each(&[], |s, m| {
         let mut c = s.connect();
         for (method, target, body) in [
             ("GET", "/hello", &b""[..]),
@@ -65,7 +100,11 @@ fn every_route_verified() {
             ("GET", "/hello", b""),
         ] {
             let r = c.request(method, target, body);
-            assert!(!r.close, "{target}: keep-alive expected");
+            assert_eq!(
+                r.close,
+                !m.keep_alive && s.protocol == Protocol::Http,
+                "{target}: keep-alive"
+            );
             assert!(
                 r.worker.as_deref().is_some_and(|w| !w.is_empty()),
                 "{target}: X-Worker"
@@ -73,7 +112,8 @@ fn every_route_verified() {
         }
         let missing = c.request("GET", "/file?name=absent", b"");
         assert_eq!(missing.status, 404);
-        let status = s.status();
+        let r = c.request("GET", "/status", b"");
+        let status: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert!(status["requests"].as_u64().unwrap() >= 20);
         assert_eq!(status["protocol"], s.protocol.name());
     });
@@ -82,7 +122,7 @@ fn every_route_verified() {
 /// Several requests written at once are answered in order.
 #[test]
 fn keep_alive_and_pipelining() {
-    each(&[], |s| {
+    each(&[], |s, m| {
         let mut c = s.connect();
         let targets: Vec<String> = (0..30)
             .map(|i| match i % 4 {
@@ -97,6 +137,13 @@ fn keep_alive_and_pipelining() {
             wire.extend(c.encode("GET", t, b""));
         }
         c.send(&wire).unwrap();
+        if !m.keep_alive {
+            // One request per connection: the first is answered, then it closes.
+            let r = c.read_response(false).unwrap();
+            assert_eq!(r.body, b"Hello, World!");
+            assert!(c.is_closed_within(Duration::from_secs(5)));
+            return;
+        }
         for t in &targets {
             let r = c.read_response(false).unwrap();
             iomodels_workload::verify("GET", t, b"", r.status, &r.body)
@@ -111,7 +158,7 @@ fn keep_alive_and_pipelining() {
 /// the response.
 #[test]
 fn close_after_response() {
-    each(&[], |s| match s.protocol {
+    each(&[], |s, _| match s.protocol {
         Protocol::Http => {
             let mut c = s.connect();
             c.send(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -134,6 +181,10 @@ fn close_after_response() {
             let mut c = s.connect();
             c.send(b"GET /hello HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
                 .unwrap();
+            if s.one_request_per_connection {
+                assert!(c.read_response(false).unwrap().close);
+                return;
+            }
             assert!(
                 !c.read_response(false).unwrap().close,
                 "HTTP/1.0 keep-alive honoured"
@@ -162,9 +213,12 @@ fn malformed_and_oversized() {
     let mut big_head = b"GET /hello HTTP/1.1\r\nX-Big: ".to_vec();
     big_head.resize(9000, b'a');
     big_head.extend_from_slice(b"\r\n\r\n");
-    each(&[], |s| {
-        let bystander = &mut s.connect();
-        bystander.request("GET", "/hello", b"");
+    each(&[], |s, m| {
+        // A connection open all along (on models that serve several at once).
+        let mut bystander = m.concurrent.then(|| s.connect());
+        if let Some(b) = bystander.as_mut() {
+            b.request("GET", "/hello", b"");
+        }
         match s.protocol {
             Protocol::Http => {
                 for (input, status) in [
@@ -223,7 +277,9 @@ fn malformed_and_oversized() {
                 }
             }
         }
-        bystander.request("GET", "/hello", b"");
+        if let Some(b) = bystander.as_mut() {
+            b.request("GET", "/hello", b"");
+        }
         s.connect().request("GET", "/cpu?n=5", b"");
     });
 }
@@ -241,7 +297,7 @@ fn records(mut bytes: &[u8]) -> Vec<(u8, u16, Vec<u8>)> {
 /// connection that serves one request at a time.
 #[test]
 fn fastcgi_management_and_multiplexing() {
-    for (bin, flags) in SERVERS {
+    for Model { bin, flags, .. } in SERVERS {
         let s = Server::start(bin, Protocol::Fcgi, flags);
         let mut c = s.connect();
         let mut wire = Vec::new();
@@ -295,13 +351,19 @@ fn fastcgi_management_and_multiplexing() {
 /// 200 connections at once, each doing several requests, all verified.
 #[test]
 fn two_hundred_concurrent_connections() {
-    each(&[], |s| {
+    each(&[], |s, _| {
         let ok = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..200)
             .map(|i| {
-                let (addr, protocol, ok) = (s.addr.clone(), s.protocol, ok.clone());
+                let (addr, protocol, ok, single) = (
+                    s.addr.clone(),
+                    s.protocol,
+                    ok.clone(),
+                    s.one_request_per_connection,
+                );
                 std::thread::spawn(move || {
                     let mut c = Client::connect(&addr, protocol);
+                    c.one_request_per_connection = single;
                     for j in 0..5 {
                         let target = match (i + j) % 3 {
                             0 => "/hello".to_string(),
@@ -325,7 +387,7 @@ fn two_hundred_concurrent_connections() {
 /// else waits for it.
 #[test]
 fn slow_client_times_out_without_delaying_others() {
-    each(&["--header-timeout", "1"], |s| {
+    each(&["--header-timeout", "1"], |s, m| {
         let mut slow = s.connect();
         let half: &[u8] = match s.protocol {
             Protocol::Http => b"GET /hello HTTP/1.1\r\nHost: sl",
@@ -336,8 +398,11 @@ fn slow_client_times_out_without_delaying_others() {
         for _ in 0..20 {
             s.connect().request("GET", "/hello", b"");
         }
+        // One connection at a time (iterative-server): the others wait for
+        // the slow one's timeout, and no longer. Everyone else: not at all.
+        let limit = if m.concurrent { 900 } else { 3000 };
         assert!(
-            start.elapsed() < Duration::from_millis(900),
+            start.elapsed() < Duration::from_millis(limit),
             "others were delayed: {:?}",
             start.elapsed()
         );
@@ -361,7 +426,7 @@ fn slow_client_times_out_without_delaying_others() {
 /// received is answered, the server exits 0, and no response is cut.
 #[test]
 fn sigterm_during_load_loses_no_accepted_request() {
-    each(&[], |s| {
+    each(&[], |s, _| {
         // Requests certainly received before the signal: each on its own
         // connection, sent 200 ms before it.
         let waiting: Vec<_> = (0..12)
@@ -377,6 +442,7 @@ fn sigterm_during_load_loses_no_accepted_request() {
         let hammers: Vec<_> = (0..4)
             .map(|_| {
                 let (addr, protocol, stop) = (s.addr.clone(), s.protocol, stop.clone());
+                let per_conn = if s.one_request_per_connection { 1 } else { 20 };
                 std::thread::spawn(move || {
                     let mut done = 0u64;
                     'outer: while !stop.load(Ordering::Relaxed) {
@@ -384,7 +450,7 @@ fn sigterm_during_load_loses_no_accepted_request() {
                             break;
                         };
                         let mut c = Client::from_stream(stream, protocol);
-                        for _ in 0..20 {
+                        for _ in 0..per_conn {
                             let wire = c.encode("GET", "/hello", b"");
                             if c.send(&wire).is_err() {
                                 continue 'outer;

@@ -11,7 +11,11 @@ use iomodels_workload::Protocol;
 use util::Server;
 
 const SERVERS: &[(&str, &[&str])] = &[
+    ("iterative-server", &[]),
+    ("fork-server", &[]),
     ("prefork-server", &["--workers", "2"]),
+    ("thread-server", &[]),
+    ("threadpool-server", &["--workers", "2"]),
     ("epoll-server", &[]),
 ];
 

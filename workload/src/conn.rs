@@ -175,6 +175,8 @@ pub struct Conn {
     done: bool,
     /// The server is stopping: finish what is in flight, then close.
     draining: bool,
+    /// Answer one request only (CGI style), then close.
+    single: bool,
     peer_closed: bool,
     /// The input holds the start of a request, not a whole one.
     input_partial: bool,
@@ -197,6 +199,7 @@ impl Conn {
             close_after_output: false,
             done: false,
             draining: false,
+            single: false,
             peer_closed: false,
             input_partial: false,
             partial_since: now,
@@ -359,6 +362,13 @@ impl Conn {
         }
     }
 
+    /// Answer one request, then close (HTTP says `Connection: close`,
+    /// FastCGI closes after END_REQUEST): the CGI way, one process per
+    /// request.
+    pub fn single_request(&mut self) {
+        self.single = true;
+    }
+
     /// The server is stopping: answer requests already received, then close.
     pub fn drain(&mut self) {
         self.draining = true;
@@ -448,7 +458,7 @@ impl Conn {
             }
             self.continue_sent = false;
             let meta = Meta {
-                keep_alive: head.keep_alive && !self.draining,
+                keep_alive: head.keep_alive && !self.draining && !self.single,
                 head_only: head.method == "HEAD",
                 http10: head.http10,
                 fcgi_id: 0,
@@ -605,7 +615,7 @@ impl Conn {
 
     fn fcgi_dispatch(&mut self, req: &FcgiRequest, now: Instant, host: &mut dyn Host) {
         let meta = Meta {
-            keep_alive: req.keep_conn && !self.draining,
+            keep_alive: req.keep_conn && !self.draining && !self.single,
             head_only: false,
             http10: false,
             fcgi_id: req.id,

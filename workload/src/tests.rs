@@ -542,3 +542,32 @@ proptest! {
         drive(Protocol::Fcgi, &[&fcgi_records(&recs)]);
     }
 }
+
+#[test]
+fn single_request_closes_after_the_first() {
+    for protocol in [Protocol::Http, Protocol::Fcgi] {
+        let mut host = TestHost { requests: 0 };
+        let t0 = Instant::now();
+        let mut conn = Conn::new(protocol, t0);
+        conn.single_request();
+        assert!(!conn.wants_close(), "waits for its one request");
+        let reqs = [("GET", "/hello", vec![]), ("GET", "/hello", vec![])];
+        let wire = match protocol {
+            Protocol::Http => http_requests(&reqs),
+            Protocol::Fcgi => fcgi_requests(&reqs),
+        };
+        conn.handle_input(&wire, t0, &mut host);
+        assert_eq!(conn.requests(), 1);
+        let n = conn.output().len();
+        if protocol == Protocol::Http {
+            assert!(
+                http::parse_response(conn.output(), false)
+                    .unwrap()
+                    .unwrap()
+                    .close
+            );
+        }
+        conn.advance_output(n, t0, &mut host);
+        assert!(conn.wants_close());
+    }
+}

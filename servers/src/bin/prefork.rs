@@ -39,19 +39,17 @@
 //! backlog, and exits; the master exits 0 when all have.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
 use clap::Parser;
-use iomodels_servers::blocking::{self, Origin};
+use iomodels_servers::blocking;
 use iomodels_servers::cli::{self, Common};
 use iomodels_servers::host::{DataDir, ServerHost, Shared};
 use iomodels_servers::{net, signals};
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::socket::SockFlag;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
@@ -153,35 +151,19 @@ fn worker(listener: &OwnedFd, shared: &Shared) -> i32 {
     let mut host = ServerHost::for_process(shared);
     let stats = host.stats();
     let mut buf = vec![0u8; 64 * 1024];
-    while !signals::stop_requested() {
-        match net::accept(listener, SockFlag::empty()) {
-            Ok(fd) => {
-                stats.opened();
-                net::set_nodelay(&fd);
-                blocking::serve(fd, &mut host, &mut buf, Origin::Accepted);
-                stats.closed();
-            }
-            // The tick (SO_RCVTIMEO) or a signal: look at the stop flag.
-            Err(e) if net::would_block(e) || e == Errno::EINTR => {}
-            Err(e) if net::accept_error_is_transient(e) => {}
-            Err(e) if net::accept_error_is_exhaustion(e) => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            Err(e) => {
-                eprintln!("prefork-server: worker {}: accept: {e}", std::process::id());
-                return 1;
-            }
+    let served = blocking::accept_loop(listener, |fd, origin| {
+        stats.opened();
+        net::set_nodelay(&fd);
+        blocking::serve(fd, &mut host, &mut buf, origin);
+        stats.closed();
+    });
+    match served {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("prefork-server: worker {}: {e:#}", std::process::id());
+            1
         }
     }
-    // Stopping: answer the connections the kernel already accepted for us
-    // (they sit in the backlog), so none of them is reset.
-    let _ = fcntl(listener.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
-    while let Ok(fd) = net::accept(listener, SockFlag::empty()) {
-        stats.opened();
-        blocking::serve(fd, &mut host, &mut buf, Origin::Backlog);
-        stats.closed();
-    }
-    0
 }
 
 fn describe(status: WaitStatus) -> String {

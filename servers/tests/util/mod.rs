@@ -32,6 +32,8 @@ pub struct Server {
     pub addr: String,
     pub name: String,
     pub protocol: Protocol,
+    /// The model closes after each request (fork-server): clients reconnect.
+    pub one_request_per_connection: bool,
 }
 
 impl Server {
@@ -54,12 +56,15 @@ impl Server {
             addr,
             name: bin.to_string(),
             protocol,
+            one_request_per_connection: false,
         }
     }
 
     /// A new client connection.
     pub fn connect(&self) -> Client {
-        Client::connect(&self.addr, self.protocol)
+        let mut c = Client::connect(&self.addr, self.protocol);
+        c.one_request_per_connection = self.one_request_per_connection;
+        c
     }
 
     /// Sends SIGTERM.
@@ -136,6 +141,10 @@ pub struct Client {
     reader: fcgi::ResponseReader,
     next_id: u16,
     pub keep_conn: bool,
+    /// Reconnect before each request after the first (fork-server).
+    pub one_request_per_connection: bool,
+    addr: Option<std::net::SocketAddr>,
+    used: bool,
 }
 
 impl Client {
@@ -149,6 +158,7 @@ impl Client {
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         stream.set_nodelay(true).unwrap();
+        let addr = stream.peer_addr().ok();
         Client {
             stream,
             protocol,
@@ -156,6 +166,9 @@ impl Client {
             reader: fcgi::ResponseReader::new(),
             next_id: 1,
             keep_conn: true,
+            one_request_per_connection: false,
+            addr,
+            used: false,
         }
     }
 
@@ -189,6 +202,15 @@ impl Client {
 
     /// One request, one response, verified against the workload.
     pub fn request(&mut self, method: &str, target: &str, body: &[u8]) -> Response {
+        if self.one_request_per_connection && self.used {
+            let addr = self.addr.expect("peer address");
+            let stream =
+                TcpStream::connect(addr).unwrap_or_else(|e| panic!("reconnect {addr}: {e}"));
+            let single = self.one_request_per_connection;
+            *self = Client::from_stream(stream, self.protocol);
+            self.one_request_per_connection = single;
+        }
+        self.used = true;
         let wire = self.encode(method, target, body);
         self.send(&wire)
             .unwrap_or_else(|e| panic!("send {target}: {e}"));

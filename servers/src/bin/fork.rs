@@ -1,0 +1,129 @@
+//! # fork-server — a new process per request, CGI style
+//!
+//! UNP ch.30's design 1 and the CGI era: the parent blocks in `accept`;
+//! for each connection it `fork`s a child that serves exactly one request
+//! (HTTP answers `Connection: close`, FastCGI closes after END_REQUEST) and
+//! exits. The parent never touches a request; it only reaps children in its
+//! SIGCHLD handler (UNP's `sig_chld`: `waitpid(-1, WNOHANG)` in a loop, so
+//! no zombie survives even when signals merge) and bounds how many live at
+//! once (`--max-conns`, default 256): over it, it waits for one to exit.
+//!
+//! ```text
+//!   parent:  accept ─> fork ─> close(conn) ─> accept ─> fork ─> …
+//!              │ SIGCHLD -> waitpid(-1, WNOHANG) until none
+//!   child:     read request ─> write response ─> close ─> exit
+//! ```
+//!
+//! **One request costs** its own process: `accept`, `clone` (copying the
+//! page tables of the parent), the request's `read` and `write`, `close`,
+//! `exit_group`, and the parent's `wait4` — plus the TCP handshake and
+//! teardown of a fresh connection, since nothing is kept alive. Compare its
+//! CPU µs per request with `prefork-server`'s: that difference is what
+//! php-fpm and FastCGI were invented to remove.
+//!
+//! **Trade-off.** Perfect isolation and the simplest possible handler (a
+//! crash, a leak, a global variable: all gone when the child exits). But
+//! every request pays process creation and a new connection, and nothing
+//! (a cache, a database connection) outlives a request.
+//!
+//! **When it wins**: rare requests that must be isolated (CGI scripts,
+//! inetd). **Where it breaks**: request rates above a few thousand per
+//! second. Compare with `prefork-server`.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use iomodels_servers::blocking::{self, Origin};
+use iomodels_servers::cli::{self, Common};
+use iomodels_servers::host::{DataDir, ServerHost, Shared};
+use iomodels_servers::{net, signals};
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+
+/// A process per request, CGI style: fork, serve one request, exit (UNP design 1).
+#[derive(Debug, Parser)]
+#[command(name = "fork-server", version, about, long_about = None)]
+struct Args {
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Children alive now: the SIGCHLD handler counts them down.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// UNP's `sig_chld`: reap every child that has exited. Signals of the same
+/// kind merge while one is pending, so one SIGCHLD may stand for many
+/// exits: loop until `waitpid` finds none.
+extern "C" fn reap_children(_: libc::c_int) {
+    // waitpid(2) is async-signal-safe, and so are the atomics.
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if matches!(status, WaitStatus::StillAlive) {
+            break;
+        }
+        LIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn main() -> ExitCode {
+    cli::main(run)
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    signals::install()?;
+    let reap = SigAction::new(
+        SigHandler::Handler(reap_children),
+        SaFlags::SA_NOCLDSTOP,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler calls only waitpid(2) and atomics, both
+    // async-signal-safe; no SA_RESTART, so accept(2) returns EINTR.
+    unsafe { signal::sigaction(Signal::SIGCHLD, &reap)? };
+    let data = DataDir::prepare(args.common.data_dir.as_deref())?;
+    let limit = args.common.max_conns.unwrap_or(256) as usize;
+    let shared = Shared::new("fork", &args.common, &data, 0)?;
+    let (listener, shown) =
+        net::listen(&args.common.listen, args.common.backlog, Default::default())?;
+    net::set_recv_timeout(&listener, blocking::TICK);
+    let parent = nix::unistd::getpid();
+    cli::ready(&shown);
+
+    blocking::accept_loop(&listener, |fd, _origin| {
+        // At the limit: wait for a child to exit (the handler counts it).
+        while LIVE.load(Ordering::SeqCst) >= limit {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        LIVE.fetch_add(1, Ordering::SeqCst);
+        shared.stats.opened();
+        // SAFETY: the parent is single-threaded, so the child starts with a
+        // consistent heap; it only serves one connection and exits.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                let mut host = ServerHost::for_process(&shared);
+                let mut buf = vec![0u8; 64 * 1024];
+                if signals::reinstall_in_child(parent).is_ok() {
+                    net::set_nodelay(&fd);
+                    blocking::serve(fd, &mut host, &mut buf, Origin::Single);
+                }
+                shared.stats.closed();
+                // SAFETY: _exit leaves without the parent's atexit work or
+                // destructors (the data dir is the parent's to remove).
+                unsafe { libc::_exit(0) };
+            }
+            Ok(ForkResult::Parent { .. }) => {}
+            Err(e) => {
+                eprintln!("fork-server: fork: {e}");
+                LIVE.fetch_sub(1, Ordering::SeqCst);
+                shared.stats.closed();
+            }
+        }
+        // The parent's copy of the connection is closed here (fd dropped).
+    })?;
+    // Stopping: the children finish their one request each.
+    while LIVE.load(Ordering::SeqCst) > 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
