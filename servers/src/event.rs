@@ -57,8 +57,15 @@ pub struct Connection {
     /// Readiness said readable and no read has seen EAGAIN since.
     pub readable: bool,
     /// What the model last told its readiness API, in the API's own bits
-    /// (epoll flags, poll events), so it only makes a call on a change.
+    /// (epoll flags), so it only makes a call on a change.
     pub registered: u32,
+    /// What the connection waits for since its last round of I/O (models
+    /// that rebuild their interest sets each time, like poll and select,
+    /// read it).
+    pub interest: Interest,
+    /// Bumped on every read or write that moved bytes (a sweeping model
+    /// tells from it whether a sweep did anything).
+    pub moved: u64,
 }
 
 impl Connection {
@@ -70,6 +77,11 @@ impl Connection {
             timer: None,
             readable: false,
             registered: 0,
+            interest: Interest {
+                read: true,
+                write: false,
+            },
+            moved: 0,
         }
     }
 
@@ -94,9 +106,11 @@ impl Connection {
                 match nix::unistd::read(&self.fd, buf) {
                     Ok(0) => {
                         self.readable = false;
+                        self.moved += 1;
                         self.conn.handle_eof(now, host);
                     }
                     Ok(n) => {
+                        self.moved += 1;
                         if until == ReadUntil::Short && n < buf.len() {
                             self.readable = false;
                         }
@@ -112,6 +126,7 @@ impl Connection {
             while !self.conn.output().is_empty() {
                 match nix::unistd::write(&self.fd, self.conn.output()) {
                     Ok(n) => {
+                        self.moved += 1;
                         self.conn.advance_output(n, now, host);
                         progress = true;
                     }
@@ -261,6 +276,7 @@ impl Reactor {
             self.blocking_wait,
         ) {
             Some(interest) => {
+                c.interest = interest;
                 let deadline = c.conn.poll_timeout(self.host.timeouts());
                 self.timers.schedule(&mut c.timer, token, deadline);
                 Some(interest)

@@ -14,6 +14,9 @@ const BINARIES: &[&str] = &[
     "prefork-server",
     "thread-server",
     "threadpool-server",
+    "nonblocking-server",
+    "select-server",
+    "poll-server",
     "epoll-server",
 ];
 

@@ -50,6 +50,9 @@ const SERVERS: &[Model] = &[
     model("prefork-server", &["--workers", "4"]),
     model("thread-server", &[]),
     model("threadpool-server", &["--workers", "4", "--queue", "256"]),
+    model("nonblocking-server", &[]),
+    model("select-server", &[]),
+    model("poll-server", &[]),
     model("epoll-server", &[]),
     model("epoll-server", &["--edge"]),
 ];

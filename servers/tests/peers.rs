@@ -16,6 +16,9 @@ const SERVERS: &[(&str, &[&str])] = &[
     ("prefork-server", &["--workers", "2"]),
     ("thread-server", &[]),
     ("threadpool-server", &["--workers", "2"]),
+    ("nonblocking-server", &[]),
+    ("select-server", &[]),
+    ("poll-server", &[]),
     ("epoll-server", &[]),
 ];
 
