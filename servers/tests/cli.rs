@@ -17,6 +17,7 @@ const BINARIES: &[&str] = &[
     "nonblocking-server",
     "select-server",
     "poll-server",
+    "sigio-server",
     "epoll-server",
 ];
 

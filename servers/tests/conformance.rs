@@ -53,6 +53,7 @@ const SERVERS: &[Model] = &[
     model("nonblocking-server", &[]),
     model("select-server", &[]),
     model("poll-server", &[]),
+    model("sigio-server", &[]),
     model("epoll-server", &[]),
     model("epoll-server", &["--edge"]),
 ];

@@ -19,6 +19,7 @@ const SERVERS: &[(&str, &[&str])] = &[
     ("nonblocking-server", &[]),
     ("select-server", &[]),
     ("poll-server", &[]),
+    ("sigio-server", &[]),
     ("epoll-server", &[]),
 ];
 
