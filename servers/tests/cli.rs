@@ -19,6 +19,8 @@ const BINARIES: &[&str] = &[
     "poll-server",
     "sigio-server",
     "epoll-server",
+    "mio-server",
+    "oneshot-server",
 ];
 
 #[test]

@@ -56,6 +56,8 @@ const SERVERS: &[Model] = &[
     model("sigio-server", &[]),
     model("epoll-server", &[]),
     model("epoll-server", &["--edge"]),
+    model("mio-server", &["--workers", "2"]),
+    model("oneshot-server", &["--workers", "3"]),
 ];
 
 const PROTOCOLS: [Protocol; 2] = [Protocol::Http, Protocol::Fcgi];

@@ -21,6 +21,8 @@ const SERVERS: &[(&str, &[&str])] = &[
     ("poll-server", &[]),
     ("sigio-server", &[]),
     ("epoll-server", &[]),
+    ("mio-server", &[]),
+    ("oneshot-server", &[]),
 ];
 
 const TARGETS: &[&str] = &[
