@@ -105,7 +105,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let (listener, shown) = net::listen(&args.common.listen, args.common.backlog, opts)?;
     let poller = Poller::new()?;
-    // SAFETY (of `add`): the listener and the stop pipe are deleted from the
+    // SAFETY: `add` needs the source deleted before it is closed: the listener and the stop pipe are deleted from the
     // poller before they are closed (the pipe lives as long as the process).
     unsafe {
         poller.add(&listener, Event::readable(LISTENER))?;
@@ -224,9 +224,10 @@ impl State {
         let entry = conns.vacant_entry();
         let key = entry.key();
         let mut c = Connection::new(fd, host, now);
-        // SAFETY (of `add`): every path that drops a connection deletes it
-        // from the poller first (`close`).
-        if unsafe { self.poller.add(&c.fd, Event::readable(key)) }.is_err() {
+        // SAFETY: `add` needs the source deleted before it is closed: every
+        // path that drops a connection deletes it from the poller first (`close`).
+        let added = unsafe { self.poller.add(&c.fd, Event::readable(key)) };
+        if added.is_err() {
             return;
         }
         host.stats().opened();
