@@ -105,8 +105,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let (listener, shown) = net::listen(&args.common.listen, args.common.backlog, opts)?;
     let poller = Poller::new()?;
-    // SAFETY: `add` needs the source deleted before it is closed: the listener and the stop pipe are deleted from the
-    // poller before they are closed (the pipe lives as long as the process).
+    // SAFETY: `add` needs the source deleted before it is closed: the
+    // listener is deleted at stop before it is dropped, and the stop pipe
+    // lives as long as the process.
     unsafe {
         poller.add(&listener, Event::readable(LISTENER))?;
         poller.add(&signals::stop_fd(), Event::readable(STOP))?;
