@@ -97,3 +97,88 @@ fn epoll_refuses_beyond_max_conns() {
     s.connect().request("GET", "/hello", b"");
     assert!(s.status()["refused"].as_u64().unwrap() >= 1);
 }
+
+/// fork-server reaps every child: no zombie is left after 10,000 requests.
+#[test]
+fn fork_leaves_no_zombie() {
+    let s = Server::start("fork-server", Protocol::Http, &[]);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = s.addr.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2_500 {
+                    let mut c = util::Client::connect(&addr, Protocol::Http);
+                    let r = c.request("GET", "/hello", b"");
+                    assert!(r.close);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let zombies = |pid: u32| {
+        children(pid)
+            .into_iter()
+            .filter(|c| {
+                std::fs::read_to_string(format!("/proc/{c}/stat")).is_ok_and(|st| {
+                    st.rsplit(')')
+                        .next()
+                        .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+                })
+            })
+            .count()
+    };
+    let end = Instant::now() + Duration::from_secs(2);
+    while zombies(s.child.id()) > 0 || !children(s.child.id()).is_empty() {
+        assert!(
+            Instant::now() < end,
+            "children left: {:?}",
+            children(s.child.id())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(s.status()["requests"].as_u64().unwrap() >= 10_000);
+}
+
+/// threadpool-server answers 503 (FastCGI: OVERLOADED) when every worker
+/// is busy and the queue is full, instead of leaving the client hanging.
+#[test]
+fn threadpool_refuses_when_saturated() {
+    for protocol in [Protocol::Http, Protocol::Fcgi] {
+        let s = Server::start(
+            "threadpool-server",
+            protocol,
+            &["--workers", "1", "--queue", "1"],
+        );
+        let mut busy = s.connect();
+        busy.request("GET", "/hello", b""); // pins the only worker (keep-alive)
+        let _queued = s.connect(); // waits in the queue
+        std::thread::sleep(Duration::from_millis(100));
+        let mut c = s.connect();
+        let start = Instant::now();
+        let (out, closed) = c.read_to_eof(Duration::from_secs(5));
+        assert!(
+            closed && start.elapsed() < Duration::from_secs(2),
+            "left hanging"
+        );
+        match protocol {
+            Protocol::Http => assert!(
+                out.starts_with(b"HTTP/1.1 503"),
+                "{}",
+                String::from_utf8_lossy(&out)
+            ),
+            Protocol::Fcgi => {
+                let rec = iomodels_workload::fcgi::parse_record(&out)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(rec.header.kind, iomodels_workload::fcgi::END_REQUEST);
+                assert_eq!(
+                    rec.content[4],
+                    iomodels_workload::fcgi::ProtocolStatus::Overloaded as u8
+                );
+            }
+        }
+        busy.request("GET", "/hello", b"");
+    }
+}

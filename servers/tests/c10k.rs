@@ -1,0 +1,94 @@
+//! Many connections at once (a test binary of its own: it holds over
+//! 10,000 descriptors, which must not meet other tests' in one process).
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use iomodels_workload::Protocol;
+use util::Server;
+
+fn connect_many(addr: &str, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| TcpStream::connect(addr).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect()
+}
+
+/// Reads one whole /hello response (or EOF / a 503).
+fn hello_status(s: &mut TcpStream) -> Option<u16> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Ok(Some(r)) = iomodels_workload::http::parse_response(&buf, false) {
+            return Some(r.status);
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// select-server: descriptors from 1024 up have no bit in an fd_set, so
+/// those connections are refused (503) and everyone below is still served.
+#[test]
+fn select_survives_1100_connections() {
+    let s = Server::start("select-server", Protocol::Http, &[]);
+    let mut conns = connect_many(&s.addr, 1100);
+    let (mut ok, mut refused) = (0, 0);
+    for c in conns.iter_mut() {
+        match hello_status(c) {
+            Some(200) => ok += 1,
+            Some(503) | None => refused += 1,
+            Some(other) => panic!("status {other}"),
+        }
+    }
+    assert!(ok >= 1000, "served {ok}");
+    assert!(refused >= 60, "refused {refused}");
+    // The first thousand are still served, and so is a newcomer once room is made.
+    assert_eq!(hello_status(&mut conns[0]), Some(200));
+    drop(conns);
+    std::thread::sleep(Duration::from_millis(200));
+    s.connect().request("GET", "/hello", b"");
+}
+
+/// The models built for C10K hold 10,000 idle connections and still
+/// answer a newcomer at once.
+#[test]
+fn ten_thousand_idle_connections() {
+    for (bin, flags) in [
+        ("poll-server", &[][..]),
+        ("epoll-server", &[]),
+        ("sigio-server", &[]),
+        ("mio-server", &["--workers", "2"]),
+        ("oneshot-server", &["--workers", "2"]),
+    ] {
+        let s = Server::start(bin, Protocol::Http, flags);
+        let mut idle = connect_many(&s.addr, 10_000);
+        // Make sure the server has accepted them all.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.status()["connections"].as_u64().unwrap() < 10_000 {
+            assert!(Instant::now() < deadline, "{bin}: not all 10,000 accepted");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let start = Instant::now();
+        s.connect().request("GET", "/hello", b"");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{bin}: newcomer waited {:?}",
+            start.elapsed()
+        );
+        for i in [0, 4_999, 9_999] {
+            assert_eq!(
+                hello_status(&mut idle[i]),
+                Some(200),
+                "{bin}: idle connection {i}"
+            );
+        }
+        eprintln!("{bin}: 10,000 idle connections held");
+    }
+}
