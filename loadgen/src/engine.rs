@@ -32,7 +32,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
@@ -430,7 +430,7 @@ pub(crate) fn run_thread(
     let timer = if plan.open_loop {
         let t = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK)
             .map_err(io::Error::from)?;
-        let fd = t.as_fd_raw();
+        let fd = t.as_fd().as_raw_fd();
         poll.registry()
             .register(&mut SourceFd(&fd), TIMER, Interest::READABLE)?;
         Some(t)
@@ -466,17 +466,6 @@ pub(crate) fn run_thread(
     w.run(progress, intervals.as_ref());
     progress.done.store(true, Ordering::Relaxed);
     Ok(w.stats)
-}
-
-trait RawTimer {
-    fn as_fd_raw(&self) -> i32;
-}
-
-impl RawTimer for TimerFd {
-    fn as_fd_raw(&self) -> i32 {
-        use std::os::fd::AsFd;
-        self.as_fd().as_raw_fd()
-    }
 }
 
 impl Worker<'_> {
