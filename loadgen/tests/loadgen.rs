@@ -1,0 +1,344 @@
+//! The load generator against an in-process server (tests/util): exact
+//! counts, verification, connection modes, FastCGI, unix sockets, failing
+//! servers, the JSON report and the interval log, and the binary's errors.
+
+mod util;
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use loadgen::{Config, ConnMode, Error, RouteSpec, Stop, Target};
+use util::{Options, TestServer};
+
+fn config(url: &str) -> Config {
+    let mut c = Config::new(Target::parse(url, None, None).expect("target"));
+    c.threads = 1;
+    c.connections = 2;
+    c
+}
+
+#[test]
+fn exact_count_under_n() {
+    let server = TestServer::start(Options::default());
+    let mut c = config(&server.url("/hello"));
+    c.threads = 3;
+    c.connections = 7;
+    c.stop = Stop::Requests(1000);
+    c.routes = vec![
+        RouteSpec::parse("/hello:3").unwrap(),
+        RouteSpec::parse("/cpu?n=100:1").unwrap(),
+        RouteSpec::parse("/bytes?n=40000:1").unwrap(),
+    ];
+    let r = loadgen::run(&c).expect("run");
+    assert_eq!(r.requests, 1000);
+    assert_eq!(r.errors.total(), 0, "{:?}", r.errors);
+    assert_eq!(r.latency.count, 1000);
+    assert_eq!(server.counters.requests.load(Ordering::Relaxed), 1000);
+    // Two X-Worker values, every response counted once.
+    assert_eq!(r.workers.values().sum::<u64>(), 1000);
+    assert_eq!(r.workers.len(), 2);
+    // Every one of the 7 connections was used.
+    assert_eq!(server.counters.accepts.load(Ordering::Relaxed), 7);
+    assert!(r.cpu.user_s + r.cpu.sys_s > 0.0);
+}
+
+#[test]
+fn pipelined_count_is_exact() {
+    let server = TestServer::start(Options::default());
+    let mut c = config(&server.url("/hello"));
+    c.pipeline = 8;
+    c.stop = Stop::Requests(999);
+    let r = loadgen::run(&c).expect("run");
+    assert_eq!((r.requests, r.errors.total()), (999, 0));
+}
+
+#[test]
+fn verification_catches_a_corrupted_body() {
+    let server = TestServer::start(Options {
+        corrupt: true,
+        ..Options::default()
+    });
+    let mut c = config(&server.url("/hello"));
+    c.stop = Stop::Requests(200);
+    c.routes = vec![
+        RouteSpec::parse("/hello:1").unwrap(),
+        RouteSpec::parse("/cpu?n=7:1").unwrap(),
+    ];
+    let r = loadgen::run(&c).expect("run");
+    assert_eq!(r.requests, 200);
+    assert_eq!(r.errors.verify, 100, "{:?}", r.errors);
+    assert_eq!(r.errors.total(), 100);
+}
+
+#[test]
+fn a_wrong_status_is_a_status_error() {
+    let server = TestServer::start(Options::default());
+    let mut c = config(&server.url("/hello"));
+    c.method = Some("POST".into());
+    c.stop = Stop::Requests(50);
+    // POST /hello is answered 405, which is what the route must answer: no error.
+    let r = loadgen::run(&c).expect("run");
+    assert_eq!(r.errors.total(), 0);
+    // A route that does not exist is 404 and also verified as such.
+    c.method = None;
+    c.routes = vec![RouteSpec::parse("/cpu?n=x").unwrap()];
+    let r = loadgen::run(&c).expect("run");
+    assert_eq!((r.requests, r.errors.total()), (50, 0));
+}
+
+#[test]
+fn new_conn_opens_one_connection_per_request() {
+    let server = TestServer::start(Options::default());
+    let mut c = config(&server.url("/hello"));
+    c.connections = 3;
+    c.conn_mode = ConnMode::NewConn;
+    c.stop = Stop::Requests(150);
+    let r = loadgen::run(&c).expect("run");
+    assert_eq!((r.requests, r.errors.total()), (150, 0));
+    assert_eq!(server.counters.accepts.load(Ordering::Relaxed), 150);
+    assert_eq!(r.connections_opened, 150);
+    assert!(r.connect_time.count >= 149);
+}
+
+#[test]
+fn idle_connections_are_held() {
+    let server = TestServer::start(Options::default());
+    let mut c = config(&server.url("/hello"));
+    c.idle = 60;
+    c.stop = Stop::DurationS(0.3);
+    let r = loadgen::run(&c).expect("run");
+    assert_eq!((r.idle.asked, r.idle.held), (60, 60));
+    assert!(server.counters.max_open.load(Ordering::Relaxed) >= 62);
+    assert!(r.requests > 0);
+    // They are closed at the end.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.counters.open.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.counters.open.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn fastcgi_target() {
+    let server = TestServer::start(Options {
+        fcgi: true,
+        ..Options::default()
+    });
+    let mut c = config(&server.url("/hello"));
+    c.stop = Stop::Requests(600);
+    c.routes = vec![
+        RouteSpec::parse("/hello:2").unwrap(),
+        RouteSpec::parse("/cpu?n=1000:1").unwrap(),
+        RouteSpec::parse("/echo:1").unwrap(),
+    ];
+    c.body_size = 3000;
+    c.headers = vec!["X-Test: yes".into()];
+    let r = loadgen::run(&c).expect("run");
+    assert_eq!((r.requests, r.errors.total()), (600, 0), "{:?}", r.errors);
+    assert_eq!(r.workers.values().sum::<u64>(), 600);
+    // New connection per request over FastCGI (no FCGI_KEEP_CONN).
+    c.conn_mode = ConnMode::NewConn;
+    c.stop = Stop::Requests(60);
+    let accepted = server.counters.accepts.load(Ordering::Relaxed);
+    let r = loadgen::run(&c).expect("run");
+    assert_eq!((r.requests, r.errors.total()), (60, 0), "{:?}", r.errors);
+    assert_eq!(
+        server.counters.accepts.load(Ordering::Relaxed) - accepted,
+        60
+    );
+}
+
+#[test]
+fn fastcgi_corruption_is_caught() {
+    let server = TestServer::start(Options {
+        fcgi: true,
+        corrupt: true,
+        ..Options::default()
+    });
+    let mut c = config(&server.url("/hello"));
+    c.stop = Stop::Requests(40);
+    let r = loadgen::run(&c).expect("run");
+    assert_eq!((r.requests, r.errors.verify), (40, 40));
+}
+
+#[test]
+fn unix_socket_target() {
+    let path = util::socket_path("unix");
+    let _server = TestServer::start(Options {
+        unix: Some(path.clone()),
+        ..Options::default()
+    });
+    let mut c = Config::new(Target::parse("/hello", Some(path.clone()), None).unwrap());
+    c.threads = 1;
+    c.connections = 3;
+    c.stop = Stop::Requests(300);
+    let r = loadgen::run(&c).expect("run");
+    assert_eq!((r.requests, r.errors.total()), (300, 0));
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn a_server_that_drops_connections_is_counted_not_a_hang() {
+    let server = TestServer::start(Options {
+        drop_after: Some(4),
+        ..Options::default()
+    });
+    let mut c = config(&server.url("/hello"));
+    c.stop = Stop::Requests(100);
+    let r = loadgen::run(&c).expect("run");
+    // Every fifth request on a connection is lost, the rest answered.
+    assert_eq!(r.requests + r.errors.transport(), 100);
+    assert!(r.errors.read >= 15, "{:?}", r.errors);
+    assert!(r.requests >= 70);
+}
+
+#[test]
+fn a_server_that_stalls_times_out() {
+    let server = TestServer::start(Options {
+        mute: true,
+        ..Options::default()
+    });
+    let mut c = config(&server.url("/hello"));
+    c.stop = Stop::Requests(4);
+    c.timeout_s = 0.3;
+    let started = Instant::now();
+    let r = loadgen::run(&c).expect("run");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!((r.requests, r.errors.timeout), (0, 4));
+}
+
+#[test]
+fn json_report_and_hdr_log() {
+    let server = TestServer::start(Options::default());
+    let dir = std::env::temp_dir().join(format!("loadgen-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("run.hlog");
+    let mut c = config(&server.url("/hello"));
+    c.stop = Stop::DurationS(2.5);
+    c.rate = Some(400.0);
+    c.hdr_log = Some(log.clone());
+    let r = loadgen::run(&c).expect("run");
+    // Open loop: asked and achieved rates, corrected and uncorrected latency.
+    let ol = r.open_loop.as_ref().expect("open loop");
+    assert_eq!(ol.asked_rps, 400.0);
+    assert!((350.0..=410.0).contains(&ol.achieved_rps), "{ol:?}");
+    assert!(r.latency_uncorrected.is_some());
+    // The JSON round-trips and carries its schema version.
+    let json = r.to_json();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["errors"]["verify"], 0);
+    let back: loadgen::Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (back.requests, back.errors, &back.latency.hdr, &back.workers),
+        (r.requests, r.errors, &r.latency.hdr, &r.workers)
+    );
+    // Connections are taken in turn, so both were used.
+    assert_eq!(r.workers.len(), 2, "{:?}", r.workers);
+    assert_eq!(back.latency.histogram().unwrap().len(), r.requests);
+    // The interval log: one interval per second, all requests in it.
+    let text = std::fs::read(&log).unwrap();
+    let mut intervals = 0;
+    let mut total = 0;
+    for item in hdrhistogram::serialization::interval_log::IntervalLogIterator::new(&text) {
+        if let hdrhistogram::serialization::interval_log::LogEntry::Interval(iv) = item.unwrap() {
+            let bytes = base64_decode(iv.encoded_histogram());
+            let h: hdrhistogram::Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+                .deserialize(&mut bytes.as_slice())
+                .unwrap();
+            assert_eq!(iv.start_timestamp(), Duration::from_secs(intervals));
+            total += h.len();
+            intervals += 1;
+        }
+    }
+    assert_eq!(intervals, 3);
+    assert_eq!(total, r.requests);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+#[test]
+fn warmup_is_not_recorded() {
+    let server = TestServer::start(Options::default());
+    let mut c = config(&server.url("/hello"));
+    c.warmup_s = 0.3;
+    c.stop = Stop::Requests(100);
+    let r = loadgen::run(&c).expect("run");
+    assert_eq!(r.requests, 100);
+    assert!(server.counters.requests.load(Ordering::Relaxed) > 100);
+}
+
+#[test]
+fn library_errors() {
+    let mut c = config("http://127.0.0.1:1/hello");
+    c.stop = Stop::Requests(1);
+    assert!(matches!(loadgen::run(&c), Err(Error::Unreachable(_))));
+    c.connections = 0;
+    assert!(matches!(loadgen::run(&c), Err(Error::Config(_))));
+}
+
+fn loadgen_bin(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .output()
+        .expect("run loadgen")
+}
+
+#[test]
+fn binary_errors_are_one_line_and_exit_2() {
+    for args in [
+        &["http://127.0.0.1:1/hello"][..],
+        &["not-a-url"],
+        &["--bogus", "http://127.0.0.1:1/"],
+        &["-d", "10x", "http://127.0.0.1:1/"],
+        &["-t", "4", "-c", "2", "http://127.0.0.1:1/"],
+    ] {
+        let out = loadgen_bin(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("loadgen: error: "), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn binary_prints_a_wrk_like_summary() {
+    let server = TestServer::start(Options::default());
+    let dir = std::env::temp_dir().join(format!("loadgen-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("r.json");
+    let url = server.url("/hello");
+    let out = loadgen_bin(&[
+        "-t1",
+        "-c2",
+        "-n",
+        "300",
+        "--latency",
+        "--json",
+        json.to_str().unwrap(),
+        &url,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        out.stderr.is_empty(),
+        "progress must be silent off a terminal"
+    );
+    for line in [
+        "Running 300 requests test @",
+        "Latency Distribution",
+        "Detailed Percentile spectrum",
+        "300 requests in",
+        "Requests/sec:",
+    ] {
+        assert!(text.contains(line), "{line} missing in\n{text}");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["requests"], 300);
+    let _ = std::fs::remove_dir_all(dir);
+}
