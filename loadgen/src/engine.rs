@@ -915,7 +915,7 @@ impl Worker<'_> {
                         } else {
                             0
                         };
-                        let worker = r.worker.as_deref().map(str::as_bytes);
+                        let worker = slot.fcgi.worker();
                         let body = slot.fcgi.body();
                         record(stats, plan, &front, route, status, body, worker, r.len, now);
                         Ok(Some((false, r.len)))

@@ -376,8 +376,6 @@ pub struct ClientResponse {
     pub id: u16,
     /// From the CGI `Status:` header (200 when absent, as CGI says).
     pub status: u16,
-    /// The `X-Worker` header, if any.
-    pub worker: Option<String>,
     /// END_REQUEST's protocol status.
     pub protocol_status: ProtocolStatus,
     /// END_REQUEST's application status.
@@ -436,6 +434,7 @@ impl ResponseReader {
         if self.used == 0 {
             self.stdout.clear();
             self.body_start = 0;
+            self.worker = None;
         }
         loop {
             let rest = &input[self.used..];
@@ -453,8 +452,8 @@ impl ResponseReader {
                     let app_status = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
                     let protocol_status =
                         ProtocolStatus::from_u8(c[4]).ok_or(ClientError::BadEndRequest)?;
-                    let (status, worker) = if self.stdout.is_empty() {
-                        (0, None)
+                    let status = if self.stdout.is_empty() {
+                        0
                     } else {
                         self.parse_cgi_head()?
                     };
@@ -463,7 +462,6 @@ impl ResponseReader {
                     return Ok(Some(ClientResponse {
                         id: rec.header.id,
                         status,
-                        worker,
                         protocol_status,
                         app_status,
                         len,
@@ -475,25 +473,32 @@ impl ResponseReader {
         }
     }
 
-    fn parse_cgi_head(&mut self) -> Result<(u16, Option<String>), ClientError> {
+    fn parse_cgi_head(&mut self) -> Result<u16, ClientError> {
         let mut fields = [httparse::EMPTY_HEADER; 32];
         let (head_len, fields) = match httparse::parse_headers(&self.stdout, &mut fields) {
             Ok(httparse::Status::Complete((n, f))) => (n, f),
             _ => return Err(ClientError::BadCgiHead),
         };
         let mut status = 200;
-        let mut worker = None;
+        let base = self.stdout.as_ptr() as usize;
         for f in fields {
             if f.name.eq_ignore_ascii_case("status") {
                 let v = std::str::from_utf8(f.value).map_err(|_| ClientError::BadCgiHead)?;
                 let code = v.split_whitespace().next().unwrap_or("");
                 status = code.parse().map_err(|_| ClientError::BadCgiHead)?;
             } else if f.name.eq_ignore_ascii_case("x-worker") {
-                worker = Some(String::from_utf8_lossy(f.value).into_owned());
+                // The value borrows from `stdout`: keep where it is.
+                let start = f.value.as_ptr() as usize - base;
+                self.worker = Some(start..start + f.value.len());
             }
         }
         self.body_start = head_len;
-        Ok((status, worker))
+        Ok(status)
+    }
+
+    /// The `X-Worker` header of the response last returned, if any.
+    pub fn worker(&self) -> Option<&[u8]> {
+        self.worker.clone().and_then(|r| self.stdout.get(r))
     }
 
     /// The body of the response last returned by [`ResponseReader::read`].
@@ -584,8 +589,8 @@ mod tests {
         assert_eq!(r.read(&wire[..20]), Ok(None));
         let resp = r.read(&wire).unwrap().unwrap();
         assert_eq!(
-            (resp.status, resp.worker.as_deref(), resp.len),
-            (404, Some("9"), wire.len())
+            (resp.status, r.worker(), resp.len),
+            (404, Some(&b"9"[..]), wire.len())
         );
         assert_eq!(r.body(), b"nope");
     }

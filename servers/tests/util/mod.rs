@@ -248,7 +248,10 @@ impl Client {
                         let resp = Response {
                             status: r.status,
                             body: self.reader.body().to_vec(),
-                            worker: r.worker,
+                            worker: self
+                                .reader
+                                .worker()
+                                .map(|w| String::from_utf8_lossy(w).into_owned()),
                             close: false,
                             fcgi_status: Some(r.protocol_status),
                         };
