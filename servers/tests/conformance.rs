@@ -19,6 +19,9 @@ const SERVERS: &[(&str, &[&str])] = &[
     ("epoll-server", &[]),
     ("epoll-server", &["--edge"]),
     ("uring-server", &[]),
+    // The fallbacks: one-shot accept and recv, and a buffer ring so small
+    // that it runs dry (ENOBUFS) whenever several connections receive.
+    ("uring-server", &["--single-shot", "--buffers", "4"]),
 ];
 
 const PROTOCOLS: [Protocol; 2] = [Protocol::Http, Protocol::Fcgi];

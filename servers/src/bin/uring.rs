@@ -747,7 +747,11 @@ impl Server {
             self.run_timers();
             if let Some(since) = self.stopping_since {
                 self.drain_all(since);
-                if self.conns.is_empty() {
+                // Exit once every connection is gone and the kernel has let
+                // go of the listener (the cancelled accept completed): a
+                // server started right after on the same port must not
+                // find it still in use.
+                if self.conns.is_empty() && self.accept_op.is_none() {
                     return Ok(());
                 }
             }
