@@ -49,6 +49,12 @@ impl Timers {
         })
     }
 
+    /// The earliest entry's deadline (stale or not), for models that arm
+    /// a kernel timer for an exact instant rather than a wait in milliseconds.
+    pub fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((t, _))| *t)
+    }
+
     /// Pops one entry due at `now`: `(when, token)`. The caller checks
     /// `when` against the connection's armed deadline and skips stale ones.
     pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, usize)> {

@@ -182,3 +182,37 @@ fn threadpool_refuses_when_saturated() {
         busy.request("GET", "/hello", b"");
     }
 }
+
+/// uring-server: --max-conns refuses, and --workers N runs N rings (each
+/// answering as `<pid>.<ring>`) that all stop on SIGTERM.
+#[test]
+fn uring_max_conns_and_workers() {
+    let Some(s) = Server::start_or_skip("uring-server", Protocol::Http, &["--max-conns", "2"])
+    else {
+        return;
+    };
+    let mut a = s.connect();
+    let mut b = s.connect();
+    a.request("GET", "/hello", b"");
+    b.request("GET", "/hello", b"");
+    let (out, closed) = s.connect().read_to_eof(Duration::from_secs(5));
+    assert!(closed && out.starts_with(b"HTTP/1.1 503"));
+    drop((a, b));
+
+    let Some(mut s) = Server::start_or_skip("uring-server", Protocol::Fcgi, &["--workers", "3"])
+    else {
+        return;
+    };
+    assert_eq!(s.status()["workers"], 3);
+    let workers: std::collections::HashSet<String> = (0..30)
+        .filter_map(|_| s.connect().request("GET", "/file?name=4k", b"").worker)
+        .collect();
+    let pid = s.child.id().to_string();
+    assert!(
+        workers.iter().all(|w| w.starts_with(&format!("{pid}."))),
+        "{workers:?}"
+    );
+    s.sigterm();
+    let status = s.wait_exit(Duration::from_secs(5)).expect("exit");
+    assert!(status.success());
+}

@@ -411,12 +411,14 @@ impl std::error::Error for ClientError {}
 
 /// Reads responses from a FastCGI application: feed it the input from the
 /// start of a response; it collects STDOUT in a buffer it keeps (and reuses)
-/// and returns the response at END_REQUEST.
+/// and returns the response at END_REQUEST. Nothing is allocated per
+/// response once the buffer has grown to the largest response.
 #[derive(Debug, Default)]
 pub struct ResponseReader {
     stdout: Vec<u8>,
     used: usize,
     body_start: usize,
+    worker: Option<std::ops::Range<usize>>,
 }
 
 impl ResponseReader {

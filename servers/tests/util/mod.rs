@@ -40,24 +40,50 @@ impl Server {
     /// Starts `bin` on a free loopback port with the given protocol and
     /// extra flags, and waits (at most 10 s) for `listening on ADDR`.
     pub fn start(bin: &str, protocol: Protocol, extra: &[&str]) -> Server {
+        Server::start_or_skip(bin, protocol, extra)
+            .unwrap_or_else(|| panic!("{bin} cannot run on this machine"))
+    }
+
+    /// Like [`Server::start`], but a server that exits with the line
+    /// [`UNAVAILABLE`] (io_uring disabled by sysctl or seccomp) is skipped:
+    /// a message on stderr and `None`. Any other early exit fails the test.
+    pub fn start_or_skip(bin: &str, protocol: Protocol, extra: &[&str]) -> Option<Server> {
         let mut cmd = Command::new(bin_path(bin));
         cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        // Pass the server's stderr on, and remember an "unavailable" line.
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if line.contains(UNAVAILABLE) {
+                    let _ = tx.send(line);
+                }
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
-        let addr = read_ready_line(stdout, bin);
-        Server {
+        let Some(addr) = wait_ready_line(stdout, bin) else {
+            let _ = child.wait();
+            let line = rx
+                .recv_timeout(Duration::from_secs(2))
+                .unwrap_or_else(|_| panic!("{bin} exited without printing its ready line"));
+            eprintln!("skipped {bin} {extra:?}: {line}");
+            return None;
+        };
+        Some(Server {
             child,
             addr,
             name: bin.to_string(),
             protocol,
             one_request_per_connection: false,
-        }
+        })
     }
 
     /// A new client connection.
@@ -101,9 +127,19 @@ impl Drop for Server {
     }
 }
 
+/// What a server that cannot use io_uring here says before exiting 1
+/// (`uring-server: error: io_uring unavailable: … (kernel X)`).
+pub const UNAVAILABLE: &str = "io_uring unavailable";
+
 /// Reads the ready line from a child's stdout on a helper thread (so a
 /// server that never prints it fails the test instead of hanging it).
 pub fn read_ready_line(stdout: impl Read + Send + 'static, bin: &str) -> String {
+    wait_ready_line(stdout, bin).unwrap_or_else(|| panic!("{bin} exited without its ready line"))
+}
+
+/// The ready line's address, or `None` if the server closed its stdout
+/// (exited) without printing it; panics after 10 s of silence.
+pub fn wait_ready_line(stdout: impl Read + Send + 'static, bin: &str) -> Option<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -113,12 +149,16 @@ pub fn read_ready_line(stdout: impl Read + Send + 'static, bin: &str) -> String 
         // Keep draining so the server never blocks on a full pipe.
         for _ in lines {}
     });
-    let line = rx
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("{bin} printed no ready line within 10 s"));
-    line.strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{bin}: unexpected first line {line:?}"))
-        .to_string()
+    let line = match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(line) => line,
+        Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{bin} printed no ready line within 10 s"),
+    };
+    Some(
+        line.strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{bin}: unexpected first line {line:?}"))
+            .to_string(),
+    )
 }
 
 /// One response as the tests see it.
