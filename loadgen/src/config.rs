@@ -273,6 +273,10 @@ pub struct Config {
     pub method: Option<String>,
     /// Extra request headers, `Name: value` (FastCGI: sent as `HTTP_NAME` params).
     pub headers: Vec<String>,
+    /// FastCGI only: extra PARAMS, `NAME=VALUE` (php-fpm needs
+    /// `SCRIPT_FILENAME`, for one).
+    #[serde(default)]
+    pub params: Vec<String>,
     /// Body size of POST requests (bytes of the `/bytes` pattern).
     pub body_size: usize,
     /// Event-loop threads.
@@ -308,6 +312,7 @@ impl Config {
             routes: Vec::new(),
             method: None,
             headers: Vec::new(),
+            params: Vec::new(),
             body_size: 0,
             threads: 2,
             connections: 10,
@@ -379,6 +384,14 @@ impl Config {
                 return Err(Error::Config(format!(
                     "header {h:?}: expected \"Name: value\""
                 )));
+            }
+        }
+        for p in &self.params {
+            if self.target.protocol != Protocol::Fcgi {
+                return bad("--param is for FastCGI targets");
+            }
+            if !p.split_once('=').is_some_and(|(n, _)| !n.is_empty()) {
+                return Err(Error::Config(format!("param {p:?}: expected NAME=VALUE")));
             }
         }
         if self.routes.iter().map(|r| u64::from(r.weight)).sum::<u64>() > 100_000 {
@@ -509,5 +522,13 @@ mod tests {
         assert!(c.validate().is_ok());
         assert_eq!(c.method_for("/echo"), "POST");
         assert_eq!(c.method_for("/hello"), "GET");
+        c.params = vec!["SCRIPT_FILENAME=/srv/x.php".into()];
+        assert!(c.validate().is_err(), "params are for FastCGI");
+        let f = Target::parse("fcgi://127.0.0.1:1/", None, None).unwrap();
+        let mut c = Config::new(f);
+        c.params = vec!["SCRIPT_FILENAME=/srv/x.php".into()];
+        assert!(c.validate().is_ok());
+        c.params = vec!["=x".into()];
+        assert!(c.validate().is_err());
     }
 }

@@ -378,6 +378,10 @@ fn prepare(config: &Config) -> Vec<Prepared> {
                                     v.trim().to_string(),
                                 ))
                             }))
+                            .chain(config.params.iter().filter_map(|p| {
+                                let (n, v) = p.split_once('=')?;
+                                Some((n.to_string(), v.to_string()))
+                            }))
                             .collect();
                     let extra: Vec<(&str, &str)> = params
                         .iter()

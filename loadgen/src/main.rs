@@ -52,6 +52,10 @@ struct Cli {
     /// Extra request header "Name: value" (repeatable).
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
+    /// FastCGI: an extra PARAMS pair NAME=VALUE (repeatable), e.g.
+    /// --param SCRIPT_FILENAME=/srv/hello.php for php-fpm.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
     /// Request method [default: POST for /echo, GET otherwise].
     #[arg(short = 'm', long)]
     method: Option<String>,
@@ -106,6 +110,7 @@ impl Cli {
             .collect::<Result<_, _>>()?;
         c.method = self.method.clone();
         c.headers = self.headers.clone();
+        c.params = self.params.clone();
         c.body_size = self.body_size;
         c.threads = self.threads;
         c.connections = self.connections;
