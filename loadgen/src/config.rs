@@ -390,7 +390,7 @@ impl Config {
             if self.target.protocol != Protocol::Fcgi {
                 return bad("--param is for FastCGI targets");
             }
-            if !p.split_once('=').is_some_and(|(n, _)| !n.is_empty()) {
+            if p.split_once('=').is_none_or(|(n, _)| n.is_empty()) {
                 return Err(Error::Config(format!("param {p:?}: expected NAME=VALUE")));
             }
         }
