@@ -27,28 +27,9 @@ cargo build --release -q -p loadgen
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# nginx: one worker, no logging, unlimited keep-alive requests (nginx's
-# default of 1000 would make the generators reconnect).
+. scripts/lib.sh
 port=$(free_port)
-cat > "$work/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  server {
-    listen 127.0.0.1:$port;
-    location = /hello { default_type text/plain; return 200 "Hello, World!"; }
-  }
-}
-CONF
-taskset -c 1 nginx -c "$work/nginx.conf" -p "$work" &
-for _ in $(seq 50); do [ -s "$work/nginx.pid" ] && break; sleep 0.1; done
+start_nginx_hello "$work" "$port"
 
 url="http://127.0.0.1:$port/hello"
 run_one() { # name command...

@@ -30,28 +30,9 @@ cargo build --release -q -p iomodels-servers
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# nginx: one worker, no logging, unlimited keep-alive requests (nginx's
-# default of 1000 would make wrk reconnect, which we do not measure here).
+. scripts/lib.sh
 nport=$(free_port)
-cat > "$work/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  server {
-    listen 127.0.0.1:$nport;
-    location = /hello { default_type text/plain; return 200 "Hello, World!"; }
-  }
-}
-EOF
-taskset -c 1 nginx -c "$work/nginx.conf" -p "$work" &
-for _ in $(seq 50); do [ -s "$work/nginx.pid" ] && break; sleep 0.1; done
+start_nginx_hello "$work" "$nport"
 
 taskset -c 1 ./target/release/epoll-server --listen 127.0.0.1:0 "${extra[@]}" > "$work/epoll.out" &
 epid=$!
