@@ -89,6 +89,7 @@ fn rps_chart(rows: &[&Row], out: &mut String) -> DrawResult {
             }
         })
         .y_desc("requests/s")
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
     let w = 0.9 / models.len().max(1) as f64;
     for (mi, m) in models.iter().enumerate() {
@@ -150,7 +151,7 @@ fn latency_chart(results: &Results, rows: &[&Row], out: &mut String) -> DrawResu
     let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .margin(10)
+        .margin(25)
         .x_label_area_size(35)
         .y_label_area_size(70)
         .build_cartesian_2d((1f64..1e5).log_scale(), (1f64..ymax).log_scale())?;
@@ -158,6 +159,7 @@ fn latency_chart(results: &Results, rows: &[&Row], out: &mut String) -> DrawResu
         .configure_mesh()
         .x_desc("percentile")
         .y_desc("latency µs")
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .x_label_formatter(&|x| {
             let nines = x.log10().round() as i32;
             match nines {
@@ -206,6 +208,7 @@ fn idle_chart(rows: &[&Row], out: &mut String) -> DrawResult {
         .configure_mesh()
         .x_desc("idle connections")
         .y_desc("requests/s")
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
     for (i, m) in models.iter().enumerate() {
         let c = color(i);
