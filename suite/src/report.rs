@@ -391,7 +391,7 @@ fn machine_md(r: &Results) -> String {
     )
 }
 
-const HOW_TO_READ: &str = "How to read: **req/s** closed-loop throughput (open loop: achieved rate); \
+const HOW_TO_READ: &str = "How to read: **req/s** verified responses per second (refusals such as 503 and wrong bodies count as errors, not throughput; open loop: the achieved rate); \
 **×epoll** the same figure over epoll-server's in this run (steadier than raw req/s on a shared machine); \
 **p50/p99** latency; **CPU µs/req** what the server's whole process tree spent per request \
 (reaped children included); **csw/req** context switches per request; **RSS/PSS** peak resident and \

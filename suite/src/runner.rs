@@ -221,9 +221,14 @@ fn measure(
     let t = target(&server.addr, protocol)?;
     if plan.warmup_s > 0.0 {
         // Warm-up without the idle connections (they are opened by the
-        // measured run and held through it).
+        // measured run and held through it), and with at most as many
+        // connections as the server has workers: a blocking model serves
+        // one connection per worker, and the rest would wait in its listen
+        // backlog after the warm-up ended, each with a request that the
+        // workers would serve first during the measured run.
         let warm = Load {
             idle: 0,
+            connections: load.connections.min(plan.workers.max(1)),
             ..load.clone()
         };
         let c = scenarios::config(t.clone(), scenario, &warm, plan.warmup_s);

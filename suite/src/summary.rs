@@ -27,7 +27,8 @@ pub struct Row {
     pub reps: usize,
     /// Median requests (per repetition).
     pub requests: f64,
-    /// Median requests/s.
+    /// Median requests/s, counting verified responses only (a refusal
+    /// such as 503, or a wrong body, is an error, not throughput).
     pub rps: f64,
     /// Median p50, p99, p99.9 and max latency, µs.
     pub p50_us: f64,
@@ -80,6 +81,16 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Responses per second that had the route's status and body.
+pub fn good_rps(r: &loadgen::Report) -> f64 {
+    let bad = r.errors.status + r.errors.verify;
+    if r.requests == 0 {
+        0.0
+    } else {
+        r.rps * r.requests.saturating_sub(bad) as f64 / r.requests as f64
+    }
+}
+
 /// Groups `results` into rows, in the order runs first appear.
 pub fn rows(results: &Results) -> Vec<Row> {
     let mut order: Vec<String> = Vec::new();
@@ -116,7 +127,7 @@ pub fn rows(results: &Results) -> Vec<Row> {
                 new_conn: first.load.conn_mode == loadgen::ConnMode::NewConn,
                 reps: reps.len(),
                 requests: med(&|r, _| r.requests as f64),
-                rps: med(&|r, _| r.rps),
+                rps: med(&|r, _| good_rps(r)),
                 p50_us: med(&|r, _| r.latency.p50_us as f64),
                 p99_us: med(&|r, _| r.latency.p99_us as f64),
                 p999_us: med(&|r, _| r.latency.p999_us as f64),
