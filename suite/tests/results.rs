@@ -76,10 +76,11 @@ fn compare_flags_throughput_relative_to_epoll_but_not_raw_rps() {
         r.report.as_mut().unwrap().rps *= 0.8;
     }
     assert!(!compare::compare(&base, &slower, 0.10).failed());
-    // One model 20 % slower than epoll: its ratio regresses.
+    // One model 30 % slower than epoll: its ratio regresses (ratios are
+    // gated at twice the threshold).
     let mut one = base.clone();
     for r in one.runs.iter_mut().filter(|r| r.model == "select") {
-        r.report.as_mut().unwrap().rps *= 0.8;
+        r.report.as_mut().unwrap().rps *= 0.7;
     }
     let c = compare::compare(&base, &one, 0.10);
     assert!(c.failed());
