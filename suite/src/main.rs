@@ -137,9 +137,20 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // clap's message, folded onto one line (without its usage and tips).
             let text = e.to_string();
-            let line = text.lines().next().unwrap_or("bad arguments");
-            let line = line.strip_prefix("error: ").unwrap_or(line);
+            let parts: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("tip:")
+                        && !l.starts_with("For more information")
+                })
+                .collect();
+            let line = parts.join(" ");
+            let line = line.strip_prefix("error: ").unwrap_or(&line);
             eprintln!("iomodels: error: {line} (see iomodels --help)");
             return ExitCode::from(2);
         }
