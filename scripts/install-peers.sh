@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and benchmarks use, when missing:
 # curl, cgi-fcgi (libfcgi-bin: an independent FastCGI client), nginx
-# (nginx-light), wrk, strace, hyperfine. Runs `apt-get update` once, only
+# (nginx-light), wrk, strace, hyperfine, chromium (headless, for the
+# report test). Runs `apt-get update` once, only
 # if something is missing. Needs root (or sudo).
 set -euo pipefail
 
 need=()
-for pair in curl:curl libfcgi-bin:cgi-fcgi nginx-light:nginx wrk:wrk strace:strace hyperfine:hyperfine; do
+for pair in curl:curl libfcgi-bin:cgi-fcgi nginx-light:nginx wrk:wrk strace:strace hyperfine:hyperfine chromium:chromium; do
   pkg=${pair%%:*} cmd=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

@@ -1,0 +1,21 @@
+//! # iomodels-suite
+//!
+//! The orchestrator behind the `iomodels` binary: it runs a matrix of
+//! server models × scenarios × protocols against fresh servers, measures
+//! each server's own costs from /proc, writes `results/<run-id>/`, renders
+//! reports and compares result sets for CI.
+//!
+//! Modules: [`models`] (which servers exist), [`scenarios`] (what load),
+//! [`runner`] (start, load, measure, stop), [`procfs`] (process-tree
+//! accounting), [`results`] (the JSON file), [`summary`] (medians and the
+//! table), [`report`] (Markdown, HTML and SVG charts), [`compare`] (the
+//! regression gate and Bencher Metric Format).
+
+pub mod compare;
+pub mod models;
+pub mod procfs;
+pub mod report;
+pub mod results;
+pub mod runner;
+pub mod scenarios;
+pub mod summary;

@@ -1,0 +1,430 @@
+//! `iomodels`: the orchestrator's command line.
+//!
+//! * no arguments — the quick default matrix: every server model found
+//!   beside this executable × the core scenarios × both protocols, a table,
+//!   `results/<run-id>/results.json` and a report;
+//! * `run` — the same with chosen models, scenarios, protocols, durations;
+//! * `report RESULTS` — rebuilds report.md and report.html from a results file;
+//! * `compare BASE NEW` — the regression gate (exit 1 on a regression);
+//! * `models` — the models known and the binaries found.
+//!
+//! A mistake is one line, `iomodels: error: …`; usage errors exit 2.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use iomodels_suite::results::{Machine, RunConfig, SCHEMA_VERSION};
+use iomodels_suite::runner::Plan;
+use iomodels_suite::scenarios::{self, Scenario};
+use iomodels_suite::{compare, models, report, results, runner, summary};
+use loadgen::Protocol;
+
+/// Benchmark suite for server I/O models: runs every server model through
+/// the same scenarios over HTTP and FastCGI, measures the servers' own
+/// costs, writes results and reports, and compares result sets for CI.
+/// Without a subcommand: the quick default matrix (`iomodels run`).
+#[derive(Debug, Parser)]
+#[command(name = "iomodels", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a matrix of models × scenarios × protocols (defaults: the quick matrix).
+    Run(RunArgs),
+    /// Render report.md and report.html from a results.json.
+    Report {
+        /// The results file.
+        results: PathBuf,
+        /// Directory for the reports [default: the results file's directory].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Compare two results files; exit 1 when a gated figure regressed.
+    Compare {
+        /// The baseline results file.
+        base: PathBuf,
+        /// The new results file.
+        new: PathBuf,
+        /// Allowed worsening of a gated figure: 10% or 0.1.
+        #[arg(long, default_value = "10%", value_parser = compare::parse_threshold)]
+        threshold: f64,
+        /// Also write NEW's figures as Bencher Metric Format JSON here.
+        #[arg(long)]
+        bmf: Option<PathBuf>,
+    },
+    /// List the models this suite knows and the server binaries found.
+    Models,
+}
+
+/// Protocol choice on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProtocolArg {
+    /// HTTP/1.1.
+    Http,
+    /// FastCGI.
+    Fcgi,
+    /// Both, one after the other.
+    Both,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct RunArgs {
+    /// Models to run, comma-separated (`epoll,prefork`) [default: every
+    /// `*-server` beside iomodels].
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+    /// Scenarios, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    scenarios: Vec<Scenario>,
+    /// Protocols to run.
+    #[arg(long, value_enum, default_value = "both")]
+    protocol: ProtocolArg,
+    /// Measured time per run: 800ms, 2s.
+    #[arg(short = 'd', long, default_value = "800ms", value_parser = loadgen::parse_duration)]
+    duration: std::time::Duration,
+    /// Warm-up load before each run (not measured).
+    #[arg(long, default_value = "200ms", value_parser = loadgen::parse_duration)]
+    warmup: std::time::Duration,
+    /// Repeat every run N times; reports and compare use medians.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+    /// Server --workers.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Idle connection levels of the idle sweep, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,1000,10000")]
+    idle_levels: Vec<usize>,
+    /// Models the idle sweep runs for, comma-separated, or `all`.
+    #[arg(long, value_delimiter = ',', default_value = "select,poll,epoll")]
+    idle_models: Vec<String>,
+    /// Add an `strace -f -c` pass per model: system calls per request.
+    #[arg(long)]
+    syscalls: bool,
+    /// Directory that receives `<run-id>/`.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// Also write Bencher Metric Format JSON here.
+    #[arg(long)]
+    bmf: Option<PathBuf>,
+    /// Directory holding the server binaries [default: beside iomodels].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+/// A mistake of the user's: exit status 2.
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's message, folded onto one line (without its usage and tips).
+            let text = e.to_string();
+            let parts: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("tip:")
+                        && !l.starts_with("For more information")
+                })
+                .collect();
+            let line = parts.join(" ");
+            let line = line.strip_prefix("error: ").unwrap_or(&line);
+            eprintln!("iomodels: error: {line} (see iomodels --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("iomodels: error: {e:#}");
+            if e.downcast_ref::<Usage>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cmd = match cli.cmd {
+        Some(c) => c,
+        None => match Cli::parse_from(["iomodels", "run"]).cmd {
+            Some(c) => c,
+            None => unreachable!("parsing `run` gives the run subcommand"),
+        },
+    };
+    match cmd {
+        Cmd::Run(args) => run_matrix(args),
+        Cmd::Report { results, out } => {
+            let r = results::Results::load(&results)?;
+            let dir =
+                out.unwrap_or_else(|| results.parent().unwrap_or(Path::new(".")).to_path_buf());
+            let html = report::write(&r, &dir)?;
+            println!("report: {} (and report.md)", html.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Compare {
+            base,
+            new,
+            threshold,
+            bmf,
+        } => {
+            let b = results::Results::load(&base)?;
+            let n = results::Results::load(&new)?;
+            if let Some(path) = bmf {
+                write_bmf(&n, &path)?;
+            }
+            let c = compare::compare(&b, &n, threshold);
+            print_out(&compare::markdown(&c));
+            Ok(if c.failed() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::Models => {
+            let dir = models::bin_dir();
+            let found = models::discover(&dir);
+            let mut s = format!("server binaries in {}:\n", dir.display());
+            for (m, d) in models::KNOWN {
+                let mark = if found.iter().any(|f| f == m) {
+                    "found  "
+                } else {
+                    "missing"
+                };
+                s.push_str(&format!("  {mark} {m:<12} {d}\n"));
+            }
+            for m in found
+                .iter()
+                .filter(|f| !models::KNOWN.iter().any(|(k, _)| k == f))
+            {
+                s.push_str(&format!("  found   {m:<12} {}\n", models::describe(m)));
+            }
+            print_out(&s);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error.
+fn print_out(s: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
+}
+
+fn write_bmf(r: &results::Results, path: &Path) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(&compare::bmf(r))?;
+    std::fs::write(path, text + "\n")
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
+fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.bin_dir.clone().unwrap_or_else(models::bin_dir);
+    let found = models::discover(&dir);
+    let missing_known: Vec<&str> = models::KNOWN
+        .iter()
+        .map(|(m, _)| *m)
+        .filter(|m| !found.iter().any(|f| f == m))
+        .collect();
+    let (models, missing) = if args.models.is_empty() {
+        if found.is_empty() {
+            anyhow::bail!(
+                "no *-server binaries in {}: build them with `cargo build --release --workspace`",
+                dir.display()
+            );
+        }
+        if !missing_known.is_empty() {
+            eprintln!(
+                "iomodels: not found in {} (not built, or not in this checkout): {}",
+                dir.display(),
+                missing_known
+                    .iter()
+                    .map(|m| format!("{m}-server"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        (
+            found.clone(),
+            missing_known
+                .iter()
+                .map(|m| format!("{m}-server"))
+                .collect(),
+        )
+    } else {
+        let absent: Vec<String> = args
+            .models
+            .iter()
+            .filter(|m| !found.contains(m))
+            .map(|m| format!("{m}-server"))
+            .collect();
+        if !absent.is_empty() {
+            return Err(Usage(format!(
+                "not found in {}: {} (found: {})",
+                dir.display(),
+                absent.join(", "),
+                found.join(", ")
+            ))
+            .into());
+        }
+        (args.models.clone(), Vec::new())
+    };
+    if !dir.join("loadgen").exists() {
+        eprintln!(
+            "iomodels: note: no loadgen binary in {} (iomodels drives the loadgen library itself; build the workspace for the standalone tool)",
+            dir.display()
+        );
+    }
+    let mut scen = if args.scenarios.is_empty() {
+        scenarios::DEFAULT.to_vec()
+    } else {
+        args.scenarios.clone()
+    };
+    if scen.contains(&Scenario::Open) && !scen.contains(&Scenario::Hello) {
+        // The open loop's rate is a fraction of the measured hello maximum.
+        scen.push(Scenario::Hello);
+    }
+    scen.sort();
+    scen.dedup();
+    let protocols = match args.protocol {
+        ProtocolArg::Http => vec![Protocol::Http],
+        ProtocolArg::Fcgi => vec![Protocol::Fcgi],
+        ProtocolArg::Both => vec![Protocol::Http, Protocol::Fcgi],
+    };
+    if args.repeat == 0 || args.workers == 0 {
+        return Err(Usage("--repeat and --workers must be at least 1".into()).into());
+    }
+    let idle_models = if args.idle_models.iter().any(|m| m == "all") {
+        None
+    } else {
+        Some(args.idle_models.clone())
+    };
+    let plan = Plan {
+        bin_dir: dir.clone(),
+        models: models.clone(),
+        scenarios: scen.clone(),
+        protocols: protocols.clone(),
+        duration_s: args.duration.as_secs_f64(),
+        warmup_s: args.warmup.as_secs_f64(),
+        repeat: args.repeat,
+        workers: args.workers,
+        idle_levels: args.idle_levels.clone(),
+        idle_models: idle_models.clone(),
+    };
+    let start = SystemTime::now();
+    let run_id = results::run_id(start);
+    let machine = Machine::current();
+    eprintln!(
+        "iomodels: {} runs: {} model(s) × {} scenario(s) × {} protocol(s), {:.1} s each",
+        plan.count(),
+        models.len(),
+        scen.len(),
+        protocols.len(),
+        plan.duration_s + plan.warmup_s
+    );
+    let runs = runner::run_plan(&plan, true);
+    let mut syscalls = Vec::new();
+    if args.syscalls {
+        for m in &models {
+            for &p in &protocols {
+                match runner::syscalls(&plan, m, p, plan.duration_s.max(1.0)) {
+                    Ok(s) => syscalls.push(s),
+                    Err(e) => eprintln!("iomodels: strace pass for {m} ({}) failed: {e}", p.name()),
+                }
+            }
+        }
+    }
+    let results = results::Results {
+        schema_version: SCHEMA_VERSION,
+        run_id: run_id.clone(),
+        machine,
+        config: RunConfig {
+            models,
+            scenarios: scen,
+            protocols,
+            duration_s: plan.duration_s,
+            warmup_s: plan.warmup_s,
+            repeat: plan.repeat,
+            workers: plan.workers,
+            idle_levels: plan.idle_levels.clone(),
+            idle_models: idle_models.unwrap_or_else(|| plan.models.clone()),
+            missing,
+        },
+        runs,
+        syscalls,
+    };
+    let out_dir = args.out.join(&run_id);
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
+    let json = out_dir.join("results.json");
+    results.save(&json)?;
+    let html = report::write(&results, &out_dir)?;
+    if let Some(path) = &args.bmf {
+        write_bmf(&results, path)?;
+    }
+    print_out(&summary::table(&summary::rows(&results)));
+    let took = start.elapsed().map_or(0.0, |d| d.as_secs_f64());
+    print_out(&format!(
+        "\nresults: {}\nreport:  {} (and report.md), {took:.0} s\n",
+        json.display(),
+        html.display()
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_a_run() {
+        let c = Cli::try_parse_from([
+            "iomodels",
+            "run",
+            "--models",
+            "epoll,poll",
+            "--scenarios",
+            "hello,idle",
+            "-d",
+            "300ms",
+        ])
+        .unwrap();
+        let Some(Cmd::Run(a)) = c.cmd else {
+            panic!("run")
+        };
+        assert_eq!(a.models, ["epoll", "poll"]);
+        assert_eq!(a.scenarios, [Scenario::Hello, Scenario::Idle]);
+        assert_eq!(a.duration.as_millis(), 300);
+        assert!(Cli::try_parse_from(["iomodels", "run", "--scenarios", "nope"]).is_err());
+    }
+}

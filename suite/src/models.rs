@@ -1,0 +1,123 @@
+//! The server models: the ones this suite knows how to describe, and the
+//! `*-server` binaries actually present beside the `iomodels` executable
+//! (found at run time, so a model added later runs without a change here).
+
+use std::path::{Path, PathBuf};
+
+/// A model the suite can describe: binary name without `-server`, and one line.
+pub const KNOWN: &[(&str, &str)] = &[
+    (
+        "iterative",
+        "one connection at a time, blocking (UNP ch.30 design 0)",
+    ),
+    ("fork", "a new process per request, CGI style (UNP 1)"),
+    (
+        "prefork",
+        "master binds, N workers block in accept (php-fpm pm=static)",
+    ),
+    ("thread", "a thread per connection (UNP 6)"),
+    (
+        "threadpool",
+        "acceptor + bounded queue + N blocking worker threads (UNP 8)",
+    ),
+    (
+        "nonblocking",
+        "one thread, O_NONBLOCK sweeps, no readiness API",
+    ),
+    (
+        "select",
+        "one thread, select(2); refuses fds >= FD_SETSIZE (1024)",
+    ),
+    ("poll", "one thread, poll(2)"),
+    ("epoll", "one thread, epoll(7) (nginx worker)"),
+    ("sigio", "one thread, O_ASYNC + F_SETSIG real-time signals"),
+    ("uring", "one thread, io_uring completions"),
+    ("mio", "acceptor + N mio event loops (memcached)"),
+    ("oneshot", "N threads share one poller with oneshot re-arm"),
+    ("fpm", "php-fpm-like process manager"),
+    ("swoole", "reactor threads + worker processes (Swoole)"),
+];
+
+/// The one-line description of `model`, or a neutral one for a model added
+/// after this list was written.
+pub fn describe(model: &str) -> &'static str {
+    KNOWN
+        .iter()
+        .find(|(m, _)| *m == model)
+        .map_or("(a model this suite has no description for)", |(_, d)| d)
+}
+
+/// Where the workspace's binaries are: the directory of the running executable.
+pub fn bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The models whose `<model>-server` binary exists in `dir`: known models
+/// first in [`KNOWN`]'s order, then unknown ones alphabetically.
+pub fn discover(dir: &Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    name.strip_suffix("-server").map(str::to_string)
+                })
+                .filter(|m| !m.is_empty() && !m.contains('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort_by_key(|m| {
+        (
+            KNOWN.iter().position(|(k, _)| k == m).unwrap_or(usize::MAX),
+            m.clone(),
+        )
+    });
+    found.dedup();
+    found
+}
+
+/// How a model has to be driven for its results to mean something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quirks {
+    /// Serves one connection at a time: more connections would only queue.
+    pub one_connection: bool,
+    /// Closes after every request: only new-connection mode makes sense.
+    pub closes_each_request: bool,
+    /// Refuses fds >= FD_SETSIZE, so it cannot hold 10,000 idle connections.
+    pub fd_setsize: bool,
+}
+
+/// The quirks of `model` (none for models not named here).
+pub fn quirks(model: &str) -> Quirks {
+    Quirks {
+        one_connection: model == "iterative",
+        closes_each_request: model == "fork",
+        fd_setsize: model == "select",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovers_server_binaries_in_known_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "zeta-server",
+            "epoll-server",
+            "prefork-server",
+            "loadgen",
+            "x.d",
+        ] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        assert_eq!(discover(dir.path()), ["prefork", "epoll", "zeta"]);
+        assert!(describe("epoll").contains("epoll"));
+        assert!(describe("zeta").contains("no description"));
+    }
+}

@@ -1,0 +1,404 @@
+//! Runs the matrix: for each run, a fresh server (`--workers 2 --listen
+//! 127.0.0.1:0 --protocol P`), a warm-up load, a /proc snapshot of the
+//! server's tree, the measured load, another snapshot, then SIGTERM.
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use loadgen::{Protocol, Target};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::procfs::{self, Cost};
+use crate::results::{RunRecord, Syscalls};
+use crate::scenarios::{self, Load, Scenario};
+
+/// A run's generator CPU at or above this share of a core flags it.
+pub const GENERATOR_LIMIT: f64 = 0.9;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Directory holding the `*-server` binaries.
+    pub bin_dir: PathBuf,
+    /// Models, in order.
+    pub models: Vec<String>,
+    /// Scenarios, in order (hello is run before open).
+    pub scenarios: Vec<Scenario>,
+    /// Protocols.
+    pub protocols: Vec<Protocol>,
+    /// Measured seconds per run.
+    pub duration_s: f64,
+    /// Warm-up seconds per run.
+    pub warmup_s: f64,
+    /// Repetitions.
+    pub repeat: u32,
+    /// Server `--workers`.
+    pub workers: usize,
+    /// Idle levels of the sweep.
+    pub idle_levels: Vec<usize>,
+    /// Models the sweep runs for (`None`: all).
+    pub idle_models: Option<Vec<String>>,
+}
+
+impl Plan {
+    /// Whether the idle sweep runs for `model`.
+    pub fn sweeps(&self, model: &str) -> bool {
+        self.idle_models
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| x == model))
+    }
+
+    /// Number of runs the plan makes (for the progress line).
+    pub fn count(&self) -> usize {
+        let per_model = |m: &str| {
+            self.scenarios
+                .iter()
+                .map(|&s| match s {
+                    Scenario::Idle if self.sweeps(m) => self.idle_levels.len(),
+                    Scenario::Idle => 0,
+                    _ => 1,
+                })
+                .sum::<usize>()
+        };
+        self.models.iter().map(|m| per_model(m)).sum::<usize>()
+            * self.protocols.len()
+            * self.repeat as usize
+    }
+}
+
+/// A started server, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Server {
+    child: Child,
+    /// `host:port` from its ready line.
+    pub addr: String,
+}
+
+impl Server {
+    /// Starts `bin` and waits at most 10 s for `listening on ADDR`.
+    pub fn start(bin: &Path, protocol: Protocol, workers: usize) -> anyhow::Result<Server> {
+        Server::start_with(Command::new(bin), protocol, workers)
+    }
+
+    /// Starts the server `cmd` runs (a wrapper such as strace may come first).
+    pub fn start_with(
+        mut cmd: Command,
+        protocol: Protocol,
+        workers: usize,
+    ) -> anyhow::Result<Server> {
+        cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
+            .args(["--workers", &workers.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {:?}: {e}", cmd.get_program()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(a.to_string());
+                    break;
+                }
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let mut server = Server {
+            child,
+            addr: String::new(),
+        };
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(addr) => {
+                server.addr = addr;
+                Ok(server)
+            }
+            Err(_) => anyhow::bail!("{:?} printed no ready line within 10 s", cmd.get_program()),
+        }
+    }
+
+    /// The server's pid (the root of its process tree).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, wait up to 3 s, then SIGKILL.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn target(addr: &str, protocol: Protocol) -> anyhow::Result<Target> {
+    let scheme = match protocol {
+        Protocol::Http => "http",
+        Protocol::Fcgi => "fcgi",
+    };
+    Target::parse(&format!("{scheme}://{addr}/"), None, None).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The binary of `model` in `dir`.
+pub fn server_bin(dir: &Path, model: &str) -> PathBuf {
+    dir.join(format!("{model}-server"))
+}
+
+/// One measured run against a fresh server.
+pub fn run_one(
+    plan: &Plan,
+    model: &str,
+    scenario: Scenario,
+    protocol: Protocol,
+    rep: u32,
+    load: Load,
+) -> RunRecord {
+    let mut rec = RunRecord {
+        model: model.to_string(),
+        scenario,
+        protocol,
+        rep,
+        load: load.clone(),
+        skipped: None,
+        report: None,
+        server: None,
+        generator_limited: false,
+        error: None,
+    };
+    let q = crate::models::quirks(model);
+    if q.fd_setsize && load.idle + load.connections + 16 > 1024 {
+        rec.skipped = Some(format!(
+            "{model}-server refuses fds >= FD_SETSIZE (1024): cannot hold {} idle connections",
+            load.idle
+        ));
+        return rec;
+    }
+    if scenario == Scenario::Open && load.rate.is_none_or(|r| r < 1.0) {
+        rec.skipped = Some("no hello maximum to derive the open-loop rate from".into());
+        return rec;
+    }
+    match measure(plan, model, scenario, protocol, &load) {
+        Ok((report, cost)) => {
+            rec.generator_limited = report.cpu.utilization >= GENERATOR_LIMIT;
+            rec.server = Some(cost);
+            rec.report = Some(report);
+        }
+        Err(e) => rec.error = Some(e.to_string()),
+    }
+    rec
+}
+
+fn measure(
+    plan: &Plan,
+    model: &str,
+    scenario: Scenario,
+    protocol: Protocol,
+    load: &Load,
+) -> anyhow::Result<(loadgen::Report, Cost)> {
+    let mut server = Server::start(&server_bin(&plan.bin_dir, model), protocol, plan.workers)?;
+    let t = target(&server.addr, protocol)?;
+    if plan.warmup_s > 0.0 {
+        // Warm-up without the idle connections (they are opened by the
+        // measured run and held through it), and with at most as many
+        // connections as the server has workers: a blocking model serves
+        // one connection per worker, and the rest would wait in its listen
+        // backlog after the warm-up ended, each with a request that the
+        // workers would serve first during the measured run.
+        let warm = Load {
+            idle: 0,
+            connections: load.connections.min(plan.workers.max(1)),
+            ..load.clone()
+        };
+        let c = scenarios::config(t.clone(), scenario, &warm, plan.warmup_s);
+        loadgen::run(&c).map_err(|e| anyhow::anyhow!("warm-up: {e}"))?;
+    }
+    let c = scenarios::config(t, scenario, load, plan.duration_s);
+    // Run::new connects once and opens nothing else: the snapshot taken
+    // after it brackets the idle connections and the measured load.
+    let run = loadgen::Run::new(&c).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let before = procfs::snapshot(server.pid());
+    let t0 = Instant::now();
+    let report = run.start().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let wall = t0.elapsed().as_secs_f64();
+    let after = procfs::snapshot(server.pid());
+    server.stop();
+    let attempts = report.requests + report.errors.transport();
+    Ok((report, Cost::between(&before, &after, attempts, wall)))
+}
+
+/// Runs the whole plan; `progress` draws a line on stderr (only when it is
+/// a terminal).
+pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
+    let total = plan.count();
+    let tty = progress && std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut done = 0usize;
+    let mut out = Vec::new();
+    let mut scenarios = plan.scenarios.clone();
+    scenarios.sort();
+    scenarios.dedup();
+    for rep in 0..plan.repeat {
+        for model in &plan.models {
+            for &protocol in &plan.protocols {
+                let mut hello_rps = None;
+                for &scenario in &scenarios {
+                    let levels: Vec<usize> = match scenario {
+                        Scenario::Idle if plan.sweeps(model) => plan.idle_levels.clone(),
+                        Scenario::Idle => continue,
+                        _ => vec![0],
+                    };
+                    for idle in levels {
+                        if tty {
+                            let mut e = std::io::stderr();
+                            let _ = write!(
+                                e,
+                                "\r\x1b[2K[{}/{}] {:.0}s {model} {} {}{}",
+                                done + 1,
+                                total,
+                                started.elapsed().as_secs_f64(),
+                                scenario.name(),
+                                protocol.name(),
+                                if scenario == Scenario::Idle {
+                                    format!(" idle={idle}")
+                                } else {
+                                    String::new()
+                                }
+                            );
+                            let _ = e.flush();
+                        }
+                        let rate = hello_rps.map(|r: f64| r * scenarios::OPEN_FRACTION);
+                        let load = scenarios::load(scenario, model, idle, rate);
+                        let rec = run_one(plan, model, scenario, protocol, rep, load);
+                        if scenario == Scenario::Hello {
+                            hello_rps = rec.report.as_ref().map(|r| r.rps);
+                        }
+                        out.push(rec);
+                        done += 1;
+                    }
+                }
+            }
+        }
+    }
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    out
+}
+
+/// `strace -f -c` counts for `model` under a `seconds`-long `/hello` run;
+/// `None` when strace is missing or the run failed.
+pub fn syscalls(
+    plan: &Plan,
+    model: &str,
+    protocol: Protocol,
+    seconds: f64,
+) -> anyhow::Result<Syscalls> {
+    let out = std::env::temp_dir().join(format!(
+        "iomodels-strace-{}-{model}.txt",
+        std::process::id()
+    ));
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-c", "-o"])
+        .arg(&out)
+        .arg(server_bin(&plan.bin_dir, model));
+    let mut server = Server::start_with(cmd, protocol, plan.workers)?;
+    let load = scenarios::load(Scenario::Hello, model, 0, None);
+    let c = scenarios::config(
+        target(&server.addr, protocol)?,
+        Scenario::Hello,
+        &load,
+        seconds,
+    );
+    let report = loadgen::run(&c).map_err(|e| anyhow::anyhow!("{e}"));
+    // strace's child is the server: stop it, and strace writes its table.
+    for pid in procfs::tree(server.pid()).into_iter().skip(1).take(1) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    server.stop();
+    let report = report?;
+    let text = std::fs::read_to_string(&out).map_err(|e| anyhow::anyhow!("strace output: {e}"))?;
+    let _ = std::fs::remove_file(&out);
+    Ok(Syscalls {
+        model: model.to_string(),
+        protocol,
+        requests: report.requests,
+        per_request: parse_strace(&text, report.requests),
+    })
+}
+
+/// Calls per request by name from an `strace -c` table, most first.
+pub fn parse_strace(text: &str, requests: u64) -> Vec<(String, f64)> {
+    let mut rows: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let p: Vec<&str> = l.split_whitespace().collect();
+            let name = *p.last()?;
+            if p.len() < 5 || !p[0].starts_with(|c: char| c.is_ascii_digit()) || name == "total" {
+                return None;
+            }
+            let calls: u64 = p[3].parse().ok()?;
+            Some((name.to_string(), calls as f64 / requests.max(1) as f64))
+        })
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_strace_summary() {
+        let t = "% time     seconds  usecs/call     calls    errors syscall\n\
+                 ------ ----------- ----------- --------- --------- ----------------\n\
+                  60.00    0.006000           3      2000           read\n\
+                  40.00    0.004000           2      1000        10 epoll_wait\n\
+                 ------ ----------- ----------- --------- --------- ----------------\n\
+                 100.00    0.010000                  3000        10 total\n";
+        let r = parse_strace(t, 1000);
+        assert_eq!(
+            r,
+            vec![("read".to_string(), 2.0), ("epoll_wait".to_string(), 1.0)]
+        );
+    }
+
+    #[test]
+    fn counts_runs_of_a_plan() {
+        let plan = Plan {
+            bin_dir: PathBuf::new(),
+            models: vec!["epoll".into(), "thread".into()],
+            scenarios: vec![Scenario::Hello, Scenario::Idle],
+            protocols: vec![Protocol::Http, Protocol::Fcgi],
+            duration_s: 1.0,
+            warmup_s: 0.0,
+            repeat: 2,
+            workers: 2,
+            idle_levels: vec![0, 10],
+            idle_models: Some(vec!["epoll".into()]),
+        };
+        assert_eq!(plan.count(), (3 + 1) * 2 * 2);
+    }
+}

@@ -1,0 +1,261 @@
+//! One row per (model, scenario, protocol, idle level): the median of its
+//! repetitions. The table, the reports and `compare` all read these rows.
+
+use std::collections::BTreeMap;
+
+use crate::results::{Results, RunRecord};
+use crate::scenarios::Scenario;
+
+/// The median figures of one run's repetitions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// `model/scenario/protocol[/idle=N]`.
+    pub key: String,
+    /// Model.
+    pub model: String,
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Protocol.
+    pub protocol: loadgen::Protocol,
+    /// Idle connections held.
+    pub idle: usize,
+    /// Active connections.
+    pub connections: usize,
+    /// New connection per request.
+    pub new_conn: bool,
+    /// Repetitions with a report.
+    pub reps: usize,
+    /// Median requests (per repetition).
+    pub requests: f64,
+    /// Median requests/s, counting verified responses only (a refusal
+    /// such as 503, or a wrong body, is an error, not throughput).
+    pub rps: f64,
+    /// Median p50, p99, p99.9 and max latency, µs.
+    pub p50_us: f64,
+    /// p99.
+    pub p99_us: f64,
+    /// p99.9.
+    pub p999_us: f64,
+    /// max.
+    pub max_us: f64,
+    /// Median errors of all classes.
+    pub errors: f64,
+    /// Median server CPU µs per request: user, system, total.
+    pub user_us: f64,
+    /// System.
+    pub sys_us: f64,
+    /// User + system.
+    pub cpu_us: f64,
+    /// Median context switches per request (voluntary + involuntary).
+    pub csw: f64,
+    /// Largest peak RSS and PSS, KiB.
+    pub rss_kib: u64,
+    /// PSS.
+    pub pss_kib: u64,
+    /// Processes and threads (largest).
+    pub processes: u64,
+    /// Threads.
+    pub threads: u64,
+    /// Median generator CPU share of its core.
+    pub generator: f64,
+    /// Any repetition was generator-limited.
+    pub generator_limited: bool,
+    /// Why the run was skipped or failed.
+    pub note: Option<String>,
+    /// This row's rps over epoll-server's in the same result set (same
+    /// scenario, protocol and idle level).
+    pub ratio_to_epoll: Option<f64>,
+}
+
+/// The median of `v` (0 when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Responses per second that had the route's status and body.
+pub fn good_rps(r: &loadgen::Report) -> f64 {
+    let bad = r.errors.status + r.errors.verify;
+    if r.requests == 0 {
+        0.0
+    } else {
+        r.rps * r.requests.saturating_sub(bad) as f64 / r.requests as f64
+    }
+}
+
+/// Groups `results` into rows, in the order runs first appear.
+pub fn rows(results: &Results) -> Vec<Row> {
+    let mut order: Vec<String> = Vec::new();
+    let mut groups: BTreeMap<String, Vec<&RunRecord>> = BTreeMap::new();
+    for r in &results.runs {
+        let k = r.key();
+        if !groups.contains_key(&k) {
+            order.push(k.clone());
+        }
+        groups.entry(k).or_default().push(r);
+    }
+    let mut out: Vec<Row> = order
+        .iter()
+        .map(|k| {
+            let g = &groups[k];
+            let first = g[0];
+            let reps: Vec<(&loadgen::Report, &crate::procfs::Cost)> = g
+                .iter()
+                .filter_map(|r| Some((r.report.as_ref()?, r.server.as_ref()?)))
+                .collect();
+            let med = |f: &dyn Fn(&loadgen::Report, &crate::procfs::Cost) -> f64| {
+                median(reps.iter().map(|(r, c)| f(r, c)).collect())
+            };
+            let note = g
+                .iter()
+                .find_map(|r| r.skipped.clone().or_else(|| r.error.clone()));
+            Row {
+                key: k.clone(),
+                model: first.model.clone(),
+                scenario: first.scenario,
+                protocol: first.protocol,
+                idle: first.load.idle,
+                connections: first.load.connections,
+                new_conn: first.load.conn_mode == loadgen::ConnMode::NewConn,
+                reps: reps.len(),
+                requests: med(&|r, _| r.requests as f64),
+                rps: med(&|r, _| good_rps(r)),
+                p50_us: med(&|r, _| r.latency.p50_us as f64),
+                p99_us: med(&|r, _| r.latency.p99_us as f64),
+                p999_us: med(&|r, _| r.latency.p999_us as f64),
+                max_us: med(&|r, _| r.latency.max_us as f64),
+                errors: med(&|r, _| r.errors.total() as f64),
+                user_us: med(&|_, c| c.user_us_per_request),
+                sys_us: med(&|_, c| c.sys_us_per_request),
+                cpu_us: med(&|_, c| c.cpu_us_per_request),
+                csw: med(&|_, c| c.voluntary_csw_per_request + c.involuntary_csw_per_request),
+                rss_kib: reps.iter().map(|(_, c)| c.peak_rss_kib).max().unwrap_or(0),
+                pss_kib: reps.iter().map(|(_, c)| c.pss_kib).max().unwrap_or(0),
+                processes: reps.iter().map(|(_, c)| c.processes).max().unwrap_or(0),
+                threads: reps.iter().map(|(_, c)| c.threads).max().unwrap_or(0),
+                generator: med(&|r, _| r.cpu.utilization),
+                generator_limited: g.iter().any(|r| r.generator_limited),
+                note,
+                ratio_to_epoll: None,
+            }
+        })
+        .collect();
+    let epoll: BTreeMap<(Scenario, &'static str, usize), f64> = out
+        .iter()
+        .filter(|r| r.model == "epoll" && r.reps > 0 && r.rps > 0.0)
+        .map(|r| ((r.scenario, r.protocol.name(), r.idle), r.rps))
+        .collect();
+    for r in &mut out {
+        if r.reps > 0 {
+            r.ratio_to_epoll = epoll
+                .get(&(r.scenario, r.protocol.name(), r.idle))
+                .map(|e| r.rps / e);
+        }
+    }
+    out
+}
+
+/// The merged latency histogram of a key's repetitions.
+pub fn histogram(results: &Results, key: &str) -> Option<hdrhistogram::Histogram<u64>> {
+    let mut merged: Option<hdrhistogram::Histogram<u64>> = None;
+    for r in results.runs.iter().filter(|r| r.key() == key) {
+        let Some(h) = r
+            .report
+            .as_ref()
+            .and_then(|rep| rep.latency.histogram().ok())
+        else {
+            continue;
+        };
+        match merged.as_mut() {
+            Some(m) => {
+                let _ = m.add(&h);
+            }
+            None => merged = Some(h),
+        }
+    }
+    merged.filter(|h| !h.is_empty())
+}
+
+fn fmt_num(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn fmt_us(x: f64) -> String {
+    if x >= 10_000.0 {
+        format!("{:.1}ms", x / 1000.0)
+    } else {
+        format!("{x:.0}us")
+    }
+}
+
+/// The table as Markdown (the terminal prints the same text).
+pub fn table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| model | scenario | proto | conns | req/s | ×epoll | p50 | p99 | errors | CPU µs/req (usr+sys) | csw/req | RSS MiB | PSS MiB | procs/thr | gen CPU |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let scen = if r.scenario == Scenario::Idle {
+            format!("idle {}", r.idle)
+        } else {
+            r.scenario.name().to_string()
+        };
+        let conns = format!("{}{}", r.connections, if r.new_conn { " new" } else { "" });
+        if r.reps == 0 {
+            s.push_str(&format!(
+                "| {} | {scen} | {} | {conns} | – | | | | | | | | | | {} |\n",
+                r.model,
+                r.protocol.name(),
+                r.note.as_deref().unwrap_or("no result").replace('|', "/")
+            ));
+            continue;
+        }
+        s.push_str(&format!(
+            "| {} | {scen} | {} | {conns} | {:.0} | {} | {} | {} | {} | {} ({}+{}) | {} | {:.1} | {:.1} | {}/{} | {:.0}%{} |\n",
+            r.model,
+            r.protocol.name(),
+            r.rps,
+            r.ratio_to_epoll.map_or(String::new(), |x| format!("{x:.2}")),
+            fmt_us(r.p50_us),
+            fmt_us(r.p99_us),
+            r.errors,
+            fmt_num(r.cpu_us),
+            fmt_num(r.user_us),
+            fmt_num(r.sys_us),
+            fmt_num(r.csw),
+            r.rss_kib as f64 / 1024.0,
+            r.pss_kib as f64 / 1024.0,
+            r.processes,
+            r.threads,
+            r.generator * 100.0,
+            if r.generator_limited { " GEN" } else { "" },
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), 0.0);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

@@ -1,0 +1,165 @@
+//! Shared by the integration tests: a synthetic results file (so report and
+//! compare tests need no servers), and where the built binaries are.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use iomodels_suite::procfs::Cost;
+use iomodels_suite::results::{Machine, Results, RunConfig, RunRecord, SCHEMA_VERSION};
+use iomodels_suite::scenarios::{self, Scenario};
+use loadgen::{ConnMode, Cpu, Errors, HistogramSummary, Idle, Protocol, Report};
+
+/// The directory holding `iomodels` and, when the workspace is built, the
+/// server binaries.
+pub fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_iomodels"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf()
+}
+
+/// Whether `name` is built; when not, the test is skipped (a message) or,
+/// under CI=true, fails.
+pub fn have_binary(name: &str) -> bool {
+    if bin_dir().join(name).exists() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{name} is not built in {} (cargo build --workspace)",
+        bin_dir().display()
+    );
+    eprintln!("skipping: {name} is not built (cargo build --workspace)");
+    false
+}
+
+fn report(protocol: Protocol, rps: f64, p50: u64, conn_mode: ConnMode, idle: u64) -> Report {
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for i in 0..1000u64 {
+        h.record(p50 / 2 + i * p50 / 1000).unwrap();
+    }
+    h.record(p50 * 20).unwrap();
+    let latency = HistogramSummary::new(&h);
+    Report {
+        schema_version: loadgen::SCHEMA_VERSION,
+        target: "http://127.0.0.1:1/hello".into(),
+        protocol,
+        routes: vec!["/hello:1".into()],
+        threads: 1,
+        connections: 10,
+        conn_mode,
+        pipeline: 1,
+        warmup_s: 0.0,
+        requests: (rps * 0.5) as u64,
+        duration_s: 0.5,
+        rps,
+        bytes_read: 1000,
+        errors: Errors::default(),
+        latency: latency.clone(),
+        latency_uncorrected: None,
+        connect_time: latency,
+        connections_opened: 10,
+        open_loop: None,
+        idle: Idle {
+            asked: idle,
+            held: idle,
+        },
+        workers: BTreeMap::new(),
+        cpu: Cpu {
+            user_s: 0.25,
+            sys_s: 0.125,
+            us_per_request: 10.0,
+            utilization: 0.5,
+        },
+    }
+}
+
+/// A result set with three models, four scenarios (an idle sweep among
+/// them) and both protocols, with plausible, exactly representable figures.
+pub fn fixture() -> Results {
+    let models = ["epoll", "select", "prefork"];
+    let mut runs = Vec::new();
+    for (pi, protocol) in [Protocol::Http, Protocol::Fcgi].into_iter().enumerate() {
+        for (mi, model) in models.iter().enumerate() {
+            let scale = 1.0 - 0.25 * mi as f64 - 0.125 * pi as f64;
+            for (scenario, idle) in [
+                (Scenario::Hello, 0),
+                (Scenario::NewConn, 0),
+                (Scenario::Idle, 0),
+                (Scenario::Idle, 1000),
+                (Scenario::Open, 0),
+            ] {
+                let load = scenarios::load(scenario, model, idle, Some(16384.0));
+                let base = match scenario {
+                    Scenario::NewConn => 8192.0,
+                    Scenario::Idle if *model == "select" && idle > 0 => 4096.0,
+                    Scenario::Open => 16384.0,
+                    _ => 32768.0,
+                };
+                let rep = report(
+                    protocol,
+                    base * scale,
+                    64 << mi,
+                    load.conn_mode,
+                    idle as u64,
+                );
+                runs.push(RunRecord {
+                    model: model.to_string(),
+                    scenario,
+                    protocol,
+                    rep: 0,
+                    load,
+                    skipped: None,
+                    report: Some(rep),
+                    server: Some(Cost {
+                        user_us_per_request: 4.0 + mi as f64,
+                        sys_us_per_request: 8.0,
+                        cpu_us_per_request: 12.0 + mi as f64,
+                        cpu_cores: 0.5,
+                        voluntary_csw_per_request: 0.25,
+                        involuntary_csw_per_request: 0.0,
+                        processes: 1 + 2 * (*model == "prefork") as u64,
+                        threads: 1,
+                        peak_rss_kib: 4096,
+                        pss_kib: 2048,
+                    }),
+                    generator_limited: false,
+                    error: None,
+                });
+            }
+        }
+    }
+    Results {
+        schema_version: SCHEMA_VERSION,
+        run_id: "20261123-120000".into(),
+        machine: Machine {
+            kernel: "Linux 6.1.0 x86_64".into(),
+            cpu_model: "Test CPU".into(),
+            cpus: 2,
+            rustc: Some("rustc 1.85.0".into()),
+            git_sha: None,
+            date: "2026-11-23T12:00:00Z".into(),
+        },
+        config: RunConfig {
+            models: models.iter().map(|m| m.to_string()).collect(),
+            scenarios: vec![
+                Scenario::Hello,
+                Scenario::NewConn,
+                Scenario::Idle,
+                Scenario::Open,
+            ],
+            protocols: vec![Protocol::Http, Protocol::Fcgi],
+            duration_s: 0.5,
+            warmup_s: 0.0,
+            repeat: 1,
+            workers: 2,
+            idle_levels: vec![0, 1000],
+            idle_models: vec!["epoll".into(), "select".into(), "prefork".into()],
+            missing: vec![],
+        },
+        runs,
+        syscalls: vec![],
+    }
+}
