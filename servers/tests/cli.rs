@@ -21,6 +21,7 @@ const BINARIES: &[&str] = &[
     "epoll-server",
     "mio-server",
     "oneshot-server",
+    "fpm-server",
 ];
 
 #[test]

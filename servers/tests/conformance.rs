@@ -58,6 +58,7 @@ const SERVERS: &[Model] = &[
     model("epoll-server", &["--edge"]),
     model("mio-server", &["--workers", "2"]),
     model("oneshot-server", &["--workers", "3"]),
+    model("fpm-server", &["--pm", "static", "--max-children", "4"]),
 ];
 
 const PROTOCOLS: [Protocol; 2] = [Protocol::Http, Protocol::Fcgi];

@@ -23,6 +23,7 @@ const SERVERS: &[(&str, &[&str])] = &[
     ("epoll-server", &[]),
     ("mio-server", &[]),
     ("oneshot-server", &[]),
+    ("fpm-server", &["--pm", "static", "--max-children", "2"]),
 ];
 
 const TARGETS: &[&str] = &[
