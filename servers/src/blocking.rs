@@ -143,14 +143,32 @@ pub fn accept_loop(
 /// which the pool's other workers go on serving.
 pub fn accept_until(
     listener: &OwnedFd,
+    retire: impl FnMut() -> bool,
+    on_conn: impl FnMut(OwnedFd, Origin),
+) -> anyhow::Result<()> {
+    accept_with(
+        listener,
+        retire,
+        || net::accept(listener, SockFlag::empty()),
+        on_conn,
+    )
+}
+
+/// [`accept_until`] with the accept itself given: `accept()` waits for and
+/// takes one connection of `listener` in the worker's own way (under a
+/// lock, after an epoll wake-up, …), returning `EAGAIN` or `EINTR` when it
+/// woke without one. The backlog after a stop is taken with plain accepts.
+pub fn accept_with(
+    listener: &OwnedFd,
     mut retire: impl FnMut() -> bool,
+    mut accept: impl FnMut() -> nix::Result<OwnedFd>,
     mut on_conn: impl FnMut(OwnedFd, Origin),
 ) -> anyhow::Result<()> {
     while !signals::stop_requested() {
         if retire() {
             return Ok(());
         }
-        match net::accept(listener, SockFlag::empty()) {
+        match accept() {
             Ok(fd) => on_conn(fd, Origin::Accepted),
             // The tick (SO_RCVTIMEO) or a signal: look at the stop flag.
             Err(e) if net::would_block(e) || e == Errno::EINTR => {}

@@ -48,6 +48,14 @@ const SERVERS: &[Model] = &[
         concurrent: true,
     },
     model("prefork-server", &["--workers", "4"]),
+    model("prefork-server", &["--workers", "4", "--accept", "flock"]),
+    // Not `--accept reuseport`: there a connection waits for the worker
+    // its socket belongs to even when others are idle, so a pinned worker
+    // delays some of the cases' clients (tests/accept.rs shows that).
+    model(
+        "prefork-server",
+        &["--workers", "4", "--accept", "exclusive"],
+    ),
     model("thread-server", &[]),
     model("threadpool-server", &["--workers", "4", "--queue", "256"]),
     model("nonblocking-server", &[]),
