@@ -22,6 +22,7 @@ const BINARIES: &[&str] = &[
     "mio-server",
     "oneshot-server",
     "fpm-server",
+    "swoole-server",
 ];
 
 #[test]

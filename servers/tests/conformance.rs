@@ -67,6 +67,7 @@ const SERVERS: &[Model] = &[
     model("mio-server", &["--workers", "2"]),
     model("oneshot-server", &["--workers", "3"]),
     model("fpm-server", &["--pm", "static", "--max-children", "4"]),
+    model("swoole-server", &["--reactors", "2", "--workers", "2"]),
 ];
 
 const PROTOCOLS: [Protocol; 2] = [Protocol::Http, Protocol::Fcgi];

@@ -24,6 +24,7 @@ const SERVERS: &[(&str, &[&str])] = &[
     ("mio-server", &[]),
     ("oneshot-server", &[]),
     ("fpm-server", &["--pm", "static", "--max-children", "2"]),
+    ("swoole-server", &["--reactors", "2", "--workers", "2"]),
 ];
 
 const TARGETS: &[&str] = &[
@@ -127,8 +128,10 @@ fn cgi_fcgi_agrees() {
 }
 
 /// FastCGI servers nginx sits in front of, as php-fpm and Swoole usually do.
-const FASTCGI_UPSTREAMS: &[(&str, &[&str])] =
-    &[("fpm-server", &["--pm", "static", "--max-children", "2"])];
+const FASTCGI_UPSTREAMS: &[(&str, &[&str])] = &[
+    ("fpm-server", &["--pm", "static", "--max-children", "2"]),
+    ("swoole-server", &["--reactors", "2", "--workers", "2"]),
+];
 
 /// nginx with `fastcgi_pass` to the server, `fastcgi_keep_conn on` and an
 /// upstream `keepalive 8`: /hello through it, several times on the same
