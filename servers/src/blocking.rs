@@ -83,10 +83,10 @@ pub fn serve<H: ServeHost>(fd: OwnedFd, host: &mut H, buf: &mut [u8], origin: Or
             conn.handle_timeout(Instant::now(), host);
             continue;
         }
-        // 3. A stop: answer what already arrived, then close.
-        if signals::stop_requested()
-            && !(origin == Origin::Backlog && conn.requests() == 0 && start.elapsed() < TICK)
-        {
+        // 3. A stop: answer what already arrived, then close. A connection
+        // that has not sent its first request yet (taken from the backlog,
+        // or accepted just before the stop) gets up to a tick for it.
+        if signals::stop_requested() && !(conn.requests() == 0 && start.elapsed() < TICK) {
             if conn.wants_read() {
                 if let Ok(n) = socket::recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
                     let now = Instant::now();
