@@ -136,3 +136,37 @@ fn max_request_recycles_and_killed_workers_are_replaced() {
     }
     served_by(&s, "/hello", 10);
 }
+
+/// CPU ticks (user + system) the master process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// A client that hangs up while its request is at a worker costs the
+/// reactor nothing while it waits for the answer (no busy loop on HUP).
+#[test]
+fn a_client_gone_during_its_request_is_not_a_busy_loop() {
+    let s = Server::start(
+        "swoole-server",
+        Protocol::Http,
+        &["--reactors", "1", "--workers", "1"],
+    );
+    let mut c = s.connect();
+    let wire = c.encode("GET", "/wait?us=700000", b"");
+    c.send(&wire).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    drop(c);
+    let before = cpu_ticks(s.child.id());
+    std::thread::sleep(Duration::from_millis(500));
+    let used = cpu_ticks(s.child.id()) - before;
+    assert!(used <= 10, "{used} ticks in 0.5 s");
+    // The worker finishes; the server goes on serving.
+    s.connect().request("GET", "/hello", b"");
+}

@@ -431,6 +431,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let data = DataDir::prepare(args.common.data_dir.as_deref())?;
     let mut inherited = inherited_listeners();
+    let reloaded = !inherited.is_empty();
     let mut pools = Vec::new();
     for conf in confs {
         let (listener, shown) = match inherited.remove(&conf.name) {
@@ -472,7 +473,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             pool.shown
         );
     }
-    cli::ready(&master.pools[0].shown);
+    // A reloaded master is the same server: the ready line was printed once.
+    if !reloaded {
+        cli::ready(&master.pools[0].shown);
+    }
     match master.run()? {
         Exit::Stopped => Ok(()),
         Exit::Reload => {

@@ -548,6 +548,15 @@ impl Reactor {
     /// Reads what a client sent (or its EOF) and moves the connection on.
     fn client_ready(&mut self, key: usize, flags: EpollFlags) {
         let c = &mut self.conns[key];
+        if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+            // Gone both ways: nothing can be written any more. Out of epoll
+            // now (HUP is reported whatever the interest), closed once no
+            // request of it is at a worker.
+            c.dead = true;
+            c.peer_closed = true;
+            let _ = self.epoll.delete(&c.fd);
+            return self.progress(key);
+        }
         if flags.intersects(
             EpollFlags::EPOLLIN
                 | EpollFlags::EPOLLRDHUP
@@ -810,10 +819,10 @@ impl Reactor {
             }
             let idle_for = now.saturating_duration_since(c.last_activity);
             let backlog_over = c.backlog_until.is_some_and(|u| now >= u);
-            if idle_for >= t.idle
-                || backlog_over
-                || (self.stopping && c.input.is_empty() && c.output.is_empty())
-            {
+            let waiting_first = c.backlog_until.is_some_and(|u| now < u);
+            let idle_at_stop =
+                self.stopping && !waiting_first && c.input.is_empty() && c.output.is_empty();
+            if idle_for >= t.idle || backlog_over || idle_at_stop {
                 self.close(key);
             }
         }
