@@ -343,3 +343,36 @@ fn sigusr2_reloads_keeping_the_socket_and_sigquit_stops() {
     let exit = s.wait_exit(Duration::from_secs(5)).expect("graceful stop");
     assert!(exit.success(), "{exit:?}");
 }
+
+#[test]
+fn workers_dying_by_signal_trigger_an_emergency_restart() {
+    let s = Server::start(
+        "fpm-server",
+        Protocol::Http,
+        &[
+            "--pm",
+            "static",
+            "--max-children",
+            "3",
+            "--emergency-restart-threshold",
+            "2",
+            "--emergency-restart-interval",
+            "10",
+        ],
+    );
+    let first = children(&s);
+    assert_eq!(first.len(), 3);
+    // Two crashes within the interval: the master reloads, so the third,
+    // untouched worker is replaced too (and the master keeps its pid).
+    for pid in &first[..2] {
+        kill(Pid::from_raw(*pid as i32), Signal::SIGKILL).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let end = Instant::now() + Duration::from_secs(4);
+    while children(&s).contains(&first[2]) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!children(&s).contains(&first[2]), "no emergency restart");
+    get(&s.addr, "/hello").expect("served after the restart");
+    assert_eq!(n(&status(&s), "total processes"), 3);
+}
