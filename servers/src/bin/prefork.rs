@@ -59,8 +59,7 @@
 //! backlog, and exits; the master exits 0 when all have.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -104,15 +103,6 @@ enum Accept {
     Exclusive,
 }
 
-/// The accept lock file of `--accept flock`, removed when the master exits.
-struct LockFile(PathBuf);
-
-impl Drop for LockFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn main() -> ExitCode {
     cli::main(run)
 }
@@ -147,18 +137,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         // at the stop flag even when no connection comes.
         net::set_recv_timeout(l, blocking::TICK);
     }
+    // The accept lock of `--accept flock`: a file created and unlinked at
+    // once (nothing is left behind, even after SIGKILL); workers reopen it
+    // through /proc/self/fd, which gives each its own open file description.
     let lock = (args.accept == Accept::Flock)
         .then(|| {
             let path =
                 std::env::temp_dir().join(format!("iomodels-prefork-{}.lock", std::process::id()));
-            std::fs::write(&path, b"")
-                .with_context(|| format!("cannot create {}", path.display()))
-                .map(|()| LockFile(path))
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            let _ = std::fs::remove_file(&path);
+            anyhow::Ok(file)
         })
         .transpose()?;
     let how = Worker {
         accept: args.accept,
-        lock: lock.as_ref().map(|l| l.0.as_path()),
+        lock: lock.as_ref().map(|f| f.as_raw_fd()),
     };
     // Reuseport: worker `slot` (and its replacements) own socket `slot`.
     let listener_of = |slot: u32| &listeners[slot as usize % listeners.len()];
@@ -213,10 +207,10 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 /// How a worker takes its connections.
 #[derive(Debug, Clone, Copy)]
-struct Worker<'a> {
+struct Worker {
     accept: Accept,
-    /// The lock file of `--accept flock`.
-    lock: Option<&'a Path>,
+    /// The lock file of `--accept flock` (a descriptor of the master's).
+    lock: Option<RawFd>,
 }
 
 /// Forks one worker; the child never returns.
@@ -252,7 +246,7 @@ fn worker(listener: &OwnedFd, shared: &Shared, how: Worker) -> i32 {
         stats.closed();
     };
     let served = match (how.accept, how.lock) {
-        (Accept::Flock, Some(path)) => flock_accept_loop(listener, path, &mut on_conn),
+        (Accept::Flock, Some(fd)) => flock_accept_loop(listener, fd, &mut on_conn),
         (Accept::Exclusive, _) => exclusive_accept_loop(listener, &mut on_conn),
         // Shared, and reuseport (where `listener` is this worker's own).
         _ => blocking::accept_loop(listener, &mut on_conn),
@@ -267,15 +261,16 @@ fn worker(listener: &OwnedFd, shared: &Shared, how: Worker) -> i32 {
 }
 
 /// UNP design 3: `flock(LOCK_EX)`, `accept`, `flock(LOCK_UN)`. Each worker
-/// opens the file itself: a lock belongs to an open file description, which
-/// a descriptor inherited across fork would share with every sibling.
+/// reopens the lock file itself: a lock belongs to an open file
+/// description, which a descriptor inherited across fork would share with
+/// every sibling (and then every worker would "hold" the lock at once).
 fn flock_accept_loop(
     listener: &OwnedFd,
-    path: &Path,
+    lock: RawFd,
     on_conn: impl FnMut(OwnedFd, blocking::Origin),
 ) -> anyhow::Result<()> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let path = format!("/proc/self/fd/{lock}");
+    let file = std::fs::File::open(&path).with_context(|| format!("cannot reopen {path}"))?;
     let mut file = Some(file);
     let locked_accept = || {
         let Some(f) = file.take() else {
