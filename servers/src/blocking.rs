@@ -8,7 +8,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use iomodels_workload::{Conn, Host};
+use iomodels_workload::{Conn, Host, Protocol};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{self, sockopt, MsgFlags, SockFlag};
@@ -32,13 +32,29 @@ pub enum Origin {
     Single,
 }
 
+/// The host a blocking worker serves with: the workload's [`Host`], the
+/// protocol, and a hook for models that show what their workers do.
+pub trait ServeHost: Host {
+    /// The protocol spoken.
+    fn protocol(&self) -> Protocol;
+    /// The worker is about to block reading its connection (waiting for a
+    /// request or the rest of one). A scoreboard marks "reading" here.
+    fn reading(&mut self) {}
+}
+
+impl ServeHost for ServerHost {
+    fn protocol(&self) -> Protocol {
+        self.shared().protocol
+    }
+}
+
 /// Serves `fd` to its end: requests are answered in order until the peer
 /// closes, a timeout, an error, `Connection: close`, or a stop.
 /// `buf` is the worker's read buffer.
-pub fn serve(fd: OwnedFd, host: &mut ServerHost, buf: &mut [u8], origin: Origin) {
+pub fn serve<H: ServeHost>(fd: OwnedFd, host: &mut H, buf: &mut [u8], origin: Origin) {
     let start = Instant::now();
     let timeouts = host.timeouts();
-    let mut conn = Conn::new(host.shared().protocol, start);
+    let mut conn = Conn::new(host.protocol(), start);
     if origin == Origin::Single {
         conn.single_request();
     }
@@ -67,10 +83,10 @@ pub fn serve(fd: OwnedFd, host: &mut ServerHost, buf: &mut [u8], origin: Origin)
             conn.handle_timeout(Instant::now(), host);
             continue;
         }
-        // 3. A stop: answer what already arrived, then close.
-        if signals::stop_requested()
-            && !(origin == Origin::Backlog && conn.requests() == 0 && start.elapsed() < TICK)
-        {
+        // 3. A stop: answer what already arrived, then close. A connection
+        // that has not sent its first request yet (taken from the backlog,
+        // or accepted just before the stop) gets up to a tick for it.
+        if signals::stop_requested() && !(conn.requests() == 0 && start.elapsed() < TICK) {
             if conn.wants_read() {
                 if let Ok(n) = socket::recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
                     let now = Instant::now();
@@ -92,6 +108,7 @@ pub fn serve(fd: OwnedFd, host: &mut ServerHost, buf: &mut [u8], origin: Origin)
             continue;
         }
         // 5. Block in read until data, EOF, the tick, or a signal.
+        host.reading();
         match nix::unistd::read(&fd, buf) {
             Ok(0) => conn.handle_eof(Instant::now(), host),
             Ok(n) => conn.handle_input(&buf[..n], Instant::now(), host),
@@ -111,8 +128,47 @@ pub fn accept_loop(
     listener: &OwnedFd,
     mut on_conn: impl FnMut(OwnedFd, Origin),
 ) -> anyhow::Result<()> {
+    accept_until(
+        listener,
+        || false,
+        |fd, origin| {
+            on_conn(fd, origin);
+        },
+    )
+}
+
+/// [`accept_loop`] for workers that may also retire (a process manager
+/// recycling or shrinking its pool): once `retire()` is true the loop
+/// returns after the connection in hand, *without* taking the backlog,
+/// which the pool's other workers go on serving.
+pub fn accept_until(
+    listener: &OwnedFd,
+    retire: impl FnMut() -> bool,
+    on_conn: impl FnMut(OwnedFd, Origin),
+) -> anyhow::Result<()> {
+    accept_with(
+        listener,
+        retire,
+        || net::accept(listener, SockFlag::empty()),
+        on_conn,
+    )
+}
+
+/// [`accept_until`] with the accept itself given: `accept()` waits for and
+/// takes one connection of `listener` in the worker's own way (under a
+/// lock, after an epoll wake-up, …), returning `EAGAIN` or `EINTR` when it
+/// woke without one. The backlog after a stop is taken with plain accepts.
+pub fn accept_with(
+    listener: &OwnedFd,
+    mut retire: impl FnMut() -> bool,
+    mut accept: impl FnMut() -> nix::Result<OwnedFd>,
+    mut on_conn: impl FnMut(OwnedFd, Origin),
+) -> anyhow::Result<()> {
     while !signals::stop_requested() {
-        match net::accept(listener, SockFlag::empty()) {
+        if retire() {
+            return Ok(());
+        }
+        match accept() {
             Ok(fd) => on_conn(fd, Origin::Accepted),
             // The tick (SO_RCVTIMEO) or a signal: look at the stop flag.
             Err(e) if net::would_block(e) || e == Errno::EINTR => {}

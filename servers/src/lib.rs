@@ -17,6 +17,8 @@
 //! * [`blocking`] — the serve loop of the blocking models.
 //! * [`event`] — what every event-driven model shares: the non-blocking
 //!   read/write pump, the connection slab, deadlines, graceful stop.
+//! * [`scoreboard`] — a process manager's shared-memory table of its
+//!   workers and pool counters (fpm-server).
 //! * [`timers`] — deadlines for the event-driven models.
 
 pub mod blocking;
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod event;
 pub mod host;
 pub mod net;
+pub mod scoreboard;
 pub mod signals;
 pub mod stats;
 pub mod timers;

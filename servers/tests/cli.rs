@@ -22,6 +22,8 @@ const BINARIES: &[&str] = &[
     "mio-server",
     "oneshot-server",
     "uring-server",
+    "fpm-server",
+    "swoole-server",
 ];
 
 #[test]

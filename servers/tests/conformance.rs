@@ -48,6 +48,14 @@ const SERVERS: &[Model] = &[
         concurrent: true,
     },
     model("prefork-server", &["--workers", "4"]),
+    model("prefork-server", &["--workers", "4", "--accept", "flock"]),
+    // Not `--accept reuseport`: there a connection waits for the worker
+    // its socket belongs to even when others are idle, so a pinned worker
+    // delays some of the cases' clients (tests/accept.rs shows that).
+    model(
+        "prefork-server",
+        &["--workers", "4", "--accept", "exclusive"],
+    ),
     model("thread-server", &[]),
     model("threadpool-server", &["--workers", "4", "--queue", "256"]),
     model("nonblocking-server", &[]),
@@ -62,6 +70,8 @@ const SERVERS: &[Model] = &[
     // The fallbacks: one-shot accept and recv, and a buffer ring so small
     // that it runs dry (ENOBUFS) whenever several connections receive.
     model("uring-server", &["--single-shot", "--buffers", "4"]),
+    model("fpm-server", &["--pm", "static", "--max-children", "4"]),
+    model("swoole-server", &["--reactors", "2", "--workers", "2"]),
 ];
 
 const PROTOCOLS: [Protocol; 2] = [Protocol::Http, Protocol::Fcgi];

@@ -96,6 +96,15 @@ pub trait Host {
     fn status(&mut self) -> Status;
     /// Called once for every request answered.
     fn on_request(&mut self) {}
+    /// Called when a whole request is about to run, with its method and
+    /// target (a process manager's scoreboard shows them). Default: nothing.
+    fn on_dispatch(&mut self, _method: &str, _target: &str) {}
+    /// A server that formats `/status` itself (php-fpm's status page, with
+    /// `?full`, `?json`, …) returns its content type and body for the
+    /// request's `query`; `None` (the default) answers the [`Status`] JSON.
+    fn status_body(&mut self, _query: &str) -> Option<(String, Vec<u8>)> {
+        None
+    }
 }
 
 /// Output beyond which a connection stops taking new requests until the
@@ -647,6 +656,7 @@ impl Conn {
         host: &mut dyn Host,
     ) {
         const TEXT: &str = "text/plain";
+        host.on_dispatch(method, target);
         match routes::route(method, target) {
             Route::Hello => self.respond(meta, 200, TEXT, Body::Bytes(routes::HELLO), None, host),
             Route::Cpu(n) => {
@@ -673,6 +683,10 @@ impl Conn {
                 host,
             ),
             Route::Status => {
+                let (_, query) = routes::split_target(target);
+                if let Some((ctype, body)) = host.status_body(query) {
+                    return self.respond(meta, 200, &ctype, Body::Bytes(&body), None, host);
+                }
                 let status = serde_json::to_vec(&host.status()).unwrap_or_default();
                 self.respond(
                     meta,

@@ -571,3 +571,53 @@ fn single_request_closes_after_the_first() {
         assert!(conn.wants_close());
     }
 }
+
+#[test]
+fn status_body_and_on_dispatch_hooks() {
+    struct Custom {
+        inner: TestHost,
+        seen: Vec<String>,
+    }
+    impl Host for Custom {
+        fn response_headers(&self) -> &[u8] {
+            self.inner.response_headers()
+        }
+        fn timeouts(&self) -> Timeouts {
+            self.inner.timeouts()
+        }
+        fn max_conns(&self) -> u64 {
+            1
+        }
+        fn read_file(&mut self, name: &str) -> FileRead {
+            self.inner.read_file(name)
+        }
+        fn status(&mut self) -> Status {
+            self.inner.status()
+        }
+        fn on_dispatch(&mut self, method: &str, target: &str) {
+            self.seen.push(format!("{method} {target}"));
+        }
+        fn status_body(&mut self, query: &str) -> Option<(String, Vec<u8>)> {
+            (query == "text").then(|| ("text/plain".into(), b"pool: www".to_vec()))
+        }
+    }
+    let mut host = Custom {
+        inner: TestHost { requests: 0 },
+        seen: Vec::new(),
+    };
+    let t0 = Instant::now();
+    let mut conn = Conn::new(Protocol::Http, t0);
+    conn.handle_input(
+        b"GET /status?text HTTP/1.1\r\n\r\nGET /status HTTP/1.1\r\n\r\n",
+        t0,
+        &mut host,
+    );
+    let out = conn.output().to_vec();
+    let first = http::parse_response(&out, false).unwrap().unwrap();
+    assert_eq!(first.body, b"pool: www");
+    let second = http::parse_response(&out[first.len..], false)
+        .unwrap()
+        .unwrap();
+    assert!(routes::verify("GET", "/status", b"", 200, second.body).is_ok());
+    assert_eq!(host.seen, ["GET /status?text", "GET /status"]);
+}

@@ -34,22 +34,47 @@
 //! Compare with `epoll-server` (one thread, thousands of connections) and
 //! `fpm-server` (the same design with a process manager).
 //!
+//! **How workers take connections** (`--accept`, UNP ch.30 designs 2–4):
+//! * `shared` (default) — every worker blocks in `accept` on the one
+//!   socket; the kernel wakes one waiter per connection (no thundering
+//!   herd on Linux for blocking accept), usually the one that waited last.
+//! * `flock` — a file lock around `accept` (UNP design 3, for kernels where
+//!   accept on a shared socket is not safe or wakes everyone): one worker
+//!   at a time waits in accept, the others in `flock`. Two more system
+//!   calls per connection.
+//! * `reuseport` — one SO_REUSEPORT socket per worker, all bound to the same
+//!   port; the kernel spreads connections by a hash of the 4-tuple, so
+//!   balance is statistical and a busy worker's queue waits for it even
+//!   when others are idle.
+//! * `exclusive` — each worker has its own epoll instance watching the
+//!   shared (non-blocking) listener with EPOLLEXCLUSIVE: a connection wakes
+//!   one (or a few) of the waiting workers, which then accept; one that
+//!   lost the race sees EAGAIN. An `epoll_wait` more per connection.
+//!
+//! Per-worker balance shows in the `X-Worker` header (the load generator
+//! counts it; `servers/tests/accept.rs` prints it for each strategy).
+//!
 //! SIGTERM/SIGINT: the master forwards SIGTERM; each worker finishes its
 //! connection's request in flight, answers whatever is still in the listen
 //! backlog, and exits; the master exits 0 when all have.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
-use clap::Parser;
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
 use iomodels_servers::blocking;
 use iomodels_servers::cli::{self, Common};
 use iomodels_servers::host::{DataDir, ServerHost, Shared};
+use iomodels_servers::net::{ListenAddr, ListenOptions};
 use iomodels_servers::{net, signals};
 use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::SockFlag;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
@@ -59,6 +84,23 @@ use nix::unistd::{fork, ForkResult, Pid};
 struct Args {
     #[command(flatten)]
     common: Common,
+
+    /// How workers take connections: one shared socket, a file lock around accept, a SO_REUSEPORT socket each, or epoll with EPOLLEXCLUSIVE
+    #[arg(long, value_name = "HOW", value_enum, default_value_t = Accept::Shared)]
+    accept: Accept,
+}
+
+/// How workers take connections (UNP ch.30 designs 2–4, and EPOLLEXCLUSIVE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Accept {
+    /// Every worker blocks in accept(2) on the one listening socket.
+    Shared,
+    /// flock(2) on a temporary file around accept(2).
+    Flock,
+    /// One SO_REUSEPORT listening socket per worker, on the same port.
+    Reuseport,
+    /// A per-worker epoll instance watching the shared listener with EPOLLEXCLUSIVE.
+    Exclusive,
 }
 
 fn main() -> ExitCode {
@@ -71,16 +113,54 @@ fn run(args: Args) -> anyhow::Result<()> {
     let data = DataDir::prepare(args.common.data_dir.as_deref())?;
     let workers = args.common.workers();
     let shared = Shared::new("prefork", &args.common, &data, workers)?;
-    let (listener, shown) =
-        net::listen(&args.common.listen, args.common.backlog, Default::default())?;
-    // accept(2) honours SO_RCVTIMEO: a worker wakes each tick to look at
-    // the stop flag even when no connection comes.
-    net::set_recv_timeout(&listener, blocking::TICK);
+    let opts = ListenOptions {
+        reuseport: args.accept == Accept::Reuseport,
+        // Exclusive: a worker woken by epoll may lose the race for the
+        // connection; accept must then say EAGAIN, not block.
+        nonblocking: args.accept == Accept::Exclusive,
+    };
+    anyhow::ensure!(
+        !(opts.reuseport && matches!(args.common.listen, ListenAddr::Unix(_))),
+        "--accept reuseport needs a TCP address"
+    );
+    let (first, shown) = net::listen(&args.common.listen, args.common.backlog, opts)?;
+    let mut listeners = vec![first];
+    if args.accept == Accept::Reuseport {
+        // With port 0 the first socket picked the port; the others reuse it.
+        let real = ListenAddr::parse(&shown).map_err(anyhow::Error::msg)?;
+        for _ in 1..workers {
+            listeners.push(net::listen(&real, args.common.backlog, opts)?.0);
+        }
+    }
+    for l in &listeners {
+        // accept(2) honours SO_RCVTIMEO: a worker wakes each tick to look
+        // at the stop flag even when no connection comes.
+        net::set_recv_timeout(l, blocking::TICK);
+    }
+    // The accept lock of `--accept flock`: a file created and unlinked at
+    // once (nothing is left behind, even after SIGKILL); workers reopen it
+    // through /proc/self/fd, which gives each its own open file description.
+    let lock = (args.accept == Accept::Flock)
+        .then(|| {
+            let path =
+                std::env::temp_dir().join(format!("iomodels-prefork-{}.lock", std::process::id()));
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            let _ = std::fs::remove_file(&path);
+            anyhow::Ok(file)
+        })
+        .transpose()?;
+    let how = Worker {
+        accept: args.accept,
+        lock: lock.as_ref().map(|f| f.as_raw_fd()),
+    };
+    // Reuseport: worker `slot` (and its replacements) own socket `slot`.
+    let listener_of = |slot: u32| &listeners[slot as usize % listeners.len()];
 
     // Fork the workers; remember which slot each pid fills.
     let mut children: HashMap<Pid, u32> = HashMap::new();
     for slot in 0..workers {
-        children.insert(spawn(&listener, &shared)?, slot);
+        children.insert(spawn(listener_of(slot), &shared, how)?, slot);
     }
     cli::ready(&shown);
 
@@ -114,7 +194,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                             "prefork-server: worker {pid} (slot {slot}) {}; starting a new one",
                             describe(status)
                         );
-                        children.insert(spawn(&listener, &shared)?, slot);
+                        children.insert(spawn(listener_of(slot), &shared, how)?, slot);
                     }
                 }
             }
@@ -125,8 +205,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+/// How a worker takes its connections.
+#[derive(Debug, Clone, Copy)]
+struct Worker {
+    accept: Accept,
+    /// The lock file of `--accept flock` (a descriptor of the master's).
+    lock: Option<RawFd>,
+}
+
 /// Forks one worker; the child never returns.
-fn spawn(listener: &OwnedFd, shared: &Shared) -> anyhow::Result<Pid> {
+fn spawn(listener: &OwnedFd, shared: &Shared, how: Worker) -> anyhow::Result<Pid> {
     let master = nix::unistd::getpid();
     // SAFETY: the master is single-threaded, so the child starts with a
     // consistent heap and no lock held by a vanished thread.
@@ -134,7 +222,7 @@ fn spawn(listener: &OwnedFd, shared: &Shared) -> anyhow::Result<Pid> {
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
             let code = match signals::reinstall_in_child(master) {
-                Ok(()) => worker(listener, shared),
+                Ok(()) => worker(listener, shared, how),
                 Err(e) => {
                     eprintln!("prefork-server: worker: {e:#}");
                     1
@@ -147,16 +235,22 @@ fn spawn(listener: &OwnedFd, shared: &Shared) -> anyhow::Result<Pid> {
 }
 
 /// One worker: accept, serve the connection to its end, repeat.
-fn worker(listener: &OwnedFd, shared: &Shared) -> i32 {
+fn worker(listener: &OwnedFd, shared: &Shared, how: Worker) -> i32 {
     let mut host = ServerHost::for_process(shared);
     let stats = host.stats();
     let mut buf = vec![0u8; 64 * 1024];
-    let served = blocking::accept_loop(listener, |fd, origin| {
+    let mut on_conn = |fd: OwnedFd, origin| {
         stats.opened();
         net::set_nodelay(&fd);
         blocking::serve(fd, &mut host, &mut buf, origin);
         stats.closed();
-    });
+    };
+    let served = match (how.accept, how.lock) {
+        (Accept::Flock, Some(fd)) => flock_accept_loop(listener, fd, &mut on_conn),
+        (Accept::Exclusive, _) => exclusive_accept_loop(listener, &mut on_conn),
+        // Shared, and reuseport (where `listener` is this worker's own).
+        _ => blocking::accept_loop(listener, &mut on_conn),
+    };
     match served {
         Ok(()) => 0,
         Err(e) => {
@@ -164,6 +258,66 @@ fn worker(listener: &OwnedFd, shared: &Shared) -> i32 {
             1
         }
     }
+}
+
+/// UNP design 3: `flock(LOCK_EX)`, `accept`, `flock(LOCK_UN)`. Each worker
+/// reopens the lock file itself: a lock belongs to an open file
+/// description, which a descriptor inherited across fork would share with
+/// every sibling (and then every worker would "hold" the lock at once).
+fn flock_accept_loop(
+    listener: &OwnedFd,
+    lock: RawFd,
+    on_conn: impl FnMut(OwnedFd, blocking::Origin),
+) -> anyhow::Result<()> {
+    let path = format!("/proc/self/fd/{lock}");
+    let file = std::fs::File::open(&path).with_context(|| format!("cannot reopen {path}"))?;
+    let mut file = Some(file);
+    let locked_accept = || {
+        let Some(f) = file.take() else {
+            return Err(Errno::EBADF);
+        };
+        // A signal interrupts the wait for the lock (EINTR): the loop then
+        // looks at the stop flag.
+        let guard = match Flock::lock(f, FlockArg::LockExclusive) {
+            Ok(guard) => guard,
+            Err((f, e)) => {
+                file = Some(f);
+                return Err(e);
+            }
+        };
+        let accepted = net::accept(listener, SockFlag::empty());
+        file = Some(match guard.unlock() {
+            Ok(f) => f,
+            // Dropping the guard unlocks too; keep the file either way.
+            Err((guard, _)) => guard.unlock().map_err(|(_, e)| e)?,
+        });
+        accepted
+    };
+    blocking::accept_with(listener, || false, locked_accept, on_conn)
+}
+
+/// Each worker's own epoll instance watches the shared listener with
+/// EPOLLEXCLUSIVE, so a connection wakes one waiter (or a few), not all.
+fn exclusive_accept_loop(
+    listener: &OwnedFd,
+    on_conn: impl FnMut(OwnedFd, blocking::Origin),
+) -> anyhow::Result<()> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll
+        .add(
+            listener,
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, 0),
+        )
+        .context("epoll_ctl(EPOLLEXCLUSIVE)")?;
+    let mut events = [EpollEvent::empty()];
+    let wait_then_accept = || match epoll.wait(&mut events, EpollTimeout::from(1000u16)) {
+        // The tick: the loop looks at the stop flag.
+        Ok(0) => Err(Errno::EAGAIN),
+        // Non-blocking: EAGAIN when another worker took the connection.
+        Ok(_) => net::accept(listener, SockFlag::empty()),
+        Err(e) => Err(e),
+    };
+    blocking::accept_with(listener, || false, wait_then_accept, on_conn)
 }
 
 fn describe(status: WaitStatus) -> String {
