@@ -10,6 +10,8 @@
 //!   into one line on stderr.
 //! * [`net`] — listening sockets (TCP or unix), accepting, small socket
 //!   helpers.
+//! * [`startup`] — what every model does first (signals, data dir, counters,
+//!   listener).
 //! * [`signals`] — SIGTERM/SIGINT as a flag and a self-pipe.
 //! * [`stats`] — counters shared by every process and thread of a server.
 //! * [`host`] — the workload's `Host`: response headers, the data dir,
@@ -28,5 +30,6 @@ pub mod host;
 pub mod net;
 pub mod scoreboard;
 pub mod signals;
+pub mod startup;
 pub mod stats;
 pub mod timers;

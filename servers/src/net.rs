@@ -56,6 +56,14 @@ pub struct ListenOptions {
     pub nonblocking: bool,
 }
 
+impl ListenOptions {
+    /// A non-blocking listener (event-driven models), nothing else.
+    pub const NONBLOCKING: ListenOptions = ListenOptions {
+        reuseport: false,
+        nonblocking: true,
+    };
+}
+
 /// Creates, binds and listens; returns the socket and the address to print
 /// in the ready line (with the real port when port 0 was asked).
 pub fn listen(

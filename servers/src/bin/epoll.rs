@@ -42,9 +42,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use iomodels_servers::cli::{self, Common};
 use iomodels_servers::event::{AcceptEnd, Interest, Reactor, ReadUntil};
-use iomodels_servers::host::{DataDir, ServerHost, Shared};
-use iomodels_servers::net::{self, ListenOptions};
+use iomodels_servers::host::ServerHost;
+use iomodels_servers::net::ListenOptions;
 use iomodels_servers::signals;
+use iomodels_servers::startup::Startup;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
@@ -73,14 +74,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    signals::install()?;
-    let data = DataDir::prepare(args.common.data_dir.as_deref())?;
-    let shared = Shared::new("epoll", &args.common, &data, 1)?;
-    let opts = ListenOptions {
-        nonblocking: true,
-        ..ListenOptions::default()
-    };
-    let (listener, shown) = net::listen(&args.common.listen, args.common.backlog, opts)?;
+    let Startup {
+        data: _data,
+        shared,
+        listener,
+        shown,
+    } = Startup::begin("epoll", &args.common, 1, ListenOptions::NONBLOCKING)?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
     epoll.add(

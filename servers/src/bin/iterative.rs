@@ -33,8 +33,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use iomodels_servers::blocking;
 use iomodels_servers::cli::{self, Common};
-use iomodels_servers::host::{DataDir, ServerHost, Shared};
-use iomodels_servers::{net, signals};
+use iomodels_servers::host::ServerHost;
+use iomodels_servers::net::{self, ListenOptions};
+use iomodels_servers::startup::Startup;
 
 /// One connection at a time: accept, serve it to its end, accept the next (UNP design 0).
 #[derive(Debug, Parser)]
@@ -49,11 +50,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    signals::install()?;
-    let data = DataDir::prepare(args.common.data_dir.as_deref())?;
-    let shared = Shared::new("iterative", &args.common, &data, 1)?;
-    let (listener, shown) =
-        net::listen(&args.common.listen, args.common.backlog, Default::default())?;
+    let Startup {
+        data: _data,
+        shared,
+        listener,
+        shown,
+    } = Startup::begin("iterative", &args.common, 1, ListenOptions::default())?;
     net::set_recv_timeout(&listener, blocking::TICK);
     let mut host = ServerHost::for_process(&shared);
     let stats = host.stats();

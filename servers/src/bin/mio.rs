@@ -42,8 +42,9 @@ use clap::Parser;
 use iomodels_servers::blocking;
 use iomodels_servers::cli::{self, Common};
 use iomodels_servers::event::{Reactor, ReadUntil};
-use iomodels_servers::host::{DataDir, ServerHost, Shared};
-use iomodels_servers::{net, signals};
+use iomodels_servers::host::ServerHost;
+use iomodels_servers::net::{self, ListenOptions};
+use iomodels_servers::startup::Startup;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -74,12 +75,13 @@ struct LoopHandle {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    signals::install()?;
-    let data = DataDir::prepare(args.common.data_dir.as_deref())?;
     let workers = args.common.workers();
-    let shared = Shared::new("mio", &args.common, &data, workers)?;
-    let (listener, shown) =
-        net::listen(&args.common.listen, args.common.backlog, Default::default())?;
+    let Startup {
+        data: _data,
+        shared,
+        listener,
+        shown,
+    } = Startup::begin("mio", &args.common, workers, ListenOptions::default())?;
     net::set_recv_timeout(&listener, blocking::TICK);
     let stop = Arc::new(AtomicBool::new(false));
 

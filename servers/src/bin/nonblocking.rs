@@ -40,9 +40,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use iomodels_servers::cli::{self, Common};
 use iomodels_servers::event::{AcceptEnd, Reactor, ReadUntil};
-use iomodels_servers::host::{DataDir, ServerHost, Shared};
-use iomodels_servers::net::{self, ListenOptions};
+use iomodels_servers::host::ServerHost;
+use iomodels_servers::net::ListenOptions;
 use iomodels_servers::signals;
+use iomodels_servers::startup::Startup;
 
 /// One thread sweeping O_NONBLOCK sockets with no readiness API at all.
 #[derive(Debug, Parser)]
@@ -69,14 +70,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    signals::install()?;
-    let data = DataDir::prepare(args.common.data_dir.as_deref())?;
-    let shared = Shared::new("nonblocking", &args.common, &data, 1)?;
-    let opts = ListenOptions {
-        nonblocking: true,
-        ..ListenOptions::default()
-    };
-    let (listener, shown) = net::listen(&args.common.listen, args.common.backlog, opts)?;
+    let Startup {
+        data: _data,
+        shared,
+        listener,
+        shown,
+    } = Startup::begin("nonblocking", &args.common, 1, ListenOptions::NONBLOCKING)?;
     let mut listener = Some(listener);
     let host = ServerHost::for_process(&shared);
     let mut reactor = Reactor::new(&shared, host, ReadUntil::Short, args.blocking_wait);

@@ -41,9 +41,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use iomodels_servers::cli::{self, Common};
 use iomodels_servers::event::{Connection, Interest, ReadUntil, STOP_GRACE};
-use iomodels_servers::host::{DataDir, ServerHost, Shared};
+use iomodels_servers::host::{ServerHost, Shared};
 use iomodels_servers::net::{self, ListenOptions};
 use iomodels_servers::signals;
+use iomodels_servers::startup::Startup;
 use iomodels_servers::timers::Timers;
 use iomodels_workload::Host;
 use nix::errno::Errno;
@@ -95,15 +96,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    signals::install()?;
-    let data = DataDir::prepare(args.common.data_dir.as_deref())?;
     let workers = args.common.workers();
-    let shared = Shared::new("oneshot", &args.common, &data, workers)?;
-    let opts = ListenOptions {
-        nonblocking: true,
-        ..ListenOptions::default()
-    };
-    let (listener, shown) = net::listen(&args.common.listen, args.common.backlog, opts)?;
+    let Startup {
+        data: _data,
+        shared,
+        listener,
+        shown,
+    } = Startup::begin("oneshot", &args.common, workers, ListenOptions::NONBLOCKING)?;
     let poller = Poller::new()?;
     // SAFETY: `add` needs the source deleted before it is closed: the
     // listener is deleted at stop before it is dropped, and the stop pipe

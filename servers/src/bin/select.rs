@@ -36,9 +36,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use iomodels_servers::cli::{self, Common};
 use iomodels_servers::event::{AcceptEnd, Reactor, ReadUntil};
-use iomodels_servers::host::{DataDir, ServerHost, Shared};
+use iomodels_servers::host::ServerHost;
 use iomodels_servers::net::{self, ListenOptions};
 use iomodels_servers::signals;
+use iomodels_servers::startup::Startup;
 use nix::errno::Errno;
 use nix::sys::select::{select, FdSet, FD_SETSIZE};
 use nix::sys::time::{TimeVal, TimeValLike};
@@ -60,14 +61,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    signals::install()?;
-    let data = DataDir::prepare(args.common.data_dir.as_deref())?;
-    let shared = Shared::new("select", &args.common, &data, 1)?;
-    let opts = ListenOptions {
-        nonblocking: true,
-        ..ListenOptions::default()
-    };
-    let (listener, shown) = net::listen(&args.common.listen, args.common.backlog, opts)?;
+    let Startup {
+        data: _data,
+        shared,
+        listener,
+        shown,
+    } = Startup::begin("select", &args.common, 1, ListenOptions::NONBLOCKING)?;
     let mut listener: Option<OwnedFd> = Some(listener);
     let host = ServerHost::for_process(&shared);
     let refusal = net::refusal(shared.protocol, &shared.server_name());

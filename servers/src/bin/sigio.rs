@@ -43,9 +43,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use iomodels_servers::cli::{self, Common};
 use iomodels_servers::event::{AcceptEnd, Reactor, ReadUntil};
-use iomodels_servers::host::{DataDir, ServerHost, Shared};
-use iomodels_servers::net::{self, ListenOptions};
+use iomodels_servers::host::ServerHost;
+use iomodels_servers::net::ListenOptions;
 use iomodels_servers::signals;
+use iomodels_servers::startup::Startup;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// One thread, O_ASYNC sockets, real-time signals taken with sigtimedwait.
@@ -73,14 +74,12 @@ enum Owner {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    signals::install()?;
-    let data = DataDir::prepare(args.common.data_dir.as_deref())?;
-    let shared = Shared::new("sigio", &args.common, &data, 1)?;
-    let opts = ListenOptions {
-        nonblocking: true,
-        ..ListenOptions::default()
-    };
-    let (listener, shown) = net::listen(&args.common.listen, args.common.backlog, opts)?;
+    let Startup {
+        data: _data,
+        shared,
+        listener,
+        shown,
+    } = Startup::begin("sigio", &args.common, 1, ListenOptions::NONBLOCKING)?;
     let mut listener: Option<OwnedFd> = Some(listener);
 
     // The real-time signal every socket will send, blocked so that it queues

@@ -36,8 +36,9 @@ use std::time::Duration;
 use clap::Parser;
 use iomodels_servers::blocking;
 use iomodels_servers::cli::{self, Common};
-use iomodels_servers::host::{DataDir, ServerHost, Shared};
-use iomodels_servers::{net, signals};
+use iomodels_servers::host::ServerHost;
+use iomodels_servers::net::{self, ListenOptions};
+use iomodels_servers::startup::Startup;
 
 /// A thread per connection (UNP design 6), bounded by --max-conns.
 #[derive(Debug, Parser)]
@@ -52,13 +53,14 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    signals::install()?;
-    let data = DataDir::prepare(args.common.data_dir.as_deref())?;
-    let shared = Shared::new("thread", &args.common, &data, 0)?;
+    let Startup {
+        data: _data,
+        shared,
+        listener,
+        shown,
+    } = Startup::begin("thread", &args.common, 0, ListenOptions::default())?;
     let max = shared.max_conns as usize;
     let refusal = net::refusal(shared.protocol, &shared.server_name());
-    let (listener, shown) =
-        net::listen(&args.common.listen, args.common.backlog, Default::default())?;
     net::set_recv_timeout(&listener, blocking::TICK);
     let live = Arc::new(AtomicUsize::new(0));
     let mut next = 0usize;

@@ -35,8 +35,9 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use iomodels_servers::blocking::{self, Origin};
 use iomodels_servers::cli::{self, Common};
-use iomodels_servers::host::{DataDir, ServerHost, Shared};
-use iomodels_servers::{net, signals};
+use iomodels_servers::host::ServerHost;
+use iomodels_servers::net::{self, ListenOptions};
+use iomodels_servers::startup::Startup;
 
 /// An acceptor thread, a bounded queue and N blocking worker threads (UNP design 8).
 #[derive(Debug, Parser)]
@@ -55,13 +56,19 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    signals::install()?;
-    let data = DataDir::prepare(args.common.data_dir.as_deref())?;
     let workers = args.common.workers();
-    let shared = Shared::new("threadpool", &args.common, &data, workers)?;
+    let Startup {
+        data: _data,
+        shared,
+        listener,
+        shown,
+    } = Startup::begin(
+        "threadpool",
+        &args.common,
+        workers,
+        ListenOptions::default(),
+    )?;
     let refusal = net::refusal(shared.protocol, &shared.server_name());
-    let (listener, shown) =
-        net::listen(&args.common.listen, args.common.backlog, Default::default())?;
     net::set_recv_timeout(&listener, blocking::TICK);
 
     // The bounded queue: sync_channel(n) holds at most n connections.
