@@ -80,14 +80,7 @@ fn rps_chart(rows: &[&Row], out: &mut String) -> DrawResult {
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(scen.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - x.floor() - 0.5).abs() < 0.01 && i < names.len() {
-                names[i].to_string()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| category_label(*x, &names))
         .y_desc("requests/s")
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
@@ -256,14 +249,7 @@ fn cpu_chart(rows: &[&Row], out: &mut String) -> DrawResult {
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(models.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - x.floor() - 0.5).abs() < 0.01 && i < models.len() {
-                models[i].clone()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| category_label(*x, models))
         .y_desc("server CPU µs per request")
         .draw()?;
     for (si, s) in scen.iter().enumerate() {
@@ -516,4 +502,14 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     std::fs::write(&html_path, html(r)?)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", html_path.display()))?;
     Ok(html_path)
+}
+
+/// The label of a category axis whose category `i` spans `i..i+1`: its name
+/// at the middle tick `i + 0.5`, nothing at the other ticks.
+fn category_label(x: f64, names: &[impl AsRef<str>]) -> String {
+    let i = x.floor() as usize;
+    match names.get(i) {
+        Some(name) if (x - x.floor() - 0.5).abs() < 0.01 => name.as_ref().to_string(),
+        _ => String::new(),
+    }
 }
