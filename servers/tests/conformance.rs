@@ -1,5 +1,6 @@
 //! The conformance suite: every server binary × {http, fcgi} goes through
-//! the same cases. Adding a model is one line in [`SERVERS`].
+//! the same cases. Adding a model is one line in [`SERVERS`]. Set
+//! `IOMODELS_ONLY=bin,bin` to run the cases for some binaries only.
 
 mod util;
 
@@ -79,8 +80,12 @@ const PROTOCOLS: [Protocol; 2] = [Protocol::Http, Protocol::Fcgi];
 /// Runs `case` against every server and protocol, each with a fresh server
 /// started with `extra` flags added. A model that cannot run here (io_uring
 /// disabled by sysctl or seccomp) is skipped with a message.
+/// `IOMODELS_ONLY=uring-server,epoll-server` runs the cases for those
+/// binaries only (for working on one model; CI runs them all).
 fn each(extra: &[&str], case: impl Fn(&mut Server, &Model)) {
-    for m in SERVERS {
+    let only = std::env::var("IOMODELS_ONLY").ok();
+    let chosen = |bin: &str| only.as_deref().is_none_or(|o| o.split(',').any(|b| b == bin));
+    for m in SERVERS.iter().filter(|m| chosen(m.bin)) {
         for protocol in PROTOCOLS {
             let args: Vec<&str> = m.flags.iter().chain(extra).copied().collect();
             let Some(mut server) = Server::start_or_skip(m.bin, protocol, &args) else {

@@ -83,7 +83,7 @@ use iomodels_servers::host::{DataDir, ServerHost, Shared};
 use iomodels_servers::net::{self, ListenAddr};
 use iomodels_servers::scoreboard::{self, Scoreboard, Slot, State};
 use iomodels_servers::signals;
-use iomodels_workload::{FileRead, Host, Protocol, Status, Timeouts};
+use iomodels_workload::{Host, Protocol, Status};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -951,16 +951,8 @@ impl Host for FpmHost<'_> {
         self.inner.response_headers()
     }
 
-    fn timeouts(&self) -> Timeouts {
-        self.inner.timeouts()
-    }
-
     fn max_conns(&self) -> u64 {
         self.inner.max_conns()
-    }
-
-    fn read_file(&mut self, name: &str) -> FileRead {
-        self.inner.read_file(name)
     }
 
     fn status(&mut self) -> Status {
@@ -994,8 +986,8 @@ impl Host for FpmHost<'_> {
 }
 
 impl ServeHost for FpmHost<'_> {
-    fn protocol(&self) -> Protocol {
-        self.pool.conf.protocol
+    fn shared(&self) -> &Shared {
+        self.inner.shared()
     }
 
     fn reading(&mut self) {

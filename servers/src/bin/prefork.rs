@@ -118,6 +118,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         // Exclusive: a worker woken by epoll may lose the race for the
         // connection; accept must then say EAGAIN, not block.
         nonblocking: args.accept == Accept::Exclusive,
+        per_worker: false,
     };
     anyhow::ensure!(
         !(opts.reuseport && matches!(args.common.listen, ListenAddr::Unix(_))),
@@ -293,7 +294,13 @@ fn flock_accept_loop(
         });
         accepted
     };
-    blocking::accept_with(listener, || false, locked_accept, on_conn)
+    let mut locked_accept = locked_accept;
+    blocking::accept_with(
+        listener,
+        || false,
+        || net::accept_ladder(locked_accept()),
+        on_conn,
+    )
 }
 
 /// Each worker's own epoll instance watches the shared listener with
@@ -310,14 +317,19 @@ fn exclusive_accept_loop(
         )
         .context("epoll_ctl(EPOLLEXCLUSIVE)")?;
     let mut events = [EpollEvent::empty()];
-    let wait_then_accept = || match epoll.wait(&mut events, EpollTimeout::from(1000u16)) {
+    let mut wait_then_accept = || match epoll.wait(&mut events, EpollTimeout::from(1000u16)) {
         // The tick: the loop looks at the stop flag.
         Ok(0) => Err(Errno::EAGAIN),
         // Non-blocking: EAGAIN when another worker took the connection.
         Ok(_) => net::accept(listener, SockFlag::empty()),
         Err(e) => Err(e),
     };
-    blocking::accept_with(listener, || false, wait_then_accept, on_conn)
+    blocking::accept_with(
+        listener,
+        || false,
+        || net::accept_ladder(wait_then_accept()),
+        on_conn,
+    )
 }
 
 fn describe(status: WaitStatus) -> String {

@@ -83,7 +83,7 @@ use iomodels_servers::scoreboard::{Scoreboard, State};
 use iomodels_servers::{net, signals};
 use iomodels_workload::fcgi::{self, CgiRequest};
 use iomodels_workload::routes::{self, Route};
-use iomodels_workload::{http, Conn, Host, Protocol};
+use iomodels_workload::{http, Protocol};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -290,14 +290,12 @@ fn run(args: Args) -> anyhow::Result<()> {
 /// The acceptor (the master's main thread): accept, hand each connection
 /// to the next reactor. After a stop it takes the backlog too.
 fn accept_loop(listener: &OwnedFd, feeds: &[OwnedFd], shared: &Shared) -> anyhow::Result<()> {
-    let refusal = net::refusal(shared.protocol, &shared.server_name());
     let max_conns = shared.max_conns;
     let counters = shared.stats.counters();
     let mut next = 0;
     let mut hand = |fd: OwnedFd| -> anyhow::Result<()> {
         if counters.open.load(Relaxed) >= max_conns {
-            shared.stats.refused();
-            net::refuse(fd, &refusal);
+            shared.refuse(fd);
             return Ok(());
         }
         shared.stats.opened();
@@ -1010,7 +1008,7 @@ fn manage(args: &Args, shared: &Shared, board: Scoreboard, wiring: &Wiring) -> i
 /// whether the connection must close after them. A `/wait` sleeps here.
 fn execute(host: &mut ServerHost, flags: u8, payload: &[u8]) -> (Vec<u8>, bool) {
     let start = Instant::now();
-    let mut conn = Conn::new(host.shared().protocol, start);
+    let mut conn = host.shared().new_conn(start);
     if flags & DRAIN != 0 {
         conn.drain();
     }
@@ -1028,7 +1026,7 @@ fn execute(host: &mut ServerHost, flags: u8, payload: &[u8]) -> (Vec<u8>, bool) 
         } else if let Some(until) = conn.parked_until() {
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
             conn.handle_timeout(Instant::now(), host);
-        } else {
+        } else if !host.serve_file(&mut conn, Instant::now()) {
             break;
         }
     }
