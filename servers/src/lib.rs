@@ -22,6 +22,8 @@
 //! * [`scoreboard`] — a process manager's shared-memory table of its
 //!   workers and pool counters (fpm-server).
 //! * [`timers`] — deadlines for the event-driven models.
+//! * [`supervisor`] — a master's forked children: fork, forward the stop,
+//!   reap, respawn with back-off (prefork, fpm, swoole's manager).
 
 pub mod blocking;
 pub mod cli;
@@ -32,4 +34,5 @@ pub mod scoreboard;
 pub mod signals;
 pub mod startup;
 pub mod stats;
+pub mod supervisor;
 pub mod timers;

@@ -84,7 +84,10 @@ const PROTOCOLS: [Protocol; 2] = [Protocol::Http, Protocol::Fcgi];
 /// binaries only (for working on one model; CI runs them all).
 fn each(extra: &[&str], case: impl Fn(&mut Server, &Model)) {
     let only = std::env::var("IOMODELS_ONLY").ok();
-    let chosen = |bin: &str| only.as_deref().is_none_or(|o| o.split(',').any(|b| b == bin));
+    let chosen = |bin: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|b| b == bin))
+    };
     for m in SERVERS.iter().filter(|m| chosen(m.bin)) {
         for protocol in PROTOCOLS {
             let args: Vec<&str> = m.flags.iter().chain(extra).copied().collect();

@@ -58,7 +58,7 @@
 //! connection's request in flight, answers whatever is still in the listen
 //! backlog, and exits; the master exits 0 when all have.
 
-use std::collections::HashMap;
+use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
@@ -66,17 +66,14 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use iomodels_servers::blocking;
 use iomodels_servers::cli::{self, Common};
-use iomodels_servers::host::{DataDir, ServerHost, Shared};
-use iomodels_servers::net::{ListenAddr, ListenOptions};
-use iomodels_servers::{net, signals};
+use iomodels_servers::host::{ServerHost, Shared};
+use iomodels_servers::net::{self, ListenAddr, ListenOptions};
+use iomodels_servers::startup::{Startup, Workers};
+use iomodels_servers::supervisor::Supervisor;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::SockFlag;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
 
 /// A master that forks N workers which block in accept(2) (php-fpm pm=static).
 #[derive(Debug, Parser)]
@@ -103,36 +100,44 @@ enum Accept {
     Exclusive,
 }
 
+/// A worker's place in the pool: under `--accept reuseport`, slot `n` (and
+/// every replacement of its worker) owns listening socket `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Slot(usize);
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "slot {}", self.0)
+    }
+}
+
 fn main() -> ExitCode {
     cli::main(run)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    signals::install()?;
-    signals::wake_on_child_exit()?;
-    let data = DataDir::prepare(args.common.data_dir.as_deref())?;
-    let workers = args.common.workers();
-    let shared = Shared::new("prefork", &args.common, &data, workers)?;
+    let reuseport = args.accept == Accept::Reuseport;
+    anyhow::ensure!(
+        !(reuseport && matches!(args.common.listen, ListenAddr::Unix(_))),
+        "--accept reuseport needs a TCP address"
+    );
     let opts = ListenOptions {
-        reuseport: args.accept == Accept::Reuseport,
+        reuseport,
         // Exclusive: a worker woken by epoll may lose the race for the
         // connection; accept must then say EAGAIN, not block.
         nonblocking: args.accept == Accept::Exclusive,
-        per_worker: false,
+        // Reuseport: one socket per worker, all bound to the same port.
+        per_worker: reuseport,
     };
-    anyhow::ensure!(
-        !(opts.reuseport && matches!(args.common.listen, ListenAddr::Unix(_))),
-        "--accept reuseport needs a TCP address"
-    );
-    let (first, shown) = net::listen(&args.common.listen, args.common.backlog, opts)?;
-    let mut listeners = vec![first];
-    if args.accept == Accept::Reuseport {
-        // With port 0 the first socket picked the port; the others reuse it.
-        let real = ListenAddr::parse(&shown).map_err(anyhow::Error::msg)?;
-        for _ in 1..workers {
-            listeners.push(net::listen(&real, args.common.backlog, opts)?.0);
-        }
-    }
+    let Startup {
+        data: _data,
+        shared,
+        listener,
+        more,
+        shown,
+        workers,
+    } = Startup::begin("prefork", &args.common, Workers::FromFlag, opts)?;
+    let listeners: Vec<OwnedFd> = std::iter::once(listener).chain(more).collect();
     for l in &listeners {
         // accept(2) honours SO_RCVTIMEO: a worker wakes each tick to look
         // at the stop flag even when no connection comes.
@@ -155,55 +160,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         accept: args.accept,
         lock: lock.as_ref().map(|f| f.as_raw_fd()),
     };
-    // Reuseport: worker `slot` (and its replacements) own socket `slot`.
-    let listener_of = |slot: u32| &listeners[slot as usize % listeners.len()];
 
-    // Fork the workers; remember which slot each pid fills.
-    let mut children: HashMap<Pid, u32> = HashMap::new();
-    for slot in 0..workers {
-        children.insert(spawn(listener_of(slot), &shared, how)?, slot);
+    // The master: fork one worker per slot, then only supervise them —
+    // sleep until a signal (stop, or a child exited), reap, replace (with a
+    // back-off if a worker dies right after its start), forward the stop.
+    // It never touches a connection.
+    let mut supervisor = Supervisor::new()?;
+    let body = |slot: &Slot| worker(&listeners[slot.0 % listeners.len()], &shared, how);
+    for slot in 0..workers as usize {
+        supervisor.spawn(Slot(slot), body)?;
     }
     cli::ready(&shown);
-
-    // The master's loop: sleep until a signal (stop, or a child exited),
-    // reap, replace. It never touches a connection.
-    let mut forwarded = false;
-    loop {
-        let mut fds = [PollFd::new(signals::stop_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(1000u16)) {
-            Ok(_) | Err(Errno::EINTR) => signals::drain_stop_fd(),
-            Err(e) => return Err(e.into()),
-        }
-        let stopping = signals::stop_requested();
-        if stopping && !forwarded {
-            for pid in children.keys() {
-                let _ = kill(*pid, Signal::SIGTERM);
-            }
-            forwarded = true;
-        }
-        // Reap every child that exited (WNOHANG: never block here).
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(status) => {
-                    let Some(pid) = status.pid() else { continue };
-                    let Some(slot) = children.remove(&pid) else {
-                        continue;
-                    };
-                    if !stopping {
-                        eprintln!(
-                            "prefork-server: worker {pid} (slot {slot}) {}; starting a new one",
-                            describe(status)
-                        );
-                        children.insert(spawn(listener_of(slot), &shared, how)?, slot);
-                    }
-                }
-            }
-        }
-        if stopping && children.is_empty() {
-            return Ok(());
-        }
-    }
+    supervisor.run(body)
 }
 
 /// How a worker takes its connections.
@@ -212,27 +180,6 @@ struct Worker {
     accept: Accept,
     /// The lock file of `--accept flock` (a descriptor of the master's).
     lock: Option<RawFd>,
-}
-
-/// Forks one worker; the child never returns.
-fn spawn(listener: &OwnedFd, shared: &Shared, how: Worker) -> anyhow::Result<Pid> {
-    let master = nix::unistd::getpid();
-    // SAFETY: the master is single-threaded, so the child starts with a
-    // consistent heap and no lock held by a vanished thread.
-    match unsafe { fork() }? {
-        ForkResult::Parent { child } => Ok(child),
-        ForkResult::Child => {
-            let code = match signals::reinstall_in_child(master) {
-                Ok(()) => worker(listener, shared, how),
-                Err(e) => {
-                    eprintln!("prefork-server: worker: {e:#}");
-                    1
-                }
-            };
-            // Leave without running the master's destructors (the data dir).
-            std::process::exit(code)
-        }
-    }
 }
 
 /// One worker: accept, serve the connection to its end, repeat.
@@ -330,12 +277,4 @@ fn exclusive_accept_loop(
         || net::accept_ladder(wait_then_accept()),
         on_conn,
     )
-}
-
-fn describe(status: WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
-        WaitStatus::Signaled(_, sig, _) => format!("was killed by {sig}"),
-        other => format!("stopped ({other:?})"),
-    }
 }
