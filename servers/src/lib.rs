@@ -16,6 +16,8 @@
 //! * [`stats`] — counters shared by every process and thread of a server.
 //! * [`host`] — the workload's `Host`: response headers, the data dir,
 //!   `/status`.
+//! * [`ipc`] — frames over the unix socket pairs between a front end and
+//!   its worker processes (swoole-server).
 //! * [`blocking`] — the serve loop of the blocking models.
 //! * [`event`] — what every event-driven model shares: the non-blocking
 //!   read/write pump, the connection slab, deadlines, graceful stop.
@@ -29,6 +31,7 @@ pub mod blocking;
 pub mod cli;
 pub mod event;
 pub mod host;
+pub mod ipc;
 pub mod net;
 pub mod scoreboard;
 pub mod signals;
