@@ -5,7 +5,7 @@
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use iomodels_servers::event::{ReadUntil, Reactor};
+use iomodels_servers::event::{Reactor, ReadUntil};
 use iomodels_servers::host::{ServerHost, Shared};
 use iomodels_servers::scoreboard::{Scoreboard, State};
 use iomodels_servers::{ipc, net, signals};

@@ -212,4 +212,3 @@ fn wait_readable(fds: &[OwnedFd], start: usize) -> Option<usize> {
         .map(|i| (start + i) % fds.len())
         .find(|&i| ready[i])
 }
-
