@@ -1,9 +1,12 @@
 //! # prefork-server — a master and N pre-forked workers blocking in accept
 //!
+//! Run it: `prefork-server --listen 127.0.0.1:8080 --workers 4 --accept shared`.
+//!
 //! php-fpm's `pm = static`, and UNP ch.30's "preforked server, no locking
 //! around accept" (design 2). The master binds the listening socket, forks
-//! `--workers` children, and then only watches them: a child that dies is
-//! replaced. Each child loops: `accept` (blocking; the kernel wakes one
+//! `--workers` children, and then only watches them (the runtime's
+//! `supervisor`): a child that dies is replaced, after a back-off if it
+//! died right after its start. Each child loops: `accept` (blocking; the kernel wakes one
 //! waiter per connection), serve that connection to its end with blocking
 //! `read`/`write`, accept the next.
 //!
@@ -34,22 +37,32 @@
 //! Compare with `epoll-server` (one thread, thousands of connections) and
 //! `fpm-server` (the same design with a process manager).
 //!
-//! **How workers take connections** (`--accept`, UNP ch.30 designs 2–4):
-//! * `shared` (default) — every worker blocks in `accept` on the one
-//!   socket; the kernel wakes one waiter per connection (no thundering
-//!   herd on Linux for blocking accept), usually the one that waited last.
-//! * `flock` — a file lock around `accept` (UNP design 3, for kernels where
-//!   accept on a shared socket is not safe or wakes everyone): one worker
-//!   at a time waits in accept, the others in `flock`. Two more system
-//!   calls per connection.
-//! * `reuseport` — one SO_REUSEPORT socket per worker, all bound to the same
-//!   port; the kernel spreads connections by a hash of the 4-tuple, so
-//!   balance is statistical and a busy worker's queue waits for it even
-//!   when others are idle.
-//! * `exclusive` — each worker has its own epoll instance watching the
-//!   shared (non-blocking) listener with EPOLLEXCLUSIVE: a connection wakes
-//!   one (or a few) of the waiting workers, which then accept; one that
-//!   lost the race sees EAGAIN. An `epoll_wait` more per connection.
+//! **How workers take connections** (`--accept`; the first two are UNP
+//! ch.30's designs, the last two are Linux designs UNP does not have):
+//! * `shared` (default, UNP design 2) — every worker blocks in `accept` on
+//!   the one socket; the kernel wakes one waiter per connection (no
+//!   thundering herd on Linux for blocking accept). Blocked accept callers
+//!   wait as *exclusive* waiters added at the tail of the socket's wait
+//!   queue, and a wake-up starts from the head: FIFO, the worker that has
+//!   waited longest (`prepare_to_wait_exclusive` in kernel/sched/wait.c).
+//!   LIFO — the last to wait is woken first — is what processes blocked in
+//!   `epoll_wait` on one shared epoll instance get (fs/eventpoll.c).
+//! * `flock` — a lock around `accept`, so one worker at a time waits in
+//!   accept and the others wait for the lock: UNP design 3, for kernels
+//!   where accept on a shared socket is not safe or wakes everyone. UNP
+//!   locks with `fcntl(F_SETLKW)` record locks (its design 4 puts a
+//!   process-shared pthread mutex in shared memory instead, not built
+//!   here); `flock(2)` is our substitute, the same idea with a simpler
+//!   call. Two more system calls per connection.
+//! * `reuseport` (Linux 3.9) — one SO_REUSEPORT socket per worker, all
+//!   bound to the same port; the kernel spreads connections by a hash of
+//!   the 4-tuple, so balance is statistical and a busy worker's queue
+//!   waits for it even when others are idle.
+//! * `exclusive` (Linux 4.5) — each worker has its own epoll instance
+//!   watching the shared (non-blocking) listener with EPOLLEXCLUSIVE: a
+//!   connection wakes one (or a few) of the waiting workers, which then
+//!   accept; one that lost the race sees EAGAIN. An `epoll_wait` more per
+//!   connection.
 //!
 //! Per-worker balance shows in the `X-Worker` header (the load generator
 //! counts it; `servers/tests/accept.rs` prints it for each strategy).
@@ -87,7 +100,7 @@ struct Args {
     accept: Accept,
 }
 
-/// How workers take connections (UNP ch.30 designs 2–4, and EPOLLEXCLUSIVE).
+/// How workers take connections (UNP ch.30 designs 2 and 3, SO_REUSEPORT, EPOLLEXCLUSIVE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Accept {
     /// Every worker blocks in accept(2) on the one listening socket.
@@ -208,7 +221,8 @@ fn worker(listener: &OwnedFd, shared: &Shared, how: Worker) -> i32 {
     }
 }
 
-/// UNP design 3: `flock(LOCK_EX)`, `accept`, `flock(LOCK_UN)`. Each worker
+/// UNP design 3 with flock(2) for its fcntl(2) lock: `flock(LOCK_EX)`,
+/// `accept`, `flock(LOCK_UN)`. Each worker
 /// reopens the lock file itself: a lock belongs to an open file
 /// description, which a descriptor inherited across fork would share with
 /// every sibling (and then every worker would "hold" the lock at once).
