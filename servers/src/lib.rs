@@ -24,6 +24,10 @@
 //! * [`scoreboard`] — a process manager's shared-memory table of its
 //!   workers and pool counters (fpm-server).
 //! * [`timers`] — deadlines for the event-driven models.
+//! * [`supervisor`] — a master's forked children: fork, forward the stop,
+//!   reap, respawn with back-off (prefork, fpm, swoole's manager).
+//! * [`reload`] — listening sockets inherited across a re-exec (fpm's
+//!   SIGUSR2).
 
 pub mod blocking;
 pub mod cli;
@@ -31,8 +35,10 @@ pub mod event;
 pub mod host;
 pub mod ipc;
 pub mod net;
+pub mod reload;
 pub mod scoreboard;
 pub mod signals;
 pub mod startup;
 pub mod stats;
+pub mod supervisor;
 pub mod timers;
