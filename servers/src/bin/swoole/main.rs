@@ -204,9 +204,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         ForkResult::Child => {
             drop(std::mem::take(&mut wiring.reactor));
             drop(listener);
-            let code = match signals::reinstall_in_child(master)
-                .and_then(|()| signals::wake_on_child_exit())
-            {
+            let code = match signals::reinstall_in_child(master) {
                 Ok(()) => worker::manage(&args, &shared, board, &wiring),
                 Err(e) => {
                     eprintln!("swoole-server: manager: {e:#}");

@@ -3,101 +3,57 @@
 //! ones. Each request runs through an ordinary `Conn` of the workload in
 //! the worker, on the real clock.
 
-use std::collections::HashMap;
+use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use iomodels_servers::host::{ServerHost, Shared};
 use iomodels_servers::scoreboard::{Scoreboard, State};
+use iomodels_servers::supervisor::Supervisor;
 use iomodels_servers::{ipc, signals};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::{Args, Wiring, LAST, OFFLOAD};
 
-/// The manager process: forks the workers and task workers, replaces any
-/// that exit, and stops them all on SIGTERM.
-pub fn manage(args: &Args, shared: &Shared, board: Scoreboard, wiring: &Wiring) -> i32 {
-    let me = nix::unistd::getpid();
-    // Which process fills which place: (task worker?, index).
-    let mut children: HashMap<Pid, (bool, usize)> = HashMap::new();
-    let spawn = |task: bool, index: usize| -> anyhow::Result<Pid> {
-        // SAFETY: the manager is single-threaded.
-        match unsafe { fork() }? {
-            ForkResult::Parent { child } => Ok(child),
-            ForkResult::Child => {
-                // The manager's signal handlers stay (SIGTERM sets the stop
-                // flag); the worker also dies with the manager.
-                let orphan = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).is_err()
-                    || nix::unistd::getppid() != me;
-                let code = if orphan {
-                    1
-                } else if task {
-                    task_worker(shared, &wiring.task_server[index])
-                } else {
-                    worker(args, shared, board, index, wiring)
-                };
-                std::process::exit(code)
-            }
-        }
-    };
-    let places = (0..wiring.worker.len())
-        .map(|w| (false, w))
-        .chain((0..wiring.task_server.len()).map(|t| (true, t)));
-    for (task, index) in places {
-        match spawn(task, index) {
-            Ok(pid) => {
-                children.insert(pid, (task, index));
-            }
-            Err(e) => {
-                eprintln!("swoole-server: manager: {e:#}");
-                return 1;
-            }
+/// A place the manager keeps filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Place {
+    Worker(usize),
+    Task(usize),
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Worker(w) => write!(f, "worker {w}"),
+            Place::Task(t) => write!(f, "task worker {t}"),
         }
     }
-    let mut forwarded = false;
-    loop {
-        let mut fds = [PollFd::new(signals::stop_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, PollTimeout::from(1000u16));
-        signals::drain_stop_fd();
-        let stopping = signals::stop_requested();
-        if stopping && !forwarded {
-            for pid in children.keys() {
-                let _ = kill(*pid, Signal::SIGTERM);
-            }
-            forwarded = true;
+}
+
+/// The manager process: forks the workers and task workers, replaces any
+/// that exit (with the runtime's back-off), and stops them all on SIGTERM —
+/// the runtime's [`Supervisor`] does all of it.
+pub fn manage(args: &Args, shared: &Shared, board: Scoreboard, wiring: &Wiring) -> i32 {
+    let body = |place: &Place| match *place {
+        Place::Worker(w) => worker(args, shared, board, w, wiring),
+        Place::Task(t) => task_worker(shared, &wiring.task_server[t]),
+    };
+    let run = || -> anyhow::Result<()> {
+        let mut supervisor = Supervisor::new()?;
+        let places = (0..wiring.worker.len())
+            .map(Place::Worker)
+            .chain((0..wiring.task_server.len()).map(Place::Task));
+        for place in places {
+            supervisor.spawn(place, body)?;
         }
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(status) => {
-                    let Some(pid) = status.pid() else { continue };
-                    let Some((task, index)) = children.remove(&pid) else {
-                        continue;
-                    };
-                    if stopping {
-                        continue;
-                    }
-                    if !matches!(status, WaitStatus::Exited(_, 0)) {
-                        eprintln!(
-                            "swoole-server: worker {pid} ended ({status:?}); starting a new one"
-                        );
-                        // A worker that cannot start must not become a fork storm.
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    match spawn(task, index) {
-                        Ok(pid) => {
-                            children.insert(pid, (task, index));
-                        }
-                        Err(e) => eprintln!("swoole-server: manager: {e:#}"),
-                    }
-                }
-            }
-        }
-        if stopping && children.is_empty() {
-            return 0;
+        supervisor.run(body)
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("swoole-server: manager: {e:#}");
+            1
         }
     }
 }
