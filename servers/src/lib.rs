@@ -22,12 +22,15 @@
 //! * [`scoreboard`] — a process manager's shared-memory table of its
 //!   workers and pool counters (fpm-server).
 //! * [`timers`] — deadlines for the event-driven models.
+//! * [`ring`] — io_uring for uring-server: set-up and probing, the requests
+//!   in flight, the provided-buffer ring; every io_uring `unsafe` block.
 
 pub mod blocking;
 pub mod cli;
 pub mod event;
 pub mod host;
 pub mod net;
+pub mod ring;
 pub mod scoreboard;
 pub mod signals;
 pub mod startup;
