@@ -24,6 +24,10 @@
 //! * **The provided-buffer ring**: `--buffers` buffers of 4 KiB the kernel
 //!   picks from when data arrives; a [`RecvBuf`] is one of them lent to the
 //!   model until [`Ring::give_back`].
+//! * **`/file`** ([`Ring::read_file`]): `IORING_OP_OPENAT`, `fstat`, then
+//!   `IORING_OP_READ` until the buffer is full.
+//! * **`--workers N`**: N rings on N threads ([`run_rings`]), each made on
+//!   its own thread, each with its own listener ([`listen_options`]).
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -40,6 +44,11 @@ use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use nix::errno::Errno;
 use slab::Slab;
 
+use crate::host::ServerHost;
+use crate::net::{ListenAddr, ListenOptions};
+use crate::signals;
+use crate::startup::Startup;
+
 /// Size of one provided receive buffer.
 pub const BUF_SIZE: usize = 4096;
 /// Buffer group id of the ring of receive buffers.
@@ -48,19 +57,26 @@ const BGID: u16 = 0;
 const SQ_ENTRIES: u32 = 4096;
 /// `user_data` of requests whose completion needs no handling (cancels).
 const IGNORE: u64 = u64::MAX;
+/// At most this much output goes in one send request.
+pub const SEND_MAX: usize = 256 * 1024;
 /// Send buffers up to this size are kept for reuse, at most `SPARE_COUNT`.
 const SPARE_MAX: usize = 64 * 1024;
 const SPARE_COUNT: usize = 64;
 
-/// How a ring is built.
-#[derive(Debug, Clone, Copy)]
+/// How a ring is built: uring-server's own flags.
+#[derive(Debug, Clone, Copy, clap::Args)]
 pub struct Config {
-    /// A kernel thread polls the submission queue (`IORING_SETUP_SQPOLL`).
+    /// Give each ring a kernel thread polling its submission queue (SQPOLL): no io_uring_enter to submit while busy, but it burns a core (on two cores it competes with the load generator)
+    #[arg(long)]
     pub sqpoll: bool,
-    /// Receive buffers in the provided-buffer ring (a power of two).
-    pub buffers: u16,
-    /// One-shot accept and recv even where the kernel has multishot.
+
+    /// Use one-shot accept and recv, re-armed after each completion (what kernels before 5.19/6.0 offer) instead of multishot
+    #[arg(long)]
     pub single_shot: bool,
+
+    /// Receive buffers of 4 KiB in each ring's registered buffer ring (a power of two)
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = parse_buffers)]
+    pub buffers: u16,
 }
 
 /// A request in flight: its `user_data`.
@@ -75,6 +91,10 @@ pub struct RecvBuf {
     len: usize,
 }
 
+/// What a receive gave: bytes in a buffer of the ring, or `None` at end of
+/// file.
+pub type Received = nix::Result<Option<RecvBuf>>;
+
 /// A completion, with what its request owned handed back.
 #[derive(Debug)]
 pub enum Event {
@@ -84,13 +104,13 @@ pub enum Event {
         result: nix::Result<OwnedFd>,
         more: bool,
     },
-    /// The poll on a descriptor: it is readable (or the poll failed).
-    Readable { result: nix::Result<u32> },
+    /// The poll on a descriptor: it is readable.
+    Readable,
     /// Connection `conn` received: `Some` bytes in a buffer of the ring,
     /// `None` at end of file. `more`: a multishot recv stays armed.
     Received {
         conn: usize,
-        result: nix::Result<Option<RecvBuf>>,
+        result: Received,
         more: bool,
     },
     /// A send for `conn` is done: how many bytes went.
@@ -98,45 +118,51 @@ pub enum Event {
         conn: usize,
         result: nix::Result<usize>,
     },
-    /// The open of a file for `conn`.
-    Opened {
+    /// A file read for `conn` ([`Ring::read_file`]): its content, or why not.
+    FileRead {
         conn: usize,
-        result: nix::Result<OwnedFd>,
-    },
-    /// A read of `file` into `buf[filled..]` for `conn`: how many bytes came.
-    Read {
-        conn: usize,
-        result: nix::Result<usize>,
-        file: OwnedFd,
-        buf: Vec<u8>,
-        filled: usize,
+        result: std::io::Result<Vec<u8>>,
     },
 }
 
 impl Event {
-    /// The connection the request belonged to, if its last completion.
-    pub fn last_for_conn(&self) -> Option<usize> {
+    /// The connection the completion belongs to.
+    pub fn conn(&self) -> Option<usize> {
         match *self {
-            Event::Received { conn, more, .. } => (!more).then_some(conn),
-            Event::Sent { conn, .. } | Event::Opened { conn, .. } | Event::Read { conn, .. } => {
-                Some(conn)
-            }
-            Event::Accepted { .. } | Event::Readable { .. } => None,
+            Event::Received { conn, .. }
+            | Event::Sent { conn, .. }
+            | Event::FileRead { conn, .. } => Some(conn),
+            Event::Accepted { .. } | Event::Readable => None,
         }
     }
 }
 
 /// What a request in flight owns until its last completion.
 enum Op {
-    Accept { fd: RawFd },
-    Poll,
+    Accept {
+        fd: RawFd,
+    },
+    Poll {
+        fd: RawFd,
+    },
     /// The kernel reads the timespec when it takes the request.
-    Timer { _spec: Box<Timespec> },
-    Recv { conn: usize, fd: RawFd },
+    Timer {
+        _spec: Box<Timespec>,
+    },
+    Recv {
+        conn: usize,
+        fd: RawFd,
+    },
     /// The kernel reads `buf` until the completion.
-    Send { conn: usize, buf: Vec<u8> },
+    Send {
+        conn: usize,
+        buf: Vec<u8>,
+    },
     /// The kernel reads the path when it runs the open.
-    Open { conn: usize, _path: CString },
+    Open {
+        conn: usize,
+        _path: CString,
+    },
     /// The kernel writes `buf[filled..]` until the completion.
     Read {
         conn: usize,
@@ -144,6 +170,18 @@ enum Op {
         buf: Vec<u8>,
         filled: usize,
     },
+}
+
+impl Op {
+    fn conn(&self) -> Option<usize> {
+        match *self {
+            Op::Recv { conn, .. }
+            | Op::Send { conn, .. }
+            | Op::Open { conn, .. }
+            | Op::Read { conn, .. } => Some(conn),
+            Op::Accept { .. } | Op::Poll { .. } | Op::Timer { .. } => None,
+        }
+    }
 }
 
 struct Token {
@@ -166,7 +204,11 @@ pub struct Ring {
     timer: Option<(Instant, OpId)>,
     /// Send buffers kept for reuse.
     spare: Vec<Vec<u8>>,
+    /// Requests in flight per connection token.
+    per_conn: Vec<u32>,
     cqes: Vec<(u64, i32, u32)>,
+    /// Events that need no completion (a file name the kernel cannot take).
+    ready: Vec<Event>,
     multishot_accept: bool,
     multishot_recv: bool,
 }
@@ -207,10 +249,19 @@ impl Ring {
             backlog: VecDeque::new(),
             timer: None,
             spare: Vec::new(),
+            per_conn: Vec::new(),
             cqes: Vec::new(),
+            ready: Vec::new(),
             multishot_accept: !config.single_shot && version >= (5, 19),
             multishot_recv: !config.single_shot && version >= (6, 0),
         })
+    }
+
+    /// Requests in flight that belong to connection `conn`: its slot (and
+    /// socket) may go only when none is left, since the kernel may still
+    /// use their buffers.
+    pub fn in_flight(&self, conn: usize) -> u32 {
+        self.per_conn.get(conn).copied().unwrap_or(0)
     }
 
     /// Whether receives are multishot (one stays armed until cancelled).
@@ -236,10 +287,12 @@ impl Ring {
         }
     }
 
-    /// Waits until `fd` is readable (one completion).
+    /// Waits until `fd` is readable: one [`Event::Readable`] (a poll that
+    /// fails, interrupted, is submitted again).
     pub fn poll_readable(&mut self, fd: BorrowedFd<'_>) -> OpId {
-        let sqe = opcode::PollAdd::new(Fd(fd.as_raw_fd()), libc::POLLIN as u32).build();
-        self.queue(Op::Poll, sqe)
+        let fd = fd.as_raw_fd();
+        let sqe = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32).build();
+        self.queue(Op::Poll { fd }, sqe)
     }
 
     /// Receives on connection `conn`'s socket into a buffer the kernel picks
@@ -261,46 +314,75 @@ impl Ring {
         }
     }
 
-    /// Sends `bytes` on connection `conn`'s socket. They are copied into a
-    /// buffer the request owns: the kernel reads it after this returns.
+    /// Sends `bytes` (at most [`SEND_MAX`] of them) on connection `conn`'s
+    /// socket. They are copied into a buffer the request owns: the kernel
+    /// reads it after this returns, while the caller's bytes may change.
     pub fn send(&mut self, conn: usize, socket: BorrowedFd<'_>, bytes: &[u8]) -> OpId {
         let mut buf = self.spare.pop().unwrap_or_default();
-        buf.extend_from_slice(bytes);
+        buf.extend_from_slice(&bytes[..bytes.len().min(SEND_MAX)]);
         let sqe = opcode::Send::new(Fd(socket.as_raw_fd()), buf.as_ptr(), buf.len() as u32)
             .flags(libc::MSG_NOSIGNAL)
             .build();
         self.queue(Op::Send { conn, buf }, sqe)
     }
 
-    /// Opens `path` read-only for connection `conn`.
-    pub fn open(&mut self, conn: usize, path: &Path) -> std::io::Result<OpId> {
-        let path = CString::new(path.as_os_str().as_bytes())?;
-        let sqe = opcode::OpenAt::new(Fd(libc::AT_FDCWD), path.as_ptr())
-            .flags(libc::O_RDONLY | libc::O_CLOEXEC)
-            .build();
-        Ok(self.queue(Op::Open { conn, _path: path }, sqe))
+    /// Reads file `path` for connection `conn` through the ring: an
+    /// `IORING_OP_OPENAT`, an `fstat` (synchronous, on an inode the open
+    /// brought into memory) to size the buffer, then `IORING_OP_READ` until
+    /// it is full. One [`Event::FileRead`] reports the end.
+    pub fn read_file(&mut self, conn: usize, path: &Path) {
+        match CString::new(path.as_os_str().as_bytes()) {
+            Ok(path) => {
+                let sqe = opcode::OpenAt::new(Fd(libc::AT_FDCWD), path.as_ptr())
+                    .flags(libc::O_RDONLY | libc::O_CLOEXEC)
+                    .build();
+                self.queue(Op::Open { conn, _path: path }, sqe);
+            }
+            // A path with a NUL byte: no request, the answer now (with the
+            // next batch of completions).
+            Err(e) => self.ready.push(Event::FileRead {
+                conn,
+                result: Err(e.into()),
+            }),
+        }
     }
 
-    /// Reads `file` at offset `filled` into `buf[filled..]` for `conn`.
-    pub fn read(&mut self, conn: usize, file: OwnedFd, buf: Vec<u8>, filled: usize) -> OpId {
+    /// Queues the read of `file` into `buf[filled..]`, or reports the
+    /// content once full.
+    fn read_more(
+        &mut self,
+        conn: usize,
+        file: OwnedFd,
+        buf: Vec<u8>,
+        filled: usize,
+    ) -> Option<Event> {
+        if filled >= buf.len() {
+            return Some(Event::FileRead {
+                conn,
+                result: Ok(buf),
+            });
+        }
         let len = (buf.len() - filled).min(1 << 30) as u32;
         let sqe = opcode::Read::new(Fd(file.as_raw_fd()), buf[filled..].as_ptr().cast_mut(), len)
             .offset(filled as u64)
             .build();
-        let op = Op::Read {
-            conn,
-            file,
-            buf,
-            filled,
-        };
-        self.queue(op, sqe)
+        self.queue(
+            Op::Read {
+                conn,
+                file,
+                buf,
+                filled,
+            },
+            sqe,
+        );
+        None
     }
 
-    /// Asks the kernel to cancel request `id` (nothing if it already ended
-    /// or was asked before). Its completion still comes, with `ECANCELED`
-    /// or with what it did before the cancel landed.
-    pub fn cancel(&mut self, id: OpId) {
-        let Some(token) = self.live(id) else {
+    /// Asks the kernel to cancel request `id` (nothing if `None`, if it
+    /// already ended, or if asked before). Its completion still comes, with
+    /// `ECANCELED` or with what it did before the cancel landed.
+    pub fn cancel(&mut self, id: Option<OpId>) {
+        let Some((id, token)) = id.and_then(|id| Some((id, self.live(id)?))) else {
             return;
         };
         if !std::mem::replace(&mut token.cancelled, true) {
@@ -317,7 +399,9 @@ impl Ring {
         if let Some((_, old)) = self.timer.take() {
             self.push(opcode::TimeoutRemove::new(old.0).build().user_data(IGNORE));
         }
-        let spec = Box::new(Timespec::from(when.saturating_duration_since(Instant::now())));
+        let spec = Box::new(Timespec::from(
+            when.saturating_duration_since(Instant::now()),
+        ));
         let sqe = opcode::Timeout::new(&*spec).build();
         let id = self.queue(Op::Timer { _spec: spec }, sqe);
         self.timer = Some((when, id));
@@ -361,12 +445,19 @@ impl Ring {
         }
         cqes.clear();
         self.cqes = cqes;
+        events.append(&mut self.ready);
         Ok(())
     }
 
     /// Queues `sqe` for `op`.
     fn queue(&mut self, op: Op, sqe: squeue::Entry) -> OpId {
         self.generation = self.generation.wrapping_add(1);
+        if let Some(conn) = op.conn() {
+            if conn >= self.per_conn.len() {
+                self.per_conn.resize(conn + 1, 0);
+            }
+            self.per_conn[conn] += 1;
+        }
         let index = self.ops.insert(Token {
             generation: self.generation,
             cancelled: false,
@@ -426,6 +517,11 @@ impl Ring {
         let more = cqueue::more(flags);
         let token = self.live(id)?;
         let cancelled = token.cancelled;
+        if let (Op::Poll { fd }, true) = (&token.op, result < 0 && !cancelled) {
+            let sqe = opcode::PollAdd::new(Fd(*fd), libc::POLLIN as u32).build();
+            self.push(sqe.user_data(id.0));
+            return None;
+        }
         // The multishot kinds, copied out: (accept?, socket, connection).
         let multi = match token.op {
             Op::Accept { fd } => Some((true, fd, 0)),
@@ -438,7 +534,11 @@ impl Ring {
             Some((accept, fd, _))
                 if result == -libc::EINVAL
                     && !more
-                    && (if accept { self.multishot_accept } else { self.multishot_recv }) =>
+                    && (if accept {
+                        self.multishot_accept
+                    } else {
+                        self.multishot_recv
+                    }) =>
             {
                 let sqe = if accept {
                     eprintln!("uring-server: multishot accept refused; using one-shot accepts");
@@ -472,14 +572,15 @@ impl Ring {
     /// The last completion of request `id`: it leaves the slab.
     fn finish_last(&mut self, id: OpId, result: i32, flags: u32) -> Option<Event> {
         let op = self.ops.remove((id.0 & 0xffff_ffff) as usize).op;
+        if let Some(conn) = op.conn() {
+            self.per_conn[conn] -= 1;
+        }
         Some(match op {
             Op::Accept { .. } => Event::Accepted {
                 result: code(result).map(own),
                 more: false,
             },
-            Op::Poll => Event::Readable {
-                result: code(result).map(|r| r as u32),
-            },
+            Op::Poll { .. } => Event::Readable,
             Op::Timer { .. } => {
                 if self.timer.is_some_and(|(_, t)| t == id) {
                     self.timer = None;
@@ -501,23 +602,123 @@ impl Ring {
                     result: code(result).map(|n| n as usize),
                 }
             }
-            Op::Open { conn, .. } => Event::Opened {
-                conn,
-                result: code(result).map(own),
-            },
+            Op::Open { conn, .. } => {
+                let sized = code(result).map(own).and_then(|file| {
+                    nix::sys::stat::fstat(&file).map(|st| (file, st.st_size as usize))
+                });
+                return match sized {
+                    Ok((file, size)) => self.read_more(conn, file, vec![0; size], 0),
+                    Err(e) => Some(Event::FileRead {
+                        conn,
+                        result: Err(e.into()),
+                    }),
+                };
+            }
             Op::Read {
                 conn,
                 file,
-                buf,
+                mut buf,
                 filled,
-            } => Event::Read {
-                conn,
-                result: code(result).map(|n| n as usize),
-                file,
-                buf,
-                filled,
-            },
+            } => {
+                return match code(result) {
+                    Ok(n) if n > 0 => self.read_more(conn, file, buf, filled + n as usize),
+                    // The file is shorter than it was at the open.
+                    Ok(_) => {
+                        buf.truncate(filled);
+                        self.read_more(conn, file, buf, filled)
+                    }
+                    Err(Errno::EINTR | Errno::EAGAIN) => self.read_more(conn, file, buf, filled),
+                    Err(e) => Some(Event::FileRead {
+                        conn,
+                        result: Err(e.into()),
+                    }),
+                };
+            }
         })
+    }
+}
+
+/// How `workers` rings listen: one SO_REUSEPORT socket each on a TCP
+/// address (the kernel spreads connections over them); one unix socket is
+/// shared.
+pub fn listen_options(workers: u32, addr: &ListenAddr) -> ListenOptions {
+    let per_worker = workers > 1 && matches!(addr, ListenAddr::Tcp(_));
+    ListenOptions {
+        reuseport: per_worker,
+        nonblocking: false,
+        per_worker,
+    }
+}
+
+/// Runs one ring per worker of `start`. Each ring is made by
+/// `make(host, listener)` on the thread that runs it (`SINGLE_ISSUER` binds a
+/// ring to the thread that made it; with one worker, the calling thread),
+/// then driven by `run`. The ready line goes out once every ring has
+/// started; a ring that cannot start, or fails, stops the others (through
+/// the self-pipe).
+pub fn run_rings<S>(
+    start: Startup,
+    make: impl Fn(ServerHost, OwnedFd) -> anyhow::Result<S> + Sync,
+    run: impl Fn(S) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<()> {
+    let Startup {
+        data: _data,
+        shared,
+        listener,
+        more,
+        shown,
+        workers,
+    } = start;
+    if workers <= 1 {
+        let server = make(ServerHost::for_process(&shared), listener)?;
+        crate::cli::ready(&shown);
+        return run(server);
+    }
+    let mut listeners = vec![listener];
+    listeners.extend(more);
+    while listeners.len() < workers as usize {
+        listeners.push(listeners[0].try_clone()?);
+    }
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let threads: Vec<_> = (listeners.into_iter().enumerate())
+            .map(|(i, listener)| {
+                let (tx, make, run) = (tx.clone(), &make, &run);
+                let host = ServerHost::for_thread(&shared, i);
+                scope.spawn(move || match make(host, listener) {
+                    Ok(server) => {
+                        let _ = tx.send(Ok(()));
+                        run(server)
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        Ok(())
+                    }
+                })
+            })
+            .collect();
+        let started: anyhow::Result<()> = rx.iter().take(workers as usize).collect();
+        started.inspect_err(|_| signals::request_stop())?;
+        crate::cli::ready(&shown);
+        let mut result = Ok(());
+        for t in threads {
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a ring's thread panicked")));
+            if r.is_err() {
+                signals::request_stop();
+            }
+            result = result.and(r);
+        }
+        result
+    })
+}
+
+/// Checks a `--buffers` value: a power of two the buffer ring can hold.
+fn parse_buffers(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(n) if n.is_power_of_two() && n <= 32768 => Ok(n),
+        _ => Err(format!("'{s}' is not a power of two from 1 to 32768")),
     }
 }
 
@@ -531,7 +732,7 @@ fn code(result: i32) -> nix::Result<i32> {
 }
 
 /// A receive's result: bytes in a provided buffer, or end of file.
-fn received(result: i32, flags: u32) -> nix::Result<Option<RecvBuf>> {
+fn received(result: i32, flags: u32) -> Received {
     match (result, cqueue::buffer_select(flags)) {
         (n, _) if n < 0 => Err(Errno::from_raw(-n)),
         (0, _) => Ok(None),
