@@ -517,50 +517,44 @@ impl Ring {
         let more = cqueue::more(flags);
         let token = self.live(id)?;
         let cancelled = token.cancelled;
-        if let (Op::Poll { fd }, true) = (&token.op, result < 0 && !cancelled) {
-            let sqe = opcode::PollAdd::new(Fd(*fd), libc::POLLIN as u32).build();
-            self.push(sqe.user_data(id.0));
-            return None;
-        }
-        // The multishot kinds, copied out: (accept?, socket, connection).
-        let multi = match token.op {
-            Op::Accept { fd } => Some((true, fd, 0)),
-            Op::Recv { conn, fd } => Some((false, fd, conn)),
-            _ => None,
+        let (accept, poll, recv) = match token.op {
+            Op::Accept { fd } => (Some(fd), None, None),
+            Op::Poll { fd } => (None, Some(fd), None),
+            Op::Recv { conn, fd } => (None, None, Some((conn, fd))),
+            _ => (None, None, None),
         };
-        match multi {
-            // A kernel that refuses multishot: use one-shot from now on, and
-            // re-submit this request in that form (same `user_data`).
-            Some((accept, fd, _))
-                if result == -libc::EINVAL
-                    && !more
-                    && (if accept {
-                        self.multishot_accept
-                    } else {
-                        self.multishot_recv
-                    }) =>
-            {
-                let sqe = if accept {
-                    eprintln!("uring-server: multishot accept refused; using one-shot accepts");
-                    self.multishot_accept = false;
-                    self.accept_sqe(fd)
-                } else {
-                    eprintln!("uring-server: multishot recv refused; using one-shot receives");
-                    self.multishot_recv = false;
-                    self.recv_sqe(fd)
-                };
-                if cancelled {
-                    return self.finish_last(id, -libc::ECANCELED, flags);
-                }
+        // Completions answered here by submitting the request again (same
+        // `user_data`): an interrupted poll, and a multishot request this
+        // kernel refuses (one-shot from then on).
+        let refused = result == -libc::EINVAL && !more;
+        let again = if let Some(fd) = poll.filter(|_| result < 0) {
+            Some(opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32).build())
+        } else if let Some(fd) = accept.filter(|_| refused && self.multishot_accept) {
+            eprintln!("uring-server: multishot accept refused; using one-shot accepts");
+            self.multishot_accept = false;
+            Some(self.accept_sqe(fd))
+        } else if let Some((_, fd)) = recv.filter(|_| refused && self.multishot_recv) {
+            eprintln!("uring-server: multishot recv refused; using one-shot receives");
+            self.multishot_recv = false;
+            Some(self.recv_sqe(fd))
+        } else {
+            None
+        };
+        match again {
+            Some(sqe) if !cancelled => {
                 self.push(sqe.user_data(id.0));
-                None
+                return None;
             }
-            // A multishot request that goes on stays in the slab.
-            Some((true, _, _)) if more => Some(Event::Accepted {
+            Some(_) => return self.finish_last(id, -libc::ECANCELED, flags),
+            None => {}
+        }
+        // A multishot request that goes on stays in the slab.
+        match (accept, recv) {
+            (Some(_), _) if more => Some(Event::Accepted {
                 result: code(result).map(own),
                 more,
             }),
-            Some((false, _, conn)) if more => Some(Event::Received {
+            (_, Some((conn, _))) if more => Some(Event::Received {
                 conn,
                 result: received(result, flags),
                 more,
@@ -580,7 +574,9 @@ impl Ring {
                 result: code(result).map(own),
                 more: false,
             },
-            Op::Poll { .. } => Event::Readable,
+            // Readable; a cancelled poll reports nothing.
+            Op::Poll { .. } if result >= 0 => Event::Readable,
+            Op::Poll { .. } => return None,
             Op::Timer { .. } => {
                 if self.timer.is_some_and(|(_, t)| t == id) {
                     self.timer = None;
