@@ -425,9 +425,9 @@ where
 }
 
 /// The legend line that explains [`gen_mark`].
-pub const GEN_NOTE: &str = "▼ GEN: the load generator used ≥ 90 % of";
+pub const GEN_NOTE: &str = "▼ GEN: the generator was ≥ 90 %";
 /// Its second line.
-pub const GEN_NOTE2: &str = "   its core and may have set the pace";
+pub const GEN_NOTE2: &str = "   busy and may have set the pace";
 
 #[cfg(test)]
 mod tests {

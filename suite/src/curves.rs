@@ -306,6 +306,12 @@ pub fn latency_chart(
         .flat_map(|(_, p, _)| p.iter().map(|v| v.1))
         .fold(10.0, f64::max)
         * 2.0;
+    let ymin = (curves
+        .iter()
+        .flat_map(|(_, p, _)| p.iter().map(|v| v.1))
+        .fold(ymax, f64::min)
+        / 2.0)
+        .max(1.0);
     let root = SVGBackend::with_string(out, (1000, 300 * nrows as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((nrows, cols));
@@ -316,7 +322,7 @@ pub fn latency_chart(
             .margin(8)
             .x_label_area_size(32)
             .y_label_area_size(55)
-            .build_cartesian_2d((1f64..1e5).log_scale(), (1f64..ymax).log_scale())?;
+            .build_cartesian_2d((1f64..1e5).log_scale(), (ymin..ymax).log_scale())?;
         chart
             .configure_mesh()
             .x_desc("percentile")

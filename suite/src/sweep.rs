@@ -37,7 +37,6 @@
 //! server: it is marked and the sweep goes on.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::time::Instant;
 
 use loadgen::{Arrivals, ConnMode, Protocol, Stop, Target};
@@ -662,19 +661,20 @@ pub fn equal_rate<'a>(values: impl IntoIterator<Item = (&'a str, f64)>) -> Optio
 }
 
 /// The equal rate from a set of sweeps: the capacities on `/hello` over
-/// `protocol`.
+/// `protocol` (half the highest achieved rate for a model that never met
+/// the SLO).
 pub fn equal_rate_from_sweeps(curves: &[Curve], protocol: Protocol) -> Option<f64> {
     equal_rate(
         curves
             .iter()
-            .filter(|c| c.protocol == protocol && c.route == "/hello")
-            .filter_map(|c| Some((c.model.as_str(), c.capacity_rps?))),
+            .filter(|c| c.protocol == protocol && c.route == "/hello" && c.error.is_none())
+            .map(|c| {
+                let r = c
+                    .capacity_rps
+                    .unwrap_or(c.max_achieved_rps * crate::scenarios::OPEN_FRACTION);
+                (c.model.as_str(), r)
+            }),
     )
-}
-
-/// Where `iomodels sweep` writes when not told: `results/`.
-pub fn default_out() -> PathBuf {
-    PathBuf::from("results")
 }
 
 /// The sweep as a Markdown table: one row per curve.
