@@ -171,6 +171,10 @@ struct SweepArgs {
     /// Arrivals of the open loop: fixed schedule or Poisson.
     #[arg(long, value_enum, default_value = "fixed")]
     arrivals: ArrivalsArg,
+    /// Count every step as first measured (by default a step that misses
+    /// the SLO or saturates is measured once more before it counts).
+    #[arg(long)]
+    no_retry: bool,
     /// Directory that receives `<run-id>/`.
     #[arg(long, default_value = "results")]
     out: PathBuf,
@@ -206,6 +210,7 @@ impl SweepArgs {
                 ArrivalsArg::Poisson => loadgen::Arrivals::Poisson,
             },
             workers: self.workers,
+            retries: u32::from(!self.no_retry),
         }
     }
 }

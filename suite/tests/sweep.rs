@@ -16,11 +16,13 @@ use iomodels_suite::results::Results;
 use iomodels_suite::sweep::{self, Curve, SweepSpec, Verdict};
 use loadgen::{ConnMode, Target};
 
-/// Little's law at every step that was not saturated: the generator's
-/// time-average of requests in flight equals achieved rate × mean latency
-/// from the send, within 20 %.
+/// Little's law at every unsaturated step — the server kept up, p99 within
+/// the SLO — the generator's time-average of requests in flight equals
+/// achieved rate × mean latency from the send, within 20 %. (A congested
+/// step is no steady state: its queue grows through the window, and the
+/// requests still in flight at its end have no latency yet.)
 fn assert_little(c: &Curve) {
-    for s in c.steps.iter().filter(|s| s.verdict != Verdict::Saturated) {
+    for s in c.steps.iter().filter(|s| s.verdict == Verdict::Within) {
         let err = (s.in_flight - s.little_sent).abs();
         assert!(
             err <= 0.2 * s.little_sent.max(0.05),
@@ -160,8 +162,8 @@ fn stalling_server() -> String {
 fn the_step_where_a_stalling_server_saturates_is_found() {
     let target = Target::parse(&stalling_server(), None, None).unwrap();
     let spec = SweepSpec {
-        from_rps: 100.0,
-        factor: 2.0,
+        from_rps: 50.0,
+        factor: 4.0,
         max_steps: 6,
         step_s: 0.5,
         warmup_s: 0.1,
@@ -182,18 +184,24 @@ fn the_step_where_a_stalling_server_saturates_is_found() {
     );
     let table = sweep::steps_table(std::slice::from_ref(&c));
     assert!(c.error.is_none(), "{c:?}");
-    // 100, 200, 400 are served; 800 asks more than 500 and saturates.
+    // 50 and 200 are served (at most 40 % busy); 800 asks more than 500
+    // and saturates.
     assert_eq!(c.saturated_at_rps, Some(800.0), "{table}");
-    assert_eq!(c.steps.len(), 4, "{table}");
-    assert_eq!(seen, 4);
-    assert_eq!(c.steps[3].verdict, Verdict::Saturated, "{table}");
+    assert_eq!(c.steps.len(), 3, "{table}");
+    assert_eq!(seen, 3);
+    assert_eq!(c.steps[2].verdict, Verdict::Saturated, "{table}");
     assert!(
-        c.steps[3].achieved_rps < 560.0,
+        c.steps[2].achieved_rps < 560.0,
         "{}",
-        c.steps[3].achieved_rps
+        c.steps[2].achieved_rps
     );
-    assert!(c.steps[..3].iter().all(|s| s.verdict != Verdict::Saturated));
-    assert_eq!(c.capacity_rps, Some(400.0), "{table}");
+    assert!(c.steps[..2].iter().all(|s| s.verdict != Verdict::Saturated));
+    // Within the SLO at 200 on a quiet machine; a busy one may push a
+    // 40 %-loaded step's p99 over it twice, never past saturation.
+    assert!(
+        matches!(c.capacity_rps, Some(r) if r == 200.0 || r == 50.0),
+        "{table}"
+    );
     assert!(!c.capacity_is_lower_bound);
     assert_little(&c);
 }
