@@ -133,7 +133,7 @@ pub fn sweep_chart(curves: &[&Curve], out: &mut String) -> DrawResult {
             1,
         )?;
         chart.draw_series(std::iter::once(Text::new(
-            format!("SLO p99 ≤ {}", ms_label(bound)),
+            format!("SLO: p99 ≤ {}", sweep::fmt_ms(bound)),
             (xmin.max(0.1) * 1.05, bound * 1.08),
             ("sans-serif", 11).into_font().color(&RGBColor(180, 30, 30)),
         )))?;

@@ -241,7 +241,9 @@ pub struct Step {
     /// The server tree's costs over the step (absent against a server this
     /// process does not own).
     pub server: Option<Cost>,
-    /// The load generator's whole report (histograms included).
+    /// The load generator's report: the latency histogram whole, the
+    /// others (uncorrected, connect, send lag) as percentiles only (their
+    /// `hdr` is empty).
     pub report: loadgen::Report,
 }
 
@@ -559,7 +561,20 @@ fn measure_step(
         let attempts = m.report.requests + m.report.errors.transport();
         Cost::between(&before, &after, attempts, wall)
     });
-    let r = m.report;
+    let mut r = m.report;
+    // Keep the latency histogram whole; the others keep their percentiles
+    // (a sweep has hundreds of steps: this keeps results.json small).
+    for h in [
+        r.latency_uncorrected.as_mut(),
+        Some(&mut r.connect_time),
+        r.open_loop.as_mut().and_then(|o| o.send_lag.as_mut()),
+        r.open_loop.as_mut().and_then(|o| o.generator_lag.as_mut()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        h.hdr.clear();
+    }
     let (verdict, why) = judge(rate, &r, floor_us(route), spec.slo_us, spec.cap_us);
     let achieved = crate::summary::good_rps(&r);
     let ol = r.open_loop.as_ref();
