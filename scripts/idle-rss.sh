@@ -55,9 +55,9 @@ def memory():
 
 req = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
 def hello(s):
-    # A model that serves one keep-alive connection per worker (prefork,
-    # threadpool, fpm, iterative) never answers a connection beyond its
-    # workers while the others are held: give up after 5 s, not hang.
+    # A model whose workers each hold one keep-alive connection never
+    # answers a connection beyond its workers while the others are held:
+    # give up after 5 s, not hang.
     s.settimeout(5)
     s.sendall(req)
     data = b""

@@ -76,10 +76,12 @@ free_port() {
 
 # The model names, one a line: the suite's one list (suite/src/models.rs
 # `KNOWN`, then any other *-server found), as `iomodels models --names`
-# prints it. Needs target/release/iomodels (built when missing).
+# prints it. Runs $IOMODELS (default target/release/iomodels, built when
+# missing).
 model_names() {
-  [ -x target/release/iomodels ] || cargo build --release -q -p iomodels-suite
-  target/release/iomodels models --names
+  local bin=${IOMODELS:-target/release/iomodels}
+  [ -x "$bin" ] || cargo build --release -q -p iomodels-suite
+  "$bin" models --names
 }
 
 # check_model MODEL: dies unless MODEL (`epoll`, not `epoll-server`) is one
