@@ -8,7 +8,8 @@
 //!   capacity at a p99 SLO;
 //! * `report RESULTS` — rebuilds report.md and report.html from a results file;
 //! * `compare BASE NEW` — the regression gate (exit 1 on a regression);
-//! * `models` — the models known and the binaries found.
+//! * `models` — the models known and the binaries found (`--names`: one
+//!   name a line, the list scripts read).
 //!
 //! A mistake is one line, `iomodels: error: …`; usage errors exit 2.
 
@@ -63,7 +64,12 @@ enum Cmd {
         bmf: Option<PathBuf>,
     },
     /// List the models this suite knows and the server binaries found.
-    Models,
+    Models {
+        /// Print only the model names, one a line (for scripts): the known
+        /// models in reading order, then any other `*-server` found.
+        #[arg(long)]
+        names: bool,
+    },
 }
 
 /// Protocol choice on the command line.
@@ -304,9 +310,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Cmd::Models => {
+        Cmd::Models { names } => {
             let dir = models::bin_dir();
             let found = models::discover(&dir);
+            if names {
+                print_out(&models::names(&found).join("\n"));
+                print_out("\n");
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut s = format!("server binaries in {}:\n", dir.display());
             for (m, d) in models::KNOWN {
                 let mark = if found.iter().any(|f| f == m) {

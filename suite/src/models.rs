@@ -80,6 +80,19 @@ pub fn discover(dir: &Path) -> Vec<String> {
     found
 }
 
+/// Every model name: [`KNOWN`]'s, then those of `found` it does not list
+/// (`iomodels models --names`, the one list the scripts read).
+pub fn names(found: &[String]) -> Vec<&str> {
+    let mut all: Vec<&str> = KNOWN.iter().map(|(m, _)| *m).collect();
+    all.extend(
+        found
+            .iter()
+            .map(String::as_str)
+            .filter(|f| !KNOWN.iter().any(|(k, _)| k == f)),
+    );
+    all
+}
+
 /// How a model has to be driven for its results to mean something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quirks {

@@ -379,7 +379,7 @@ fn syscalls_md(r: &Results) -> String {
     if r.syscalls.is_empty() {
         return String::new();
     }
-    let mut s = String::from("\n## System calls per request (`strace -f -c`, /hello)\n\n| model | proto | requests | calls/req | by name |\n|---|---|---:|---:|---|\n");
+    let mut s = String::from("\n## System calls per request under strace (batching changes)\n\n`strace -f -c` during a `/hello` run: strace slows every call, so a model batches differently than without it (how many requests one `epoll_wait` or `io_uring_enter` carries). Read the counts as the shape of each model's cost, not its speed.\n\n| model | proto | requests | calls/req | by name |\n|---|---|---:|---:|---|\n");
     for sc in &r.syscalls {
         let total: f64 = sc.per_request.iter().map(|x| x.1).sum();
         let names: Vec<String> = sc
