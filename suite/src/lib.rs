@@ -9,13 +9,16 @@
 //! [`runner`] (start, load, measure, stop), [`procfs`] (process-tree
 //! accounting), [`results`] (the JSON file), [`summary`] (medians and the
 //! table), [`report`] (Markdown, HTML and SVG charts), [`compare`] (the
-//! regression gate and Bencher Metric Format).
+//! regression gate and Bencher Metric Format), [`peers`] (real servers as
+//! rows), [`survivors`] (no server left running).
 
 pub mod compare;
 pub mod models;
+pub mod peers;
 pub mod procfs;
 pub mod report;
 pub mod results;
 pub mod runner;
 pub mod scenarios;
 pub mod summary;
+pub mod survivors;

@@ -19,6 +19,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use iomodels_suite::results::{Machine, RunConfig, SCHEMA_VERSION};
 use iomodels_suite::runner::Plan;
 use iomodels_suite::scenarios::{self, Scenario};
+use iomodels_suite::peers::{self, Peer};
 use iomodels_suite::{compare, models, report, results, runner, summary};
 use loadgen::Protocol;
 
@@ -76,9 +77,16 @@ enum ProtocolArg {
 #[derive(Debug, Clone, clap::Args)]
 struct RunArgs {
     /// Models to run, comma-separated (`epoll,prefork`) [default: every
-    /// `*-server` beside iomodels].
+    /// `*-server` beside iomodels, unless only --peers is given].
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
+    /// Real servers to run as rows beside the models, comma-separated:
+    /// nginx, apache-prefork, apache-worker, apache-event, lighttpd,
+    /// php-fpm, nginx+php-fpm, nginx+fpm-server, fcgiwrap; `all` (every
+    /// installed one) or `none` [default: every installed peer, unless
+    /// only --models is given]. Each runs in the protocol it speaks.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
     /// Scenarios, comma-separated [default: all].
     #[arg(long, value_delimiter = ',', value_enum)]
     scenarios: Vec<Scenario>,
@@ -223,6 +231,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             {
                 s.push_str(&format!("  found   {m:<12} {}\n", models::describe(m)));
             }
+            s.push_str("peers (real servers, --peers):\n");
+            for p in Peer::ALL {
+                let (mark, note) = match p.missing(&dir) {
+                    None => ("found  ", p.describe().to_string()),
+                    Some(why) => ("missing", why),
+                };
+                s.push_str(&format!(
+                    "  {mark} {:<16} [{}; vs {}] {note}\n",
+                    p.name(),
+                    p.protocol().name(),
+                    p.counterparts().join(", ")
+                ));
+            }
             print_out(&s);
             Ok(ExitCode::SUCCESS)
         }
@@ -250,7 +271,11 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         .map(|(m, _)| *m)
         .filter(|m| !found.iter().any(|f| f == m))
         .collect();
-    let (models, missing) = if args.models.is_empty() {
+    let peers_named = peers::parse_list(&args.peers).map_err(Usage)?;
+    let only_peers = args.models.is_empty() && !peers_named.is_empty();
+    let (models, mut missing) = if only_peers {
+        (Vec::new(), Vec::new())
+    } else if args.models.is_empty() {
         if found.is_empty() {
             anyhow::bail!(
                 "no *-server binaries in {}: build them with `cargo build --release --workspace`",
@@ -299,6 +324,31 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
+    // Peers: the ones named (each must be installed), or by default every
+    // installed one (the others named on stderr, one line each).
+    let mut peer_list = Vec::new();
+    if args.peers.is_empty() && args.models.is_empty() || args.peers.iter().any(|p| p == "all") {
+        for p in Peer::ALL {
+            match p.missing(&dir) {
+                None => peer_list.push(p),
+                Some(why) => {
+                    eprintln!("iomodels: skipping peer {why}");
+                    missing.push(p.name().to_string());
+                }
+            }
+        }
+    }
+    for &p in &peers_named {
+        if peer_list.contains(&p) || missing.iter().any(|m| m == p.name()) {
+            continue;
+        }
+        if let Some(why) = p.missing(&dir) {
+            return Err(Usage(format!("peer {why}")).into());
+        }
+        peer_list.push(p);
+    }
+    peer_list.sort();
+    peer_list.dedup();
     let mut scen = if args.scenarios.is_empty() {
         scenarios::DEFAULT.to_vec()
     } else {
@@ -323,6 +373,27 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(args.idle_models.clone())
     };
+    for p in &peer_list {
+        if !protocols.contains(&p.protocol()) {
+            eprintln!(
+                "iomodels: note: peer {} speaks {} only: not run over {}",
+                p.name(),
+                p.protocol().name(),
+                protocols.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let start = SystemTime::now();
+    let run_id = results::run_id(start);
+    let out_dir = args.out.join(&run_id);
+    let site = if peer_list.is_empty() {
+        None
+    } else {
+        // The peers' configurations go into the run directory as they are made.
+        std::fs::create_dir_all(&out_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
+        Some(std::sync::Arc::new(peers::Site::create()?))
+    };
     let plan = Plan {
         bin_dir: dir.clone(),
         models: models.clone(),
@@ -334,14 +405,16 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         workers: args.workers,
         idle_levels: args.idle_levels.clone(),
         idle_models: idle_models.clone(),
+        peers: peer_list.clone(),
+        peer_dir: out_dir.join("peers"),
+        site,
     };
-    let start = SystemTime::now();
-    let run_id = results::run_id(start);
     let machine = Machine::current();
     eprintln!(
-        "iomodels: {} runs: {} model(s) × {} scenario(s) × {} protocol(s), {:.1} s each",
+        "iomodels: {} runs: {} model(s) and {} peer(s) × {} scenario(s) × {} protocol(s), {:.1} s each",
         plan.count(),
         models.len(),
+        peer_list.len(),
         scen.len(),
         protocols.len(),
         plan.duration_s + plan.warmup_s
@@ -373,11 +446,11 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
             idle_levels: plan.idle_levels.clone(),
             idle_models: idle_models.unwrap_or_else(|| plan.models.clone()),
             missing,
+            peers: peer_list.iter().map(|p| p.name().to_string()).collect(),
         },
         runs,
         syscalls,
     };
-    let out_dir = args.out.join(&run_id);
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
     let json = out_dir.join("results.json");

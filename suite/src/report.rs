@@ -56,6 +56,24 @@ fn models(rows: &[&Row]) -> Vec<String> {
     m
 }
 
+/// Whether `model` is a peer (a real server) in these rows.
+fn is_peer(rows: &[&Row], model: &str) -> bool {
+    rows.iter().any(|r| r.model == model && r.peer)
+}
+
+/// A bar: filled for a model; for a peer, outlined with a pale fill, so
+/// real servers stand out.
+fn bar(corners: [(f64, f64); 2], c: RGBColor, peer: bool) -> Vec<Rectangle<(f64, f64)>> {
+    if peer {
+        vec![
+            Rectangle::new(corners, c.mix(0.2).filled()),
+            Rectangle::new(corners, c.stroke_width(2)),
+        ]
+    } else {
+        vec![Rectangle::new(corners, c.filled())]
+    }
+}
+
 /// Requests/s, grouped by scenario, one bar per model (log scale).
 fn rps_chart(rows: &[&Row], out: &mut String) -> DrawResult {
     let rows: Vec<&Row> = rows
@@ -87,14 +105,18 @@ fn rps_chart(rows: &[&Row], out: &mut String) -> DrawResult {
     let w = 0.9 / models.len().max(1) as f64;
     for (mi, m) in models.iter().enumerate() {
         let c = color(mi);
+        let peer = is_peer(&rows, m);
         chart
-            .draw_series(rows.iter().filter(|r| &r.model == m).map(|r| {
+            .draw_series(rows.iter().filter(|r| &r.model == m).flat_map(|r| {
                 let si = scen.iter().position(|s| *s == r.scenario).unwrap_or(0) as f64;
                 let x0 = si + 0.05 + w * mi as f64;
-                Rectangle::new([(x0, 1.0), (x0 + w, r.rps.max(1.0))], c.filled())
+                bar([(x0, 1.0), (x0 + w, r.rps.max(1.0))], c, peer)
             }))?
             .label(m.as_str())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
+            .legend(move |(x, y)| {
+                let fill = if peer { c.mix(0.2).filled() } else { c.filled() };
+                Rectangle::new([(x, y - 5), (x + 10, y + 5)], fill)
+            });
     }
     chart
         .configure_series_labels()
@@ -133,12 +155,12 @@ fn latency_chart(results: &Results, rows: &[&Row], out: &mut String) -> DrawResu
                     (x, (h.value_at_quantile(q) as f64).max(1.0))
                 })
                 .collect();
-            curves.push((r.model.clone(), pts));
+            curves.push((r.model.clone(), r.peer, pts));
         }
     }
     let ymax = curves
         .iter()
-        .flat_map(|(_, p)| p.iter().map(|v| v.1))
+        .flat_map(|(_, _, p)| p.iter().map(|v| v.1))
         .fold(10.0, f64::max)
         * 2.0;
     let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
@@ -163,12 +185,17 @@ fn latency_chart(results: &Results, rows: &[&Row], out: &mut String) -> DrawResu
             }
         })
         .draw()?;
-    for (i, (m, pts)) in curves.into_iter().enumerate() {
+    for (i, (m, peer, pts)) in curves.into_iter().enumerate() {
         let c = color(i);
-        chart
-            .draw_series(LineSeries::new(pts, c.stroke_width(2)))?
-            .label(m)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], c.stroke_width(2)));
+        // Peers (real servers) dashed.
+        let series = if peer {
+            chart.draw_series(DashedLineSeries::new(pts, 6, 4, c.stroke_width(2)))?
+        } else {
+            chart.draw_series(LineSeries::new(pts, c.stroke_width(2)))?
+        };
+        series.label(m).legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 15, y)], c.stroke_width(if peer { 1 } else { 2 }))
+        });
     }
     chart
         .configure_series_labels()
@@ -211,8 +238,12 @@ fn idle_chart(rows: &[&Row], out: &mut String) -> DrawResult {
             .map(|r| (r.idle as f64, r.rps))
             .collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
+        let series = if is_peer(&rows, m) {
+            chart.draw_series(DashedLineSeries::new(pts.clone(), 6, 4, c.stroke_width(2)))?
+        } else {
+            chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
+        };
+        series
             .label(m.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], c.stroke_width(2)));
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
@@ -265,11 +296,10 @@ fn cpu_chart(rows: &[&Row], out: &mut String) -> DrawResult {
                     } else {
                         (r.user_us, r.user_us + r.sys_us)
                     };
-                    Rectangle::new(
-                        [(x0, lo), (x0 + 0.38, hi)],
-                        if user { cu.filled() } else { cs.filled() },
-                    )
+                    let c = if user { cu } else { cs };
+                    bar([(x0, lo), (x0 + 0.38, hi)], c, r.peer)
                 })
+                .flatten()
                 .collect()
         };
         chart
@@ -409,6 +439,32 @@ fn syscalls_md(r: &Results) -> String {
     s
 }
 
+/// The peers' section: what each is, where its configuration is, and
+/// the models beside their real-world counterparts. Empty without peers.
+fn peers_md(r: &Results, rows: &[Row]) -> String {
+    if r.config.peers.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\n## Peers: real servers as rows\n\nPeers are shown in _italics_ in the tables and outlined \
+         (bars) or dashed (lines) in the charts. Each ran from the configuration the suite \
+         generated next to these results (`start.sh` runs it again):\n\n",
+    );
+    for name in &r.config.peers {
+        let d = crate::peers::Peer::parse(name).map_or("", |p| p.describe());
+        let _ = writeln!(s, "* _{name}_ — {d}: [peers/{name}/](peers/{name}/)");
+    }
+    let table = crate::peers::counterparts::markdown(rows);
+    if !table.is_empty() {
+        s.push_str(
+            "\n### Models and their real-world counterparts\n\nThe same scenario and protocol in this run. \
+             **GEN** marks a run where the generator used ≥ 90 % of its core: compare CPU µs per request there.\n\n",
+        );
+        s.push_str(&table);
+    }
+    s
+}
+
 /// The Markdown report.
 pub fn markdown(r: &Results) -> String {
     let rows = summary::rows(r);
@@ -422,6 +478,7 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(s, "Not built (skipped): {}.\n", r.config.missing.join(", "));
     }
     s.push_str(&summary::table(&rows));
+    s.push_str(&peers_md(r, &rows));
     s.push_str(&syscalls_md(r));
     s.push_str("\nCharts: see report.html beside this file.\n");
     s
@@ -443,7 +500,15 @@ fn md_table_html(md: &str) -> String {
         let tag = if i == 0 { "th" } else { "td" };
         s.push_str("<tr>");
         for c in cells {
-            let _ = write!(s, "<{tag}>{}</{tag}>", escape(c));
+            // `_peer_`: a peer's name, in italics.
+            match c.strip_prefix('_').and_then(|c| c.strip_suffix('_')) {
+                Some(name) if !name.is_empty() => {
+                    let _ = write!(s, "<{tag}><i>{}</i></{tag}>", escape(name));
+                }
+                _ => {
+                    let _ = write!(s, "<{tag}>{}</{tag}>", escape(c));
+                }
+            }
         }
         s.push_str("</tr>\n");
     }
@@ -477,6 +542,24 @@ td:first-child,td:nth-child(2),td:nth-child(3){{text-align:left}}figure{{margin:
     }
     s.push_str("<h2>All runs</h2>\n");
     s.push_str(&md_table_html(&summary::table(&rows)));
+    if !r.config.peers.is_empty() {
+        s.push_str("<h2>Peers: real servers as rows</h2>\n<p>Peers are in italics in the tables, outlined or dashed in the charts. Configurations as generated for this run:</p>\n<ul>\n");
+        for name in &r.config.peers {
+            let d = crate::peers::Peer::parse(name).map_or("", |p| p.describe());
+            let _ = writeln!(
+                s,
+                "<li><i>{n}</i> — {}: <a href=\"peers/{n}/\">peers/{n}/</a></li>",
+                escape(d),
+                n = escape(name)
+            );
+        }
+        s.push_str("</ul>\n");
+        let table = crate::peers::counterparts::markdown(&rows);
+        if !table.is_empty() {
+            s.push_str("<h3>Models and their real-world counterparts</h3>\n");
+            s.push_str(&md_table_html(&table));
+        }
+    }
     let sys = syscalls_md(r);
     if !sys.is_empty() {
         s.push_str("<h2>System calls per request</h2>\n");
