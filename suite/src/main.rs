@@ -16,10 +16,10 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use iomodels_suite::peers::{self, Peer};
 use iomodels_suite::results::{Machine, RunConfig, SCHEMA_VERSION};
 use iomodels_suite::runner::Plan;
 use iomodels_suite::scenarios::{self, Scenario};
-use iomodels_suite::peers::{self, Peer};
 use iomodels_suite::{compare, models, report, results, runner, summary};
 use loadgen::Protocol;
 
@@ -379,7 +379,11 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
                 "iomodels: note: peer {} speaks {} only: not run over {}",
                 p.name(),
                 p.protocol().name(),
-                protocols.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+                protocols
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }

@@ -114,7 +114,11 @@ fn rps_chart(rows: &[&Row], out: &mut String) -> DrawResult {
             }))?
             .label(m.as_str())
             .legend(move |(x, y)| {
-                let fill = if peer { c.mix(0.2).filled() } else { c.filled() };
+                let fill = if peer {
+                    c.mix(0.2).filled()
+                } else {
+                    c.filled()
+                };
                 Rectangle::new([(x, y - 5), (x + 10, y + 5)], fill)
             });
     }
@@ -194,7 +198,10 @@ fn latency_chart(results: &Results, rows: &[&Row], out: &mut String) -> DrawResu
             chart.draw_series(LineSeries::new(pts, c.stroke_width(2)))?
         };
         series.label(m).legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 15, y)], c.stroke_width(if peer { 1 } else { 2 }))
+            PathElement::new(
+                vec![(x, y), (x + 15, y)],
+                c.stroke_width(if peer { 1 } else { 2 }),
+            )
         });
     }
     chart
@@ -288,7 +295,7 @@ fn cpu_chart(rows: &[&Row], out: &mut String) -> DrawResult {
         let bars = |user: bool| -> Vec<Rectangle<(f64, f64)>> {
             rows.iter()
                 .filter(|r| r.scenario == *s)
-                .map(|r| {
+                .flat_map(|r| {
                     let mi = models.iter().position(|m| *m == r.model).unwrap_or(0) as f64;
                     let x0 = mi + 0.1 + 0.4 * si as f64;
                     let (lo, hi) = if user {
@@ -299,7 +306,6 @@ fn cpu_chart(rows: &[&Row], out: &mut String) -> DrawResult {
                     let c = if user { cu } else { cs };
                     bar([(x0, lo), (x0 + 0.38, hi)], c, r.peer)
                 })
-                .flatten()
                 .collect()
         };
         chart

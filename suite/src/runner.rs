@@ -162,7 +162,10 @@ impl Server {
                         break;
                     }
                     if let Ok(Some(st)) = server.child.try_wait() {
-                        anyhow::bail!("{:?} exited ({st}) before accepting on {a}", cmd.get_program());
+                        anyhow::bail!(
+                            "{:?} exited ({st}) before accepting on {a}",
+                            cmd.get_program()
+                        );
                     }
                     if Instant::now() > end {
                         anyhow::bail!("{:?} did not accept on {a} within 10 s", cmd.get_program());

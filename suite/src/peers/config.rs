@@ -105,7 +105,10 @@ pub fn generate(peer: Peer, env: &Env, port: u16, upstream: u16) -> anyhow::Resu
             format!("exec {}\n", php_fpm_command(env)?)
         }
         Peer::NginxPhpFpm | Peer::NginxFpmServer => {
-            files.push(("nginx.conf".into(), nginx_conf(peer, env, &addr, Some(&app))));
+            files.push((
+                "nginx.conf".into(),
+                nginx_conf(peer, env, &addr, Some(&app)),
+            ));
             let backend = if peer == Peer::NginxPhpFpm {
                 files.push(("php-fpm.conf".into(), php_fpm_conf(env, &app)));
                 php_fpm_command(env)?
@@ -129,7 +132,14 @@ pub fn generate(peer: Peer, env: &Env, port: u16, upstream: u16) -> anyhow::Resu
             )
         }
         Peer::Fcgiwrap => {
+            // fcgiwrap hands the FastCGI params to the CGI program as its
+            // whole environment: the settings php-fpm gets from env[...].
             params.push(format!("SCRIPT_FILENAME={}", env.site.cgi().display()));
+            params.push(format!(
+                "IOMODELS_DATA_DIR={}",
+                env.site.data_dir().display()
+            ));
+            params.push(format!("IOMODELS_WORKERS={}", env.workers));
             need("php", env)?;
             format!(
                 "exec {} -c {} -s tcp:{addr}\n",
@@ -169,7 +179,11 @@ fn php_fpm_command(env: &Env) -> anyhow::Result<String> {
     Ok(format!(
         "{} --nodaemonize{} --fpm-config {}/php-fpm.conf",
         need("php-fpm", env)?,
-        if is_root() { " --allow-to-run-as-root" } else { "" },
+        if is_root() {
+            " --allow-to-run-as-root"
+        } else {
+            ""
+        },
         env.dir.display()
     ))
 }

@@ -103,12 +103,20 @@ impl Peer {
         match self {
             Peer::Nginx => "nginx, 1 worker process (event loop), static files, sendfile",
             Peer::ApachePrefork => "Apache httpd, prefork MPM: N processes block in accept",
-            Peer::ApacheWorker => "Apache httpd, worker MPM: 1 process × N threads, a thread per connection",
-            Peer::ApacheEvent => "Apache httpd, event MPM: N threads + a listener parking idle connections",
+            Peer::ApacheWorker => {
+                "Apache httpd, worker MPM: 1 process × N threads, a thread per connection"
+            }
+            Peer::ApacheEvent => {
+                "Apache httpd, event MPM: N threads + a listener parking idle connections"
+            }
             Peer::Lighttpd => "lighttpd, one process, one event loop",
             Peer::PhpFpm => "php-fpm, pm = static, N children, workload.php over FastCGI",
-            Peer::NginxPhpFpm => "nginx (1 worker) fastcgi_pass to php-fpm (N children), keep-alive upstream",
-            Peer::NginxFpmServer => "nginx (1 worker) fastcgi_pass to fpm-server (N workers), keep-alive upstream",
+            Peer::NginxPhpFpm => {
+                "nginx (1 worker) fastcgi_pass to php-fpm (N children), keep-alive upstream"
+            }
+            Peer::NginxFpmServer => {
+                "nginx (1 worker) fastcgi_pass to fpm-server (N workers), keep-alive upstream"
+            }
             Peer::Fcgiwrap => "fcgiwrap, N processes, fork + exec of a CGI program per request",
         }
     }
@@ -253,7 +261,12 @@ pub fn measure(
     let said = ["stderr.log", "error.log"]
         .iter()
         .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
-        .filter_map(|t| t.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string))
+        .filter_map(|t| {
+            t.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
         .next();
     match said {
         Some(line) => anyhow::bail!("{}: {why}: {}", peer.name(), line.trim()),
@@ -362,16 +375,24 @@ impl Site {
         let dir = (0..100)
             .map(|i| base.join(format!("iomodels-site-{}-{i}", std::process::id())))
             .find(|d| std::fs::create_dir(d).is_ok())
-            .ok_or_else(|| anyhow::anyhow!("cannot create a site directory in {}", base.display()))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("cannot create a site directory in {}", base.display())
+            })?;
         let site = Site { dir };
-        site.fill()
-            .map_err(|e| anyhow::anyhow!("cannot write the peers' site in {}: {e}", site.dir.display()))?;
+        site.fill().map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write the peers' site in {}: {e}",
+                site.dir.display()
+            )
+        })?;
         Ok(site)
     }
 
     fn fill(&self) -> std::io::Result<()> {
         use iomodels_workload::routes;
-        let open = |p: &Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+        let open = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        };
         let www = self.www();
         for d in [&self.dir, &www, &www.join("_files"), &www.join("_bytes")] {
             std::fs::create_dir_all(d)?;
@@ -446,7 +467,9 @@ mod tests {
             parse_list(&["php-fpm".into(), "nginx".into(), "nginx".into()]).unwrap(),
             vec![Peer::Nginx, Peer::PhpFpm]
         );
-        assert!(parse_list(&["tomcat".into()]).unwrap_err().contains("unknown peer tomcat"));
+        assert!(parse_list(&["tomcat".into()])
+            .unwrap_err()
+            .contains("unknown peer tomcat"));
     }
 
     #[test]
@@ -468,7 +491,10 @@ mod tests {
     #[test]
     fn the_site_holds_the_workload_bodies() {
         let site = Site::create().unwrap();
-        assert_eq!(std::fs::read(site.www().join("hello")).unwrap(), b"Hello, World!");
+        assert_eq!(
+            std::fs::read(site.www().join("hello")).unwrap(),
+            b"Hello, World!"
+        );
         let f = std::fs::read(site.data_dir().join("64k")).unwrap();
         assert_eq!(f.len(), 65536);
         assert!(iomodels_workload::routes::verify("GET", "/file?name=64k", b"", 200, &f).is_ok());
