@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use loadgen::{parse_duration, Config, ConnMode, Error, Protocol, RouteSpec, Stop, Target};
 
 /// An HTTP and FastCGI load generator for the iomodels workload: closed loop
@@ -80,7 +80,7 @@ struct Cli {
     unix: Option<PathBuf>,
     /// Protocol [default: from the URL's scheme].
     #[arg(long, value_enum)]
-    protocol: Option<ProtocolArg>,
+    protocol: Option<Protocol>,
     /// Write the report as JSON to this file (schema in loadgen/README.md).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -89,19 +89,9 @@ struct Cli {
     hdr_log: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ProtocolArg {
-    Http,
-    Fcgi,
-}
-
 impl Cli {
     fn config(&self) -> Result<Config, Error> {
-        let protocol = self.protocol.map(|p| match p {
-            ProtocolArg::Http => Protocol::Http,
-            ProtocolArg::Fcgi => Protocol::Fcgi,
-        });
-        let target = Target::parse(&self.url, self.unix.clone(), protocol)?;
+        let target = Target::parse(&self.url, self.unix.clone(), self.protocol)?;
         let mut c = Config::new(target);
         c.routes = self
             .routes
