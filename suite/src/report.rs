@@ -457,8 +457,15 @@ fn peers_md(r: &Results, rows: &[Row]) -> String {
          generated next to these results (`start.sh` runs it again):\n\n",
     );
     for name in &r.config.peers {
-        let d = crate::peers::Peer::parse(name).map_or("", |p| p.describe());
-        let _ = writeln!(s, "* _{name}_ — {d}: [peers/{name}/](peers/{name}/)");
+        let peer = crate::peers::Peer::parse(name);
+        let d = peer.map_or("", |p| p.describe());
+        let _ = write!(s, "* _{name}_ — {d}: [peers/{name}/](peers/{name}/)");
+        match peer.and_then(|p| p.caveat()) {
+            Some(c) => {
+                let _ = writeln!(s, ". Note: {c}.");
+            }
+            None => s.push('\n'),
+        }
     }
     let table = crate::peers::counterparts::markdown(rows);
     if !table.is_empty() {
@@ -551,10 +558,14 @@ td:first-child,td:nth-child(2),td:nth-child(3){{text-align:left}}figure{{margin:
     if !r.config.peers.is_empty() {
         s.push_str("<h2>Peers: real servers as rows</h2>\n<p>Peers are in italics in the tables, outlined or dashed in the charts. Configurations as generated for this run:</p>\n<ul>\n");
         for name in &r.config.peers {
-            let d = crate::peers::Peer::parse(name).map_or("", |p| p.describe());
+            let peer = crate::peers::Peer::parse(name);
+            let d = peer.map_or("", |p| p.describe());
+            let caveat = peer
+                .and_then(|p| p.caveat())
+                .map_or(String::new(), |c| format!(". Note: {}.", escape(c)));
             let _ = writeln!(
                 s,
-                "<li><i>{n}</i> — {}: <a href=\"peers/{n}/\">peers/{n}/</a></li>",
+                "<li><i>{n}</i> — {}: <a href=\"peers/{n}/\">peers/{n}/</a>{caveat}</li>",
                 escape(d),
                 n = escape(name)
             );

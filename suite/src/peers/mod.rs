@@ -121,6 +121,22 @@ impl Peer {
         }
     }
 
+    /// What to keep in mind when reading its figures, if anything.
+    pub fn caveat(self) -> Option<&'static str> {
+        match self {
+            Peer::Fcgiwrap => Some(
+                "fcgiwrap ignores SIGCHLD, so the kernel discards its CGI processes' CPU times \
+                 instead of adding them to its cutime: /proc accounting shows only fcgiwrap's own \
+                 (fork, exec, I/O), not the CGI program's; a cgroup counts both",
+            ),
+            Peer::ApacheEvent => Some(
+                "with all of its N threads busy the event MPM closes idle keep-alive \
+                 connections (AH00484), which the load generator counts as read errors",
+            ),
+            _ => None,
+        }
+    }
+
     /// The models this peer is the real-world counterpart of.
     pub fn counterparts(self) -> &'static [&'static str] {
         match self {
