@@ -5,8 +5,9 @@
 # same 13 bytes; wrk -t1 through nginx, alternating rounds in one run.
 #
 #   scripts/bench-fpm-vs-php-fpm.sh [ROUNDS] [SECONDS] [CONNECTIONS]
-# Needs nginx, wrk and php-fpm (Debian php-fpm; not installed by
-# install-peers.sh, since no test needs it).
+# Needs nginx, wrk and php-fpm (scripts/install-peers.sh installs them).
+# `iomodels run --models fpm,swoole --peers nginx+php-fpm,nginx+fpm-server`
+# makes the same comparison as rows of the matrix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}

@@ -211,22 +211,40 @@ impl Peer {
 
     /// Why the peer cannot run here (one line), or `None` when it can.
     pub fn missing(self, bin_dir: &Path) -> Option<String> {
-        let absent: Vec<String> = self
+        let absent: Vec<&str> = self
             .programs()
             .iter()
+            .copied()
             .filter(|p| program(p, bin_dir).is_none())
-            .map(|p| match PACKAGES.iter().find(|(n, _)| n == p) {
-                Some((_, pkg)) => format!("{p} (Debian package {pkg})"),
-                None => format!("{p} (not built in {})", bin_dir.display()),
-            })
             .collect();
-        (!absent.is_empty()).then(|| {
-            format!(
-                "{}: {} not installed; scripts/install-peers.sh installs it",
-                self.name(),
-                absent.join(", ")
-            )
-        })
+        if absent.is_empty() {
+            return None;
+        }
+        let packages: Vec<String> = absent
+            .iter()
+            .filter_map(|p| PACKAGES.iter().find(|(n, _)| n == p))
+            .map(|(p, pkg)| format!("{p} (Debian package {pkg})"))
+            .collect();
+        let built: Vec<&str> = absent
+            .iter()
+            .copied()
+            .filter(|p| !PACKAGES.iter().any(|(n, _)| n == p))
+            .collect();
+        let mut why = Vec::new();
+        if !packages.is_empty() {
+            why.push(format!(
+                "{} not installed (scripts/install-peers.sh installs it)",
+                packages.join(", ")
+            ));
+        }
+        if !built.is_empty() {
+            why.push(format!(
+                "{} not built in {} (cargo build --release --workspace)",
+                built.join(", "),
+                bin_dir.display()
+            ));
+        }
+        Some(format!("{}: {}", self.name(), why.join("; ")))
     }
 }
 
