@@ -89,6 +89,9 @@ pub struct Quirks {
     pub closes_each_request: bool,
     /// Refuses fds >= FD_SETSIZE, so it cannot hold 10,000 idle connections.
     pub fd_setsize: bool,
+    /// Each worker serves one keep-alive connection until it closes: more
+    /// connections than workers wait unserved (an open loop uses `--workers`).
+    pub pins_connection: bool,
 }
 
 /// The quirks of `model` (none for models not named here).
@@ -97,6 +100,7 @@ pub fn quirks(model: &str) -> Quirks {
         one_connection: model == "iterative",
         closes_each_request: model == "fork",
         fd_setsize: model == "select",
+        pins_connection: matches!(model, "prefork" | "threadpool" | "fpm"),
     }
 }
 

@@ -30,6 +30,13 @@ pub struct Results {
     /// `--syscalls`: system calls per request for each model.
     #[serde(default)]
     pub syscalls: Vec<Syscalls>,
+    /// Rate sweeps (`iomodels sweep`, or the `sweep` scenario): how they
+    /// were made, and one load–latency curve per model, route and protocol.
+    #[serde(default)]
+    pub sweep: Option<crate::sweep::SweepSpec>,
+    /// The curves.
+    #[serde(default)]
+    pub sweeps: Vec<crate::sweep::Curve>,
 }
 
 /// Facts about the machine and build.

@@ -43,6 +43,9 @@ pub struct Plan {
     pub idle_levels: Vec<usize>,
     /// Models the sweep runs for (`None`: all).
     pub idle_models: Option<Vec<String>>,
+    /// The open loop's rate for every model (`None`: half the lowest
+    /// `hello` maximum among the models that set the equal load).
+    pub open_rate: Option<f64>,
     /// Peers (real servers), run after the models in their own protocol.
     pub peers: Vec<Peer>,
     /// Where the peers' configurations are written (`<run dir>/peers`).
@@ -66,7 +69,7 @@ impl Plan {
                 .iter()
                 .map(|&s| match s {
                     Scenario::Idle if self.sweeps(m) => self.idle_levels.len(),
-                    Scenario::Idle => 0,
+                    Scenario::Idle | Scenario::Sweep => 0,
                     _ => 1,
                 })
                 .sum::<usize>()
@@ -286,7 +289,7 @@ pub fn run_one(
         return rec;
     }
     if scenario == Scenario::Open && load.rate.is_none_or(|r| r < 1.0) {
-        rec.skipped = Some("no hello maximum to derive the open-loop rate from".into());
+        rec.skipped = Some("no rate for the open loop: give --rate, or run hello or sweep".into());
         return rec;
     }
     let measured = match Peer::parse(model).filter(|p| plan.peers.contains(p)) {
@@ -376,44 +379,78 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
     let mut scenarios = plan.scenarios.clone();
     scenarios.sort();
     scenarios.dedup();
+    // The open loop runs last, at one rate for every model (per protocol):
+    // equal load, so its latencies compare.
+    let open = scenarios.contains(&Scenario::Open);
+    scenarios.retain(|s| *s != Scenario::Open && *s != Scenario::Sweep);
     for rep in 0..plan.repeat {
-        for (model, _, protocols) in plan.subjects() {
-            let model = &model;
-            for &protocol in &protocols {
-                let mut hello_rps = None;
-                for &scenario in &scenarios {
-                    let levels: Vec<usize> = match scenario {
-                        Scenario::Idle if plan.sweeps(model) => plan.idle_levels.clone(),
-                        Scenario::Idle => continue,
-                        _ => vec![0],
-                    };
-                    for idle in levels {
-                        if tty {
-                            let mut e = std::io::stderr();
-                            let _ = write!(
-                                e,
-                                "\r\x1b[2K[{}/{}] {:.0}s {model} {} {}{}",
-                                done + 1,
-                                total,
-                                started.elapsed().as_secs_f64(),
-                                scenario.name(),
-                                protocol.name(),
-                                if scenario == Scenario::Idle {
-                                    format!(" idle={idle}")
-                                } else {
-                                    String::new()
-                                }
-                            );
-                            let _ = e.flush();
+        let first = out.len();
+        for pass in [
+            scenarios.clone(),
+            if open { vec![Scenario::Open] } else { vec![] },
+        ] {
+            let rates: Vec<(Protocol, Option<f64>)> = plan
+                .protocols
+                .iter()
+                .map(|&p| {
+                    let hello = out[first..]
+                        .iter()
+                        // The models' hello maxima set the equal load; a
+                        // peer's (fcgiwrap's, say) does not pull it down.
+                        .filter(|r: &&RunRecord| {
+                            r.scenario == Scenario::Hello
+                                && r.protocol == p
+                                && !plan.peers.iter().any(|x| x.name() == r.model)
+                        })
+                        .map(|r| (r.model.as_str(), r.rps() * scenarios::OPEN_FRACTION));
+                    (
+                        p,
+                        plan.open_rate.or_else(|| crate::sweep::equal_rate(hello)),
+                    )
+                })
+                .collect();
+            for (model, _, protocols) in plan.subjects() {
+                let model = &model;
+                for &protocol in &protocols {
+                    for &scenario in &pass {
+                        let levels: Vec<usize> = match scenario {
+                            Scenario::Idle if plan.sweeps(model) => plan.idle_levels.clone(),
+                            Scenario::Idle => continue,
+                            _ => vec![0],
+                        };
+                        for idle in levels {
+                            if tty {
+                                let mut e = std::io::stderr();
+                                let _ = write!(
+                                    e,
+                                    "\r\x1b[2K[{}/{}] {:.0}s {model} {} {}{}",
+                                    done + 1,
+                                    total,
+                                    started.elapsed().as_secs_f64(),
+                                    scenario.name(),
+                                    protocol.name(),
+                                    if scenario == Scenario::Idle {
+                                        format!(" idle={idle}")
+                                    } else {
+                                        String::new()
+                                    }
+                                );
+                                let _ = e.flush();
+                            }
+                            let rate = rates.iter().find(|r| r.0 == protocol).and_then(|r| r.1);
+                            let mut load = scenarios::load(scenario, model, idle, rate);
+                            if scenario == Scenario::Open {
+                                load.connections = crate::sweep::connections(
+                                    model,
+                                    plan.workers,
+                                    Some(load.connections),
+                                    scenario.route(),
+                                );
+                            }
+                            let rec = run_one(plan, model, scenario, protocol, rep, load);
+                            out.push(rec);
+                            done += 1;
                         }
-                        let rate = hello_rps.map(|r: f64| r * scenarios::OPEN_FRACTION);
-                        let load = scenarios::load(scenario, model, idle, rate);
-                        let rec = run_one(plan, model, scenario, protocol, rep, load);
-                        if scenario == Scenario::Hello {
-                            hello_rps = rec.report.as_ref().map(|r| r.rps);
-                        }
-                        out.push(rec);
-                        done += 1;
                     }
                 }
             }
@@ -516,6 +553,7 @@ mod tests {
             workers: 2,
             idle_levels: vec![0, 10],
             idle_models: Some(vec!["epoll".into()]),
+            open_rate: None,
             peers: vec![Peer::Nginx, Peer::PhpFpm],
             peer_dir: PathBuf::new(),
             site: None,
