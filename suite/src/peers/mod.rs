@@ -183,6 +183,16 @@ impl Peer {
         }
     }
 
+    /// Each worker serves one keep-alive connection until it closes (as
+    /// prefork, threadpool and fpm do): an open loop gives it `--workers`
+    /// connections, like those models (see `models::Quirks`).
+    pub fn pins_connection(self) -> bool {
+        matches!(
+            self,
+            Peer::ApachePrefork | Peer::ApacheWorker | Peer::PhpFpm | Peer::Fcgiwrap
+        )
+    }
+
     /// The signal that stops the peer's root process cleanly: nginx and
     /// php-fpm finish gracefully on SIGQUIT; Apache stops on SIGTERM;
     /// lighttpd shuts down gracefully on SIGINT; fcgiwrap and the
@@ -513,6 +523,8 @@ mod tests {
         assert!(Peer::Nginx.serves(Scenario::File).is_ok());
         assert!(Peer::PhpFpm.serves(Scenario::Cpu).is_ok());
         assert_eq!(Peer::PhpFpm.protocol(), Protocol::Fcgi);
+        assert!(crate::models::quirks("apache-prefork").pins_connection);
+        assert!(!crate::models::quirks("apache-event").pins_connection);
     }
 
     #[test]
