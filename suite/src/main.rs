@@ -136,9 +136,14 @@ struct RunArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 struct SweepArgs {
-    /// Models to sweep, comma-separated [default: every `*-server` beside iomodels].
+    /// Models to sweep, comma-separated [default: every `*-server` beside
+    /// iomodels, unless only --peers is given].
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
+    /// Peers (real servers) to sweep too, comma-separated, or `all` (every
+    /// installed one) [default: none]. Each in the protocol it speaks.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
     /// Routes to sweep, comma-separated or repeated: /hello, '/wait?us=10000', '/cpu?n=2000'.
     #[arg(long = "route", value_delimiter = ',', default_value = "/hello")]
     routes: Vec<String>,
@@ -213,6 +218,8 @@ impl SweepArgs {
             slo_us: self.slo.as_secs_f64() * 1e6,
             cap_us: self.cap.as_secs_f64() * 1e6,
             connections: self.connections,
+            params: Vec::new(),
+            peer_dir: None,
             arrivals: match self.arrivals {
                 ArrivalsArg::Fixed => loadgen::Arrivals::Fixed,
                 ArrivalsArg::Poisson => loadgen::Arrivals::Poisson,
@@ -371,31 +378,8 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         choose_models(&dir, &args.models)?
     };
-    // Peers: the ones named (each must be installed), or by default every
-    // installed one (the others named on stderr, one line each).
-    let mut peer_list = Vec::new();
-    if args.peers.is_empty() && args.models.is_empty() || args.peers.iter().any(|p| p == "all") {
-        for p in Peer::ALL {
-            match p.missing(&dir) {
-                None => peer_list.push(p),
-                Some(why) => {
-                    eprintln!("iomodels: skipping peer {why}");
-                    missing.push(p.name().to_string());
-                }
-            }
-        }
-    }
-    for &p in &peers_named {
-        if peer_list.contains(&p) || missing.iter().any(|m| m == p.name()) {
-            continue;
-        }
-        if let Some(why) = p.missing(&dir) {
-            return Err(Usage(format!("peer {why}")).into());
-        }
-        peer_list.push(p);
-    }
-    peer_list.sort();
-    peer_list.dedup();
+    let by_default = args.peers.is_empty() && args.models.is_empty();
+    let peer_list = choose_peers(&dir, &args.peers, &peers_named, by_default, &mut missing)?;
     let mut scen = if args.scenarios.is_empty() {
         scenarios::DEFAULT.to_vec()
     } else {
@@ -460,14 +444,21 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
             workers: args.workers,
             step_s: args.duration.as_secs_f64(),
             warmup_s: args.warmup.as_secs_f64(),
+            peer_dir: Some(out_dir.join("peers")),
             ..sweep::SweepSpec::default()
         };
         eprintln!(
-            "iomodels: sweeping {} model(s) × {} protocol(s) on /hello",
+            "iomodels: sweeping {} model(s) and {} peer(s) × {} protocol(s) on /hello",
             models.len(),
+            peer_list.len(),
             protocols.len()
         );
-        let curves = sweep::sweep_all(&dir, &models, &protocols, &spec);
+        let subjects: Vec<String> = models
+            .iter()
+            .cloned()
+            .chain(peer_list.iter().map(|p| p.name().to_string()))
+            .collect();
+        let curves = sweep::sweep_all(&dir, &subjects, &protocols, &spec);
         (Some(spec), curves)
     } else {
         (None, Vec::new())
@@ -565,9 +556,15 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// `iomodels sweep`: the curves alone, in a result set of their own.
 fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
     let dir = args.bin_dir.clone().unwrap_or_else(models::bin_dir);
-    let spec = args.spec();
+    let mut spec = args.spec();
     spec.validate().map_err(Usage)?;
-    let (models, missing) = choose_models(&dir, &args.models)?;
+    let peers_named = peers::parse_list(&args.peers).map_err(Usage)?;
+    let (models, mut missing) = if args.models.is_empty() && !peers_named.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        choose_models(&dir, &args.models)?
+    };
+    let peer_list = choose_peers(&dir, &args.peers, &peers_named, false, &mut missing)?;
     let protocols = match args.protocol {
         ProtocolArg::Http => vec![Protocol::Http],
         ProtocolArg::Fcgi => vec![Protocol::Fcgi],
@@ -576,9 +573,17 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
     let start = SystemTime::now();
     let run_id = results::run_id(start);
     let machine = Machine::current();
+    let out_dir = args.out.join(&run_id);
+    if !peer_list.is_empty() {
+        // The peers' configurations go into the run directory as they are made.
+        std::fs::create_dir_all(&out_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
+        spec.peer_dir = Some(out_dir.join("peers"));
+    }
     eprintln!(
-        "iomodels: sweeping {} model(s) × {} route(s) × {} protocol(s): from {} req/s ×{} per step, {:.1} s a step, SLO p99 ≤ route's wait + {}",
+        "iomodels: sweeping {} model(s) and {} peer(s) × {} route(s) × {} protocol(s): from {} req/s ×{} per step, {:.1} s a step, SLO p99 ≤ route's wait + {}",
         models.len(),
+        peer_list.len(),
         spec.routes.len(),
         protocols.len(),
         spec.from_rps,
@@ -586,7 +591,12 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
         spec.step_s + spec.warmup_s,
         sweep::fmt_ms(spec.slo_us)
     );
-    let curves = sweep::sweep_all(&dir, &models, &protocols, &spec);
+    let subjects: Vec<String> = models
+        .iter()
+        .cloned()
+        .chain(peer_list.iter().map(|p| p.name().to_string()))
+        .collect();
+    let curves = sweep::sweep_all(&dir, &subjects, &protocols, &spec);
     let results = results::Results {
         schema_version: SCHEMA_VERSION,
         run_id: run_id.clone(),
@@ -602,14 +612,13 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
             idle_levels: Vec::new(),
             idle_models: Vec::new(),
             missing,
-            peers: Vec::new(),
+            peers: peer_list.iter().map(|p| p.name().to_string()).collect(),
         },
         runs: Vec::new(),
         syscalls: Vec::new(),
         sweep: Some(spec),
         sweeps: curves,
     };
-    let out_dir = args.out.join(&run_id);
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
     let json = out_dir.join("results.json");
@@ -627,6 +636,42 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
 
 /// The models to run: those asked for (each must be built in `dir`), or
 /// every one found there; and the known models that are missing.
+/// The peers to run: every installed one when `by_default` or `all` was
+/// asked (the others named on stderr, one line each, and added to
+/// `missing`), and each one `named` (which must be installed).
+fn choose_peers(
+    dir: &Path,
+    asked: &[String],
+    named: &[Peer],
+    by_default: bool,
+    missing: &mut Vec<String>,
+) -> anyhow::Result<Vec<Peer>> {
+    let mut list = Vec::new();
+    if by_default || asked.iter().any(|p| p == "all") {
+        for p in Peer::ALL {
+            match p.missing(dir) {
+                None => list.push(p),
+                Some(why) => {
+                    eprintln!("iomodels: skipping peer {why}");
+                    missing.push(p.name().to_string());
+                }
+            }
+        }
+    }
+    for &p in named {
+        if list.contains(&p) || missing.iter().any(|m| m == p.name()) {
+            continue;
+        }
+        if let Some(why) = p.missing(dir) {
+            return Err(Usage(format!("peer {why}")).into());
+        }
+        list.push(p);
+    }
+    list.sort();
+    list.dedup();
+    Ok(list)
+}
+
 fn choose_models(dir: &Path, asked: &[String]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let found = models::discover(dir);
     let missing_known: Vec<&str> = models::KNOWN

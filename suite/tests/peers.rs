@@ -9,14 +9,13 @@
 
 mod util;
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use iomodels_suite::peers::{config, Peer, Site};
+use iomodels_suite::peers::{self, Peer, Site};
 use iomodels_suite::results::Results;
-use iomodels_suite::runner::{self, Ready, Server};
+use iomodels_suite::runner;
 use iomodels_suite::scenarios::Scenario;
 use loadgen::{Config, ConnMode, RouteSpec, Stop};
 
@@ -221,31 +220,7 @@ fn every_route() -> Vec<RouteSpec> {
     .collect()
 }
 
-/// Starts `peer` from its generated configuration in `dir`.
-fn start(peer: Peer, dir: &Path, site: &Site) -> (Server, config::Launch) {
-    let env = config::Env {
-        dir,
-        site,
-        bin_dir: &util::bin_dir(),
-        workers: 2,
-    };
-    let launch = config::generate(
-        peer,
-        &env,
-        config::free_port().unwrap(),
-        config::free_port().unwrap(),
-    )
-    .unwrap();
-    let mut cmd = Command::new("sh");
-    cmd.arg(dir.join("start.sh"));
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut server = Server::spawn(cmd, Ready::Accepts(launch.ready.clone()))
-        .unwrap_or_else(|e| panic!("{}: {e}", peer.name()));
-    server.stop_signal = peer.stop_signal();
-    (server, launch)
-}
-
-fn drive(peer: Peer, launch: &config::Launch, requests: u64) {
+fn drive(peer: Peer, launch: &iomodels_suite::peers::config::Launch, requests: u64) {
     let t = runner::target(&launch.addr, peer.protocol()).unwrap();
     let mut c = Config::new(t);
     c.threads = 1;
@@ -280,9 +255,47 @@ fn workload_php_passes_the_models_verification_on_every_route() {
         (Peer::Fcgiwrap, 1),
     ] {
         let pdir = dir.path().join(peer.name());
-        let (mut server, launch) = start(peer, &pdir, &site);
-        drive(peer, &launch, routes * rounds);
-        server.stop();
-        iomodels_suite::survivors::Group::end(server.pid() as i32);
+        let p = peers::start(peer, &site, &pdir, &util::bin_dir(), 2)
+            .unwrap_or_else(|e| panic!("{}: {e}", peer.name()));
+        drive(peer, &p.launch, routes * rounds);
+        drop(p); // stops it, ends its process group
     }
+    assert!(no_children_left().is_empty(), "a peer outlived its stop");
+}
+
+#[test]
+fn a_peer_is_swept_like_a_model() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !installed(&[Peer::Nginx]) {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_iomodels"))
+        .args(["sweep", "--peers", "nginx", "--protocol", "both"])
+        .args([
+            "--from", "500", "--steps", "2", "-d", "200ms", "--warmup", "50ms",
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let dir = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let r = Results::load(&dir.join("results.json")).unwrap();
+    assert_eq!(r.config.peers, ["nginx"]);
+    // nginx speaks HTTP only: one curve, not two.
+    assert_eq!(r.sweeps.len(), 1, "{:?}", r.sweeps);
+    let c = &r.sweeps[0];
+    assert_eq!((c.model.as_str(), c.error.as_deref()), ("nginx", None));
+    assert!(!c.steps.is_empty() && c.steps[0].achieved_rps > 0.0);
+    assert!(dir.join("peers/nginx/nginx.conf").is_file());
 }

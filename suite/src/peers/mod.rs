@@ -20,6 +20,7 @@ pub mod counterparts;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use loadgen::Protocol;
 use nix::sys::signal::Signal;
@@ -258,45 +259,60 @@ impl Peer {
     }
 }
 
-/// Starts `peer` from a freshly generated configuration, measures one run
-/// of `scenario` with [`runner::measure_on`] (the models' measurement) and
-/// stops it.
-pub fn measure(
-    plan: &Plan,
+/// A peer running from its generated configuration.
+pub struct Started {
+    /// The peer's root process (stopped with the peer's own signal).
+    pub server: Server,
+    /// Its address and the FastCGI params the load generator adds.
+    pub launch: config::Launch,
+    /// Its process group, ended and reaped when dropped (after `server`).
+    _group: crate::survivors::Group,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("pid", &self.server.pid())
+            .field("addr", &self.launch.addr)
+            .finish()
+    }
+}
+
+/// Writes `peer`'s configuration into `dir` and starts it (on a free
+/// port; a port taken before the peer bound it gets one retry).
+pub fn start(
     peer: Peer,
-    scenario: Scenario,
-    protocol: Protocol,
-    load: &Load,
-) -> anyhow::Result<(loadgen::Report, Cost)> {
-    let site = plan
-        .site
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("no site directory for the peers"))?;
-    let dir = plan.peer_dir.join(peer.name());
+    site: &Site,
+    dir: &Path,
+    bin_dir: &Path,
+    workers: usize,
+) -> anyhow::Result<Started> {
     let env = config::Env {
-        dir: &dir,
+        dir,
         site,
-        bin_dir: &plan.bin_dir,
-        workers: plan.workers,
+        bin_dir,
+        workers,
     };
-    // A port found free may be taken before the peer binds it: one retry.
     let mut failure = None;
     for _ in 0..2 {
-        let launch = config::generate(peer, &env, config::free_port()?, config::free_port()?)?;
-        let mut cmd = launch.command;
+        let mut launch = config::generate(peer, &env, config::free_port()?, config::free_port()?)?;
+        // The command is spawned once; the rest of the launch is kept.
+        let mut cmd = std::mem::replace(&mut launch.command, Command::new("true"));
         // A process group of its own: Apache's master signals its whole
         // group when it stops.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let log = dir.join("stderr.log");
-        if let Ok(f) = std::fs::File::create(&log) {
+        if let Ok(f) = std::fs::File::create(dir.join("stderr.log")) {
             cmd.stderr(f);
         }
-        match Server::spawn(cmd, Ready::Accepts(launch.ready)) {
+        match Server::spawn(cmd, Ready::Accepts(launch.ready.clone())) {
             Ok(mut server) => {
-                let _group = crate::survivors::Group::register(server.pid());
+                let group = crate::survivors::Group::register(server.pid());
                 server.stop_signal = peer.stop_signal();
-                let t = runner::target(&launch.addr, protocol)?;
-                return runner::measure_on(plan, &mut server, t, &launch.params, scenario, load);
+                return Ok(Started {
+                    server,
+                    launch,
+                    _group: group,
+                });
             }
             Err(e) => failure = Some(e),
         }
@@ -316,6 +332,27 @@ pub fn measure(
         Some(line) => anyhow::bail!("{}: {why}: {}", peer.name(), line.trim()),
         None => anyhow::bail!("{}: {why}", peer.name()),
     }
+}
+
+/// Starts `peer` from a freshly generated configuration, measures one run
+/// of `scenario` with [`runner::measure_on`] (the models' measurement) and
+/// stops it.
+pub fn measure(
+    plan: &Plan,
+    peer: Peer,
+    scenario: Scenario,
+    protocol: Protocol,
+    load: &Load,
+) -> anyhow::Result<(loadgen::Report, Cost)> {
+    let site = plan
+        .site
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no site directory for the peers"))?;
+    let dir = plan.peer_dir.join(peer.name());
+    let mut p = start(peer, site, &dir, &plan.bin_dir, plan.workers)?;
+    let t = runner::target(&p.launch.addr, protocol)?;
+    let params = p.launch.params.clone();
+    runner::measure_on(plan, &mut p.server, t, &params, scenario, load)
 }
 
 /// Where program `name` is: `*-server` binaries in `bin_dir`; others on
