@@ -119,8 +119,10 @@ pub struct Server {
 pub enum Ready {
     /// It prints `listening on ADDR` on stdout (every model).
     Line,
-    /// These addresses accept TCP connections (a real server, which
-    /// prints nothing); the first is the server's address.
+    /// These addresses accept TCP connections, in order (a real server,
+    /// which prints nothing); the last is the server's own address, the
+    /// ones before it what it needs first (the FastCGI application behind
+    /// nginx).
     Accepts(Vec<String>),
 }
 
