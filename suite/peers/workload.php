@@ -156,7 +156,12 @@ $query = $qpos === false ? '' : substr($target, $qpos + 1);
 $get = $method === 'GET' || $method === 'HEAD';
 $known = in_array($path, ['/hello', '/cpu', '/wait', '/bytes', '/file', '/status'], true);
 
-if ($known && !$get) {
+if ($target === '*') {
+    // OPTIONS *: what the server allows (200, no body); * is for OPTIONS only.
+    $method === 'OPTIONS'
+        ? respond(200, 'text/plain', '', ['Allow' => 'GET, HEAD, POST, OPTIONS'])
+        : respond(400, 'text/plain', '* is a target for OPTIONS only');
+} elseif ($known && !$get) {
     respond(405, 'text/plain', 'method not allowed', ['Allow' => 'GET, HEAD']);
 } elseif ($path === '/hello') {
     respond(200, 'text/plain', 'Hello, World!');
@@ -205,6 +210,7 @@ if ($known && !$get) {
         'accepted' => 0,
         'connections' => 0,
         'refused' => 0,
+        'write_timeouts' => 0,
         'uptime_s' => 0.0,
         'protocol' => $cgi ? 'cgi' : 'fcgi',
     ]));
