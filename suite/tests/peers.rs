@@ -168,6 +168,32 @@ fn peers_run_as_verified_rows_with_configs_and_leave_nothing_running() {
             "{f}"
         );
     }
+    // The served files can be made again for `start.sh`, byte for byte.
+    let again = tempfile::tempdir().unwrap();
+    let made = Command::new("sh")
+        .arg(dir.join("peers/make-site.sh"))
+        .arg(again.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let site = Site::create().unwrap();
+    for f in [
+        "www/hello",
+        "www/_files/1m",
+        "www/_bytes/4096",
+        "workload.php",
+        "workload.cgi",
+    ] {
+        assert_eq!(
+            std::fs::read(again.path().join(f)).unwrap(),
+            std::fs::read(site.dir().join(f)).unwrap(),
+            "{f}"
+        );
+    }
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(
         md.contains("## Peers") && md.contains("(peers/php-fpm/)"),

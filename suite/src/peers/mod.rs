@@ -501,6 +501,43 @@ impl Site {
         Ok(())
     }
 
+    /// Writes into `dir` what recreates this site by hand: `make-site.sh`
+    /// (the bodies, generated with awk) and copies of `workload.php` and
+    /// `workload.cgi`, so a run's `start.sh` can be rerun after the site
+    /// (a temporary directory) is gone.
+    pub fn write_recipe(&self, dir: &Path) -> std::io::Result<()> {
+        use iomodels_workload::routes;
+        std::fs::create_dir_all(dir)?;
+        let files: Vec<String> = routes::DATA_FILES
+            .iter()
+            .map(|(name, size)| format!("pattern {size} > \"$site/www/_files/{name}\""))
+            .collect();
+        let bytes: Vec<String> = STATIC_BYTES.iter().map(|n| n.to_string()).collect();
+        let script = format!(
+            "#!/bin/sh\n\
+             # Recreates the files the peers of this run served, as iomodels wrote\n\
+             # them: /hello's body, the data files and the fixed /bytes bodies (byte\n\
+             # i = 'a' + i % 26), and workload.php / workload.cgi from beside this\n\
+             # script. Usage: sh make-site.sh [DIR] (default: where this run had it).\n\
+             set -e\nsite=${{1:-{}}}\nhere=$(dirname \"$0\")\n\
+             mkdir -p \"$site/www/_files\" \"$site/www/_bytes\" \"$site/tmp\"\n\
+             chmod 755 \"$site\" \"$site/www\" \"$site/www/_files\" \"$site/www/_bytes\"\n\
+             chmod 1777 \"$site/tmp\"\n\
+             pattern() {{ awk -v n=\"$1\" 'BEGIN {{ for (i = 0; i < n; i++) printf \"%c\", 97 + i % 26 }}'; }}\n\
+             printf 'Hello, World!' > \"$site/www/hello\"\n\
+             {}\n\
+             for n in {}; do pattern \"$n\" > \"$site/www/_bytes/$n\"; done\n\
+             cp \"$here/workload.php\" \"$here/workload.cgi\" \"$site/\"\n\
+             chmod 755 \"$site/workload.cgi\"\n",
+            self.dir.display(),
+            files.join("\n"),
+            bytes.join(" ")
+        );
+        std::fs::write(dir.join("make-site.sh"), script)?;
+        std::fs::write(dir.join("workload.php"), WORKLOAD_PHP)?;
+        std::fs::write(dir.join("workload.cgi"), WORKLOAD_CGI)
+    }
+
     /// The site's root.
     pub fn dir(&self) -> &Path {
         &self.dir
