@@ -10,8 +10,9 @@
 # applications on CPU 1, wrk on CPU 0; per round and as medians,
 # requests/s, p50, the CPU µs per request of nginx plus the application's
 # whole process tree, and wrk's own CPU, then the ratio fpm-server / php-fpm.
-# Needs nginx, wrk and php-fpm (Debian php-fpm; not installed by
-# install-peers.sh, since no test needs it).
+# Needs nginx, wrk and php-fpm (scripts/install-peers.sh installs them).
+# `iomodels run --models fpm,swoole --peers nginx+php-fpm,nginx+fpm-server`
+# makes the same comparison as rows of the matrix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh

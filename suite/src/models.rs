@@ -113,7 +113,8 @@ pub fn quirks(model: &str) -> Quirks {
         one_connection: model == "iterative",
         closes_each_request: model == "fork",
         fd_setsize: model == "select",
-        pins_connection: matches!(model, "prefork" | "threadpool" | "fpm"),
+        pins_connection: matches!(model, "prefork" | "threadpool" | "fpm")
+            || crate::peers::Peer::parse(model).is_some_and(|p| p.pins_connection()),
     }
 }
 
