@@ -422,8 +422,10 @@ impl Conn {
         self.out_pos += n;
         debug_assert!(self.out_pos <= self.out.len());
         if self.stream.is_some() {
-            // Produce more once half the window was read.
-            if self.out.len() - self.out_pos <= WINDOW / 2 {
+            // Produce more once the window is nearly drained (what is left
+            // moves to the front of the buffer: keep that copy small; the
+            // kernel's send buffer still holds bytes meanwhile).
+            if self.out.len() - self.out_pos <= CHUNK {
                 self.fill();
             }
             if self.stream.is_some() {
