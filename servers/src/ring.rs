@@ -39,6 +39,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Instant;
 
+use anyhow::Context;
 use io_uring::types::{BufRingEntry, Fd, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use nix::errno::Errno;
@@ -673,7 +674,11 @@ pub fn run_rings<S>(
     let mut listeners = vec![listener];
     listeners.extend(more);
     while listeners.len() < workers as usize {
-        listeners.push(listeners[0].try_clone()?);
+        listeners.push(
+            listeners[0]
+                .try_clone()
+                .context("dup of the listening socket")?,
+        );
     }
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::channel();

@@ -74,7 +74,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use iomodels_servers::cli::{self, Common};
 use iomodels_servers::host::{Admitted, ServerHost};
@@ -226,7 +226,7 @@ impl Server {
         match result {
             // Cancelled by a stop or by an accept pause.
             Err(Errno::ECANCELED) => {}
-            result => match net::accept_ladder(result)? {
+            result => match net::accept_ladder(result).context("IORING_OP_ACCEPT")? {
                 Accepted::Conn(fd) => self.add_conn(fd, now),
                 Accepted::Nothing => {}
                 Accepted::Exhausted => {
@@ -260,27 +260,26 @@ impl Server {
     /// Bytes received (or EOF, or an error) on connection `token`. The
     /// buffer goes back to the kernel's ring once the state machine has it.
     fn on_recv(&mut self, token: usize, result: Received, more: bool, now: Instant) {
-        let Some(slot) = self.conns.get_mut(token) else {
-            return;
-        };
-        if !more {
-            slot.recv = None;
-        }
-        match result {
-            Ok(Some(buf)) => {
-                if !slot.closing {
-                    slot.conn
-                        .handle_input(self.ring.bytes(&buf), now, &mut self.host);
-                }
+        let Some(slot) = self.conns.get_mut(token).filter(|s| !s.closing) else {
+            // A closed connection: only the buffer matters.
+            if let Ok(Some(buf)) = result {
                 self.ring.give_back(buf);
             }
-            _ if slot.closing => {}
+            return;
+        };
+        slot.recv = slot.recv.filter(|_| more);
+        match result {
+            Ok(Some(buf)) => {
+                let bytes = self.ring.bytes(&buf);
+                slot.conn.handle_input(bytes, now, &mut self.host);
+                self.ring.give_back(buf);
+            }
             Ok(None) => slot.conn.handle_eof(now, &mut self.host),
             // The buffer ring ran dry (ENOBUFS), or the recv was cancelled
             // or interrupted: it has stopped, and `drive` arms a new one if
             // the connection wants to read (this batch's buffers are back).
             Err(Errno::ENOBUFS | Errno::ECANCELED | Errno::EINTR | Errno::EAGAIN) => {}
-            Err(_) => self.close(token),
+            Err(_) => return self.close(token),
         }
         self.drive(token);
     }
