@@ -51,7 +51,7 @@ use crate::signals;
 use crate::startup::Startup;
 
 /// Size of one provided receive buffer.
-pub const BUF_SIZE: usize = 4096;
+const BUF_SIZE: usize = 4096;
 /// Buffer group id of the ring of receive buffers.
 const BGID: u16 = 0;
 /// Submission queue entries (the completion queue gets four times more).
@@ -957,11 +957,126 @@ impl Drop for BufRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
 
     #[test]
     fn kernel_versions() {
         assert_eq!(kernel_version("6.18.44-fc-v857"), (6, 18));
         assert_eq!(kernel_version("5.4.0"), (5, 4));
         assert_eq!(kernel_version("unknown"), (0, 0));
+    }
+
+    /// A ring with 4 receive buffers, or `None` where io_uring is off.
+    fn ring_or_skip() -> Option<Ring> {
+        let config = Config {
+            sqpoll: false,
+            single_shot: false,
+            buffers: 4,
+        };
+        match Ring::new(&config) {
+            Ok(ring) => Some(ring),
+            Err(e) if e.to_string().starts_with("io_uring unavailable") => {
+                eprintln!("skipped: {e}");
+                None
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+
+    /// Events until `done` holds, for at most 5 s (the ring's own timeout
+    /// wakes the wait).
+    fn wait_for(ring: &mut Ring, events: &mut Vec<Event>, done: impl Fn(&[Event]) -> bool) {
+        let end = Instant::now() + Duration::from_secs(5);
+        while !done(events) {
+            assert!(Instant::now() < end, "no such events in 5 s: {events:?}");
+            ring.wake_by(Instant::now() + Duration::from_millis(100));
+            ring.submit_and_wait(events).unwrap();
+        }
+    }
+
+    #[test]
+    fn reads_files_through_the_ring() {
+        let Some(mut ring) = ring_or_skip() else {
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("iomodels-ring-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let content: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        std::fs::write(dir.join("f"), &content).unwrap();
+        ring.read_file(3, &dir.join("f"));
+        ring.read_file(4, &dir.join("absent"));
+        assert_eq!((ring.in_flight(3), ring.in_flight(4)), (1, 1));
+        let mut events = Vec::new();
+        wait_for(&mut ring, &mut events, |e| {
+            e.iter()
+                .filter(|e| matches!(e, Event::FileRead { .. }))
+                .count()
+                == 2
+        });
+        for event in events {
+            match event {
+                Event::FileRead { conn: 3, result } => assert!(result.unwrap() == content),
+                Event::FileRead { conn: 4, result } => {
+                    assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::NotFound)
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!((ring.in_flight(3), ring.in_flight(4)), (0, 0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn send_recv_cancel_and_a_stale_cancel() {
+        let Some(mut ring) = ring_or_skip() else {
+            return;
+        };
+        let (a, b) = UnixStream::pair().unwrap();
+        let recv = ring.recv(7, b.as_fd());
+        ring.send(8, a.as_fd(), b"hello");
+        let mut events = Vec::new();
+        wait_for(&mut ring, &mut events, |e| {
+            e.iter().any(|e| matches!(e, Event::Sent { .. }))
+                && e.iter().any(|e| matches!(e, Event::Received { .. }))
+        });
+        for event in events.drain(..) {
+            match event {
+                Event::Sent { conn: 8, result } => assert_eq!(result, Ok(5)),
+                Event::Received {
+                    conn: 7,
+                    result: Ok(Some(buf)),
+                    more,
+                } => {
+                    assert_eq!(ring.bytes(&buf), b"hello");
+                    assert_eq!(more, ring.multishot_recv());
+                    ring.give_back(buf);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        if ring.multishot_recv() {
+            // A multishot recv stays armed until cancelled; its last
+            // completion says so.
+            assert_eq!(ring.in_flight(7), 1);
+            ring.cancel(Some(recv));
+            wait_for(&mut ring, &mut events, |e| !e.is_empty());
+            assert!(matches!(
+                events[..],
+                [Event::Received {
+                    conn: 7,
+                    result: Err(Errno::ECANCELED),
+                    more: false
+                }]
+            ));
+        }
+        assert_eq!(ring.in_flight(7), 0);
+        // The finished request's id is stale: cancelling it queues nothing,
+        // and a new request (which may reuse its slab index) is untouched.
+        let again = ring.recv(7, b.as_fd());
+        assert_ne!(again, recv);
+        ring.cancel(Some(recv));
+        assert!(ring.backlog.is_empty() && ring.ring.submission().len() == 1);
     }
 }
