@@ -6,11 +6,11 @@
 //! these bytes", "read that file") into a submission ring shared with the
 //! kernel, and later finds their *results* in a completion ring. One
 //! `io_uring_enter` hands the kernel a whole batch and waits for the next
-//! completions — still one system call per turn of the loop: the rings are
-//! built with `DEFER_TASKRUN`, so completions are posted only while the
-//! thread waits in `io_uring_enter`. Only `--sqpoll` (a kernel thread takes
-//! the submissions) lets a busy loop go without it. The model of monoio,
-//! glommio and frevib's io_uring echo server.
+//! completions: one system call per turn of the loop, however busy the
+//! kernel is (with `DEFER_TASKRUN`, 6.1+, completions are posted only
+//! inside that wait). `--sqpoll` gives submitting to a kernel thread, but
+//! this loop still enters to wait. The model of monoio, glommio and
+//! frevib's io_uring echo server.
 //!
 //! ```text
 //!          user space                         kernel
