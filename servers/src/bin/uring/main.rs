@@ -70,6 +70,7 @@
 //! `--workers N` runs N rings on N threads, each with its own
 //! `SO_REUSEPORT` listener (default 1: the lesson is one ring).
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -163,13 +164,13 @@ impl Server {
     fn run(&mut self) -> Result<()> {
         self.arm_accept(Instant::now());
         self.ring.poll_readable(signals::stop_fd());
-        let mut events = Vec::new();
+        let mut events = VecDeque::new();
         loop {
             // 1. One io_uring_enter: submit what was queued, wait for ≥ 1 completion.
             self.ring.submit_and_wait(&mut events)?;
             // 2. Handle every completion. One clock read serves the whole batch.
             let now = Instant::now();
-            for event in events.drain(..) {
+            while let Some(event) = events.pop_front() {
                 let conn = event.conn();
                 match event {
                     Event::Accepted { result, more } => self.on_accept(result, more, now)?,
