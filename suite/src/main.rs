@@ -4,9 +4,12 @@
 //!   beside this executable × the core scenarios × both protocols, a table,
 //!   `results/<run-id>/results.json` and a report;
 //! * `run` — the same with chosen models, scenarios, protocols, durations;
+//! * `sweep` — open-loop rate sweeps: load–latency curves and each model's
+//!   capacity at a p99 SLO;
 //! * `report RESULTS` — rebuilds report.md and report.html from a results file;
 //! * `compare BASE NEW` — the regression gate (exit 1 on a regression);
-//! * `models` — the models known and the binaries found.
+//! * `models` — the models known and the binaries found (`--names`: one
+//!   name a line, the list scripts read).
 //!
 //! A mistake is one line, `iomodels: error: …`; usage errors exit 2.
 
@@ -16,10 +19,11 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use iomodels_suite::peers::{self, Peer};
 use iomodels_suite::results::{Machine, RunConfig, SCHEMA_VERSION};
 use iomodels_suite::runner::Plan;
 use iomodels_suite::scenarios::{self, Scenario};
-use iomodels_suite::{compare, models, report, results, runner, summary};
+use iomodels_suite::{compare, models, report, results, runner, summary, sweep};
 use loadgen::Protocol;
 
 /// Benchmark suite for server I/O models: runs every server model through
@@ -37,6 +41,8 @@ struct Cli {
 enum Cmd {
     /// Run a matrix of models × scenarios × protocols (defaults: the quick matrix).
     Run(RunArgs),
+    /// Sweep open-loop rates per model: load–latency curves, capacity at an SLO.
+    Sweep(SweepArgs),
     /// Render report.md and report.html from a results.json.
     Report {
         /// The results file.
@@ -59,7 +65,12 @@ enum Cmd {
         bmf: Option<PathBuf>,
     },
     /// List the models this suite knows and the server binaries found.
-    Models,
+    Models {
+        /// Print only the model names, one a line (for scripts): the known
+        /// models in reading order, then any other `*-server` found.
+        #[arg(long)]
+        names: bool,
+    },
 }
 
 /// Protocol choice on the command line.
@@ -76,9 +87,16 @@ enum ProtocolArg {
 #[derive(Debug, Clone, clap::Args)]
 struct RunArgs {
     /// Models to run, comma-separated (`epoll,prefork`) [default: every
-    /// `*-server` beside iomodels].
+    /// `*-server` beside iomodels, unless only --peers is given].
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
+    /// Real servers to run as rows beside the models, comma-separated:
+    /// nginx, apache-prefork, apache-worker, apache-event, lighttpd,
+    /// php-fpm, nginx+php-fpm, nginx+fpm-server, fcgiwrap; `all` (every
+    /// installed one) or `none` [default: every installed peer, unless
+    /// only --models is given]. Each runs in the protocol it speaks.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
     /// Scenarios, comma-separated [default: all].
     #[arg(long, value_delimiter = ',', value_enum)]
     scenarios: Vec<Scenario>,
@@ -115,6 +133,107 @@ struct RunArgs {
     /// Directory holding the server binaries [default: beside iomodels].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Open-loop rate of the `open` scenario, the same for every model
+    /// [default: from the sweep when it runs, else half the lowest hello
+    /// maximum among the models that serve concurrently].
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct SweepArgs {
+    /// Models to sweep, comma-separated [default: every `*-server` beside
+    /// iomodels, unless only --peers is given].
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+    /// Peers (real servers) to sweep too, comma-separated, or `all` (every
+    /// installed one) [default: none]. Each in the protocol it speaks.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Routes to sweep, comma-separated or repeated: /hello, '/wait?us=10000', '/cpu?n=2000'.
+    #[arg(long = "route", value_delimiter = ',', default_value = "/hello")]
+    routes: Vec<String>,
+    /// Protocols to sweep.
+    #[arg(long, value_enum, default_value = "http")]
+    protocol: ProtocolArg,
+    /// Server --workers.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// p99 allowed above the route's own wait (/wait?us=D: D + SLO): 1ms, 500us.
+    #[arg(long, default_value = "1ms", value_parser = loadgen::parse_duration)]
+    slo: std::time::Duration,
+    /// p99 above the route's own wait that counts as saturated (ends the sweep).
+    #[arg(long, default_value = "100ms", value_parser = loadgen::parse_duration)]
+    cap: std::time::Duration,
+    /// First rate, requests/s.
+    #[arg(long, default_value_t = 100.0)]
+    from: f64,
+    /// Ratio between consecutive rates (geometric steps).
+    #[arg(long, default_value_t = 1.5)]
+    factor: f64,
+    /// At most this many steps per model.
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// No step above this rate, requests/s.
+    #[arg(long, default_value_t = 1_000_000.0)]
+    max_rate: f64,
+    /// Measured time per step: 800ms, 2s.
+    #[arg(short = 'd', long, default_value = "800ms", value_parser = loadgen::parse_duration)]
+    duration: std::time::Duration,
+    /// Load at the step's rate before measuring it.
+    #[arg(long, default_value = "200ms", value_parser = loadgen::parse_duration)]
+    warmup: std::time::Duration,
+    /// Connections for models that do not pin one per worker [default: 50,
+    /// more on routes that wait].
+    #[arg(short = 'c', long)]
+    connections: Option<usize>,
+    /// Arrivals of the open loop: fixed schedule or Poisson.
+    #[arg(long, value_enum, default_value = "fixed")]
+    arrivals: ArrivalsArg,
+    /// Count every step as first measured (by default a step that misses
+    /// the SLO or saturates is measured once more before it counts).
+    #[arg(long)]
+    no_retry: bool,
+    /// Directory that receives `<run-id>/`.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// Directory holding the server binaries [default: beside iomodels].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+/// Arrivals choice on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ArrivalsArg {
+    /// A fixed schedule, t0 + k/R (wrk2).
+    Fixed,
+    /// Exponential gaps of mean 1/R.
+    Poisson,
+}
+
+impl SweepArgs {
+    fn spec(&self) -> sweep::SweepSpec {
+        sweep::SweepSpec {
+            routes: self.routes.clone(),
+            from_rps: self.from,
+            factor: self.factor,
+            max_steps: self.steps,
+            max_rps: self.max_rate,
+            step_s: self.duration.as_secs_f64(),
+            warmup_s: self.warmup.as_secs_f64(),
+            slo_us: self.slo.as_secs_f64() * 1e6,
+            cap_us: self.cap.as_secs_f64() * 1e6,
+            connections: self.connections,
+            params: Vec::new(),
+            peer_dir: None,
+            arrivals: match self.arrivals {
+                ArrivalsArg::Fixed => loadgen::Arrivals::Fixed,
+                ArrivalsArg::Poisson => loadgen::Arrivals::Poisson,
+            },
+            workers: self.workers,
+            retries: u32::from(!self.no_retry),
+        }
+    }
 }
 
 /// A mistake of the user's: exit status 2.
@@ -178,6 +297,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cmd {
         Cmd::Run(args) => run_matrix(args),
+        Cmd::Sweep(args) => run_sweep(args),
         Cmd::Report { results, out } => {
             let r = results::Results::load(&results)?;
             let dir =
@@ -205,9 +325,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Cmd::Models => {
+        Cmd::Models { names } => {
             let dir = models::bin_dir();
             let found = models::discover(&dir);
+            if names {
+                print_out(&models::names(&found).join("\n"));
+                print_out("\n");
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut s = format!("server binaries in {}:\n", dir.display());
             for (m, d) in models::KNOWN {
                 let mark = if found.iter().any(|f| f == m) {
@@ -222,6 +347,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .filter(|f| !models::KNOWN.iter().any(|(k, _)| k == f))
             {
                 s.push_str(&format!("  found   {m:<12} {}\n", models::describe(m)));
+            }
+            s.push_str("peers (real servers, --peers):\n");
+            for p in Peer::ALL {
+                let (mark, note) = match p.missing(&dir) {
+                    None => ("found  ", p.describe().to_string()),
+                    Some(why) => ("missing", why),
+                };
+                s.push_str(&format!(
+                    "  {mark} {:<16} [{}; vs {}] {note}\n",
+                    p.name(),
+                    p.protocol().name(),
+                    p.counterparts().join(", ")
+                ));
             }
             print_out(&s);
             Ok(ExitCode::SUCCESS)
@@ -244,68 +382,27 @@ fn write_bmf(r: &results::Results, path: &Path) -> anyhow::Result<()> {
 
 fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
     let dir = args.bin_dir.clone().unwrap_or_else(models::bin_dir);
-    let found = models::discover(&dir);
-    let missing_known: Vec<&str> = models::KNOWN
-        .iter()
-        .map(|(m, _)| *m)
-        .filter(|m| !found.iter().any(|f| f == m))
-        .collect();
-    let (models, missing) = if args.models.is_empty() {
-        if found.is_empty() {
-            anyhow::bail!(
-                "no *-server binaries in {}: build them with `cargo build --release --workspace`",
-                dir.display()
-            );
-        }
-        if !missing_known.is_empty() {
-            eprintln!(
-                "iomodels: not found in {} (not built, or not in this checkout): {}",
-                dir.display(),
-                missing_known
-                    .iter()
-                    .map(|m| format!("{m}-server"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        (
-            found.clone(),
-            missing_known
-                .iter()
-                .map(|m| format!("{m}-server"))
-                .collect(),
-        )
+    let peers_named = peers::parse_list(&args.peers).map_err(Usage)?;
+    let only_peers = args.models.is_empty() && !peers_named.is_empty();
+    let (models, mut missing) = if only_peers {
+        (Vec::new(), Vec::new())
     } else {
-        let absent: Vec<String> = args
-            .models
-            .iter()
-            .filter(|m| !found.contains(m))
-            .map(|m| format!("{m}-server"))
-            .collect();
-        if !absent.is_empty() {
-            return Err(Usage(format!(
-                "not found in {}: {} (found: {})",
-                dir.display(),
-                absent.join(", "),
-                found.join(", ")
-            ))
-            .into());
-        }
-        (args.models.clone(), Vec::new())
+        choose_models(&dir, &args.models)?
     };
-    if !dir.join("loadgen").exists() {
-        eprintln!(
-            "iomodels: note: no loadgen binary in {} (iomodels drives the loadgen library itself; build the workspace for the standalone tool)",
-            dir.display()
-        );
-    }
+    let by_default = args.peers.is_empty() && args.models.is_empty();
+    let peer_list = choose_peers(&dir, &args.peers, &peers_named, by_default, &mut missing)?;
     let mut scen = if args.scenarios.is_empty() {
         scenarios::DEFAULT.to_vec()
     } else {
         args.scenarios.clone()
     };
-    if scen.contains(&Scenario::Open) && !scen.contains(&Scenario::Hello) {
-        // The open loop's rate is a fraction of the measured hello maximum.
+    let sweeping = scen.contains(&Scenario::Sweep);
+    if scen.contains(&Scenario::Open)
+        && !scen.contains(&Scenario::Hello)
+        && !sweeping
+        && args.rate.is_none()
+    {
+        // The open loop's rate comes from the measured hello maxima.
         scen.push(Scenario::Hello);
     }
     scen.sort();
@@ -318,15 +415,79 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.repeat == 0 || args.workers == 0 {
         return Err(Usage("--repeat and --workers must be at least 1".into()).into());
     }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err(Usage("--rate must be a positive rate".into()).into());
+    }
     let idle_models = if args.idle_models.iter().any(|m| m == "all") {
         None
     } else {
         Some(args.idle_models.clone())
     };
+    for p in &peer_list {
+        if !protocols.contains(&p.protocol()) {
+            eprintln!(
+                "iomodels: note: peer {} speaks {} only: not run over {}",
+                p.name(),
+                p.protocol().name(),
+                protocols
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let start = SystemTime::now();
+    let run_id = results::run_id(start);
+    let out_dir = args.out.join(&run_id);
+    let site = if peer_list.is_empty() {
+        None
+    } else {
+        // The peers' configurations go into the run directory as they are made.
+        std::fs::create_dir_all(&out_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
+        Some(std::sync::Arc::new(peers::Site::create()?))
+    };
+    let machine = Machine::current();
+    // The sweep first: its capacities choose the open loop's equal rate.
+    let (spec, curves) = if sweeping {
+        let spec = sweep::SweepSpec {
+            workers: args.workers,
+            step_s: args.duration.as_secs_f64(),
+            warmup_s: args.warmup.as_secs_f64(),
+            peer_dir: Some(out_dir.join("peers")),
+            ..sweep::SweepSpec::default()
+        };
+        eprintln!(
+            "iomodels: sweeping {} model(s) and {} peer(s) × {} protocol(s) on /hello",
+            models.len(),
+            peer_list.len(),
+            protocols.len()
+        );
+        let subjects: Vec<String> = models
+            .iter()
+            .cloned()
+            .chain(peer_list.iter().map(|p| p.name().to_string()))
+            .collect();
+        let curves = sweep::sweep_all(&dir, &subjects, &protocols, &spec);
+        (Some(spec), curves)
+    } else {
+        (None, Vec::new())
+    };
+    let open_rate = args.rate.or_else(|| {
+        protocols
+            .iter()
+            .filter_map(|&p| sweep::equal_rate_from_sweeps(&curves, p))
+            .reduce(f64::min)
+    });
     let plan = Plan {
         bin_dir: dir.clone(),
         models: models.clone(),
-        scenarios: scen.clone(),
+        scenarios: scen
+            .iter()
+            .copied()
+            .filter(|s| *s != Scenario::Sweep)
+            .collect(),
         protocols: protocols.clone(),
         duration_s: args.duration.as_secs_f64(),
         warmup_s: args.warmup.as_secs_f64(),
@@ -334,15 +495,17 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         workers: args.workers,
         idle_levels: args.idle_levels.clone(),
         idle_models: idle_models.clone(),
+        open_rate,
+        peers: peer_list.clone(),
+        peer_dir: out_dir.join("peers"),
+        site,
     };
-    let start = SystemTime::now();
-    let run_id = results::run_id(start);
-    let machine = Machine::current();
     eprintln!(
-        "iomodels: {} runs: {} model(s) × {} scenario(s) × {} protocol(s), {:.1} s each",
+        "iomodels: {} runs: {} model(s) and {} peer(s) × {} scenario(s) × {} protocol(s), {:.1} s each",
         plan.count(),
         models.len(),
-        scen.len(),
+        peer_list.len(),
+        plan.scenarios.len(),
         protocols.len(),
         plan.duration_s + plan.warmup_s
     );
@@ -373,11 +536,13 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
             idle_levels: plan.idle_levels.clone(),
             idle_models: idle_models.unwrap_or_else(|| plan.models.clone()),
             missing,
+            peers: peer_list.iter().map(|p| p.name().to_string()).collect(),
         },
         runs,
         syscalls,
+        sweep: spec,
+        sweeps: curves,
     };
-    let out_dir = args.out.join(&run_id);
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
     let json = out_dir.join("results.json");
@@ -387,6 +552,9 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         write_bmf(&results, path)?;
     }
     print_out(&summary::table(&summary::rows(&results)));
+    if !results.sweeps.is_empty() {
+        print_out(&format!("\n{}", sweep::capacity_table(&results.sweeps)));
+    }
     let took = start.elapsed().map_or(0.0, |d| d.as_secs_f64());
     print_out(&format!(
         "\nresults: {}\nreport:  {} (and report.md), {took:.0} s\n",
@@ -394,6 +562,183 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         html.display()
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `iomodels sweep`: the curves alone, in a result set of their own.
+fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.bin_dir.clone().unwrap_or_else(models::bin_dir);
+    let mut spec = args.spec();
+    spec.validate().map_err(Usage)?;
+    let peers_named = peers::parse_list(&args.peers).map_err(Usage)?;
+    let (models, mut missing) = if args.models.is_empty() && !peers_named.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        choose_models(&dir, &args.models)?
+    };
+    let peer_list = choose_peers(&dir, &args.peers, &peers_named, false, &mut missing)?;
+    let protocols = match args.protocol {
+        ProtocolArg::Http => vec![Protocol::Http],
+        ProtocolArg::Fcgi => vec![Protocol::Fcgi],
+        ProtocolArg::Both => vec![Protocol::Http, Protocol::Fcgi],
+    };
+    let start = SystemTime::now();
+    let run_id = results::run_id(start);
+    let machine = Machine::current();
+    let out_dir = args.out.join(&run_id);
+    if !peer_list.is_empty() {
+        // The peers' configurations go into the run directory as they are made.
+        std::fs::create_dir_all(&out_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
+        spec.peer_dir = Some(out_dir.join("peers"));
+    }
+    eprintln!(
+        "iomodels: sweeping {} model(s) and {} peer(s) × {} route(s) × {} protocol(s): from {} req/s ×{} per step, {:.1} s a step, SLO p99 ≤ route's wait + {}",
+        models.len(),
+        peer_list.len(),
+        spec.routes.len(),
+        protocols.len(),
+        spec.from_rps,
+        spec.factor,
+        spec.step_s + spec.warmup_s,
+        sweep::fmt_ms(spec.slo_us)
+    );
+    let subjects: Vec<String> = models
+        .iter()
+        .cloned()
+        .chain(peer_list.iter().map(|p| p.name().to_string()))
+        .collect();
+    let curves = sweep::sweep_all(&dir, &subjects, &protocols, &spec);
+    let results = results::Results {
+        schema_version: SCHEMA_VERSION,
+        run_id: run_id.clone(),
+        machine,
+        config: RunConfig {
+            models,
+            scenarios: vec![Scenario::Sweep],
+            protocols,
+            duration_s: spec.step_s,
+            warmup_s: spec.warmup_s,
+            repeat: 1,
+            workers: spec.workers,
+            idle_levels: Vec::new(),
+            idle_models: Vec::new(),
+            missing,
+            peers: peer_list.iter().map(|p| p.name().to_string()).collect(),
+        },
+        runs: Vec::new(),
+        syscalls: Vec::new(),
+        sweep: Some(spec),
+        sweeps: curves,
+    };
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
+    let json = out_dir.join("results.json");
+    results.save(&json)?;
+    let html = report::write(&results, &out_dir)?;
+    print_out(&sweep::capacity_table(&results.sweeps));
+    let took = start.elapsed().map_or(0.0, |d| d.as_secs_f64());
+    print_out(&format!(
+        "\nresults: {}\nreport:  {} (and report.md), {took:.0} s\n",
+        json.display(),
+        html.display()
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The models to run: those asked for (each must be built in `dir`), or
+/// every one found there; and the known models that are missing.
+/// The peers to run: every installed one when `by_default` or `all` was
+/// asked (the others named on stderr, one line each, and added to
+/// `missing`), and each one `named` (which must be installed).
+fn choose_peers(
+    dir: &Path,
+    asked: &[String],
+    named: &[Peer],
+    by_default: bool,
+    missing: &mut Vec<String>,
+) -> anyhow::Result<Vec<Peer>> {
+    let mut list = Vec::new();
+    if by_default || asked.iter().any(|p| p == "all") {
+        for p in Peer::ALL {
+            match p.missing(dir) {
+                None => list.push(p),
+                Some(why) => {
+                    eprintln!("iomodels: skipping peer {why}");
+                    missing.push(p.name().to_string());
+                }
+            }
+        }
+    }
+    for &p in named {
+        if list.contains(&p) || missing.iter().any(|m| m == p.name()) {
+            continue;
+        }
+        if let Some(why) = p.missing(dir) {
+            return Err(Usage(format!("peer {why}")).into());
+        }
+        list.push(p);
+    }
+    list.sort();
+    list.dedup();
+    Ok(list)
+}
+
+fn choose_models(dir: &Path, asked: &[String]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let found = models::discover(dir);
+    let missing_known: Vec<&str> = models::KNOWN
+        .iter()
+        .map(|(m, _)| *m)
+        .filter(|m| !found.iter().any(|f| f == m))
+        .collect();
+    let (models, missing) = if asked.is_empty() {
+        if found.is_empty() {
+            anyhow::bail!(
+                "no *-server binaries in {}: build them with `cargo build --release --workspace`",
+                dir.display()
+            );
+        }
+        if !missing_known.is_empty() {
+            eprintln!(
+                "iomodels: not found in {} (not built, or not in this checkout): {}",
+                dir.display(),
+                missing_known
+                    .iter()
+                    .map(|m| format!("{m}-server"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        (
+            found.clone(),
+            missing_known
+                .iter()
+                .map(|m| format!("{m}-server"))
+                .collect(),
+        )
+    } else {
+        let absent: Vec<String> = asked
+            .iter()
+            .filter(|m| !found.contains(m))
+            .map(|m| format!("{m}-server"))
+            .collect();
+        if !absent.is_empty() {
+            return Err(Usage(format!(
+                "not found in {}: {} (found: {})",
+                dir.display(),
+                absent.join(", "),
+                found.join(", ")
+            ))
+            .into());
+        }
+        (asked.to_vec(), Vec::new())
+    };
+    if !dir.join("loadgen").exists() {
+        eprintln!(
+            "iomodels: note: no loadgen binary in {} (iomodels drives the loadgen library itself; build the workspace for the standalone tool)",
+            dir.display()
+        );
+    }
+    Ok((models, missing))
 }
 
 #[cfg(test)]

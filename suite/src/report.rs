@@ -2,7 +2,10 @@
 //! self-contained `report.html` whose charts are inline SVG drawn with
 //! plotters' SVG backend. Every chart's `<svg>` has a stable id:
 //! `chart-rps-P`, `chart-latency-P`, `chart-idle-P`, `chart-cpu-P` for each
-//! protocol P present.
+//! protocol P present, and for each swept route R (slugged: `hello`,
+//! `wait-us-10000`) `chart-sweep-R-P` and `chart-capacity-R-P`. Models keep
+//! one style across charts ([`crate::charts`]); legends sit right of the
+//! plots.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -26,25 +29,7 @@ pub struct Chart {
     pub svg: String,
 }
 
-type DrawResult = Result<(), Box<dyn std::error::Error>>;
-
-fn color(i: usize) -> RGBColor {
-    const C: [RGBColor; 12] = [
-        RGBColor(31, 119, 180),
-        RGBColor(255, 127, 14),
-        RGBColor(44, 160, 44),
-        RGBColor(214, 39, 40),
-        RGBColor(148, 103, 189),
-        RGBColor(140, 86, 75),
-        RGBColor(227, 119, 194),
-        RGBColor(127, 127, 127),
-        RGBColor(188, 189, 34),
-        RGBColor(23, 190, 207),
-        RGBColor(0, 0, 128),
-        RGBColor(128, 0, 0),
-    ];
-    C[i % C.len()]
-}
+use crate::charts::{self, DrawResult, Swatch};
 
 fn models(rows: &[&Row]) -> Vec<String> {
     let mut m: Vec<String> = Vec::new();
@@ -70,7 +55,8 @@ fn rps_chart(rows: &[&Row], out: &mut String) -> DrawResult {
     let max = rows.iter().map(|r| r.rps).fold(10.0, f64::max) * 2.0;
     let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    let (plot, leg) = charts::with_legend(&root, 170);
+    let mut chart = ChartBuilder::on(&plot)
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(70)
@@ -85,97 +71,34 @@ fn rps_chart(rows: &[&Row], out: &mut String) -> DrawResult {
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
     let w = 0.9 / models.len().max(1) as f64;
-    for (mi, m) in models.iter().enumerate() {
-        let c = color(mi);
-        chart
-            .draw_series(rows.iter().filter(|r| &r.model == m).map(|r| {
-                let si = scen.iter().position(|s| *s == r.scenario).unwrap_or(0) as f64;
-                let x0 = si + 0.05 + w * mi as f64;
-                Rectangle::new([(x0, 1.0), (x0 + w, r.rps.max(1.0))], c.filled())
-            }))?
-            .label(m.as_str())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
-}
-
-/// Latency by percentile, x = 1/(1 − p) on a log axis (HistogramLogAnalyzer).
-fn latency_chart(results: &Results, rows: &[&Row], out: &mut String) -> DrawResult {
-    let pick: Vec<&Row> = {
-        let open: Vec<&Row> = rows
-            .iter()
-            .copied()
-            .filter(|r| r.scenario == Scenario::Open && r.reps > 0)
-            .collect();
-        if open.is_empty() {
-            rows.iter()
-                .copied()
-                .filter(|r| r.scenario == Scenario::Hello && r.reps > 0)
-                .collect()
-        } else {
-            open
-        }
+    let x_of = |r: &Row, mi: usize| {
+        let si = scen.iter().position(|s| *s == r.scenario).unwrap_or(0) as f64;
+        si + 0.05 + w * mi as f64
     };
-    let mut curves = Vec::new();
-    for r in &pick {
-        if let Some(h) = summary::histogram(results, &r.key) {
-            let pts: Vec<(f64, f64)> = (0..=100)
-                .map(|i| {
-                    let x = 10f64.powf(i as f64 / 20.0); // up to 1e5 = 99.999 %
-                    let q = 1.0 - 1.0 / x;
-                    (x, (h.value_at_quantile(q) as f64).max(1.0))
-                })
-                .collect();
-            curves.push((r.model.clone(), pts));
-        }
+    for (mi, m) in models.iter().enumerate() {
+        let s = charts::style(m);
+        let st = if s.peer {
+            s.color.stroke_width(1)
+        } else {
+            s.color.filled()
+        };
+        chart.draw_series(rows.iter().filter(|r| &r.model == m).map(|r| {
+            let x0 = x_of(r, mi);
+            Rectangle::new([(x0, 1.0), (x0 + w, r.rps.max(1.0))], st)
+        }))?;
+        let gen: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| &r.model == m && r.generator_limited)
+            .map(|r| (x_of(r, mi) + w / 2.0, r.rps.max(1.0)))
+            .collect();
+        charts::gen_mark(&mut chart, &gen)?;
     }
-    let ymax = curves
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|v| v.1))
-        .fold(10.0, f64::max)
-        * 2.0;
-    let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .margin(25)
-        .x_label_area_size(35)
-        .y_label_area_size(70)
-        .build_cartesian_2d((1f64..1e5).log_scale(), (1f64..ymax).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("percentile")
-        .y_desc("latency µs")
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .x_label_formatter(&|x| {
-            let nines = x.log10().round() as i32;
-            match nines {
-                0 => "0%".into(),
-                1 => "90%".into(),
-                2 => "99%".into(),
-                n => format!("99.{}%", "9".repeat((n - 2) as usize)),
-            }
-        })
-        .draw()?;
-    for (i, (m, pts)) in curves.into_iter().enumerate() {
-        let c = color(i);
-        chart
-            .draw_series(LineSeries::new(pts, c.stroke_width(2)))?
-            .label(m)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], c.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    charts::legend(
+        &leg,
+        &models,
+        Swatch::Bar,
+        &[charts::GEN_NOTE, charts::GEN_NOTE2],
+    )?;
     root.present()?;
     Ok(())
 }
@@ -192,7 +115,8 @@ fn idle_chart(rows: &[&Row], out: &mut String) -> DrawResult {
     let ymax = rows.iter().map(|r| r.rps).fold(10.0, f64::max) * 1.15;
     let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    let (plot, leg) = charts::with_legend(&root, 170);
+    let mut chart = ChartBuilder::on(&plot)
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(70)
@@ -203,26 +127,29 @@ fn idle_chart(rows: &[&Row], out: &mut String) -> DrawResult {
         .y_desc("requests/s")
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
-    for (i, m) in models.iter().enumerate() {
-        let c = color(i);
+    for m in &models {
+        let s = charts::style(m);
         let mut pts: Vec<(f64, f64)> = rows
             .iter()
             .filter(|r| &r.model == m)
             .map(|r| (r.idle as f64, r.rps))
             .collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
-            .label(m.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], c.stroke_width(2)));
-        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
+        charts::line(&mut chart, &pts, s.color, s.dash, 2)?;
+        charts::markers(&mut chart, &pts, s, 4, false)?;
+        let gen: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| &r.model == m && r.generator_limited)
+            .map(|r| (r.idle as f64, r.rps))
+            .collect();
+        charts::gen_mark(&mut chart, &gen)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    charts::legend(
+        &leg,
+        &models,
+        Swatch::Line,
+        &[charts::GEN_NOTE, charts::GEN_NOTE2],
+    )?;
     root.present()?;
     Ok(())
 }
@@ -237,56 +164,65 @@ fn cpu_chart(rows: &[&Row], out: &mut String) -> DrawResult {
         .filter(|r| scen.contains(&r.scenario) && r.reps > 0)
         .collect();
     let models = &models(&rows);
-    let ymax = rows.iter().map(|r| r.cpu_us).fold(1.0, f64::max) * 1.15;
+    let ymax = rows.iter().map(|r| r.cpu_us).fold(1.0, f64::max) * 3.0;
+    let ymin = 0.5;
     let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    let (plot, leg) = charts::with_legend(&root, 190);
+    let mut chart = ChartBuilder::on(&plot)
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..models.len().max(1) as f64, 0f64..ymax)?;
+        .build_cartesian_2d(0f64..models.len().max(1) as f64, (ymin..ymax).log_scale())?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(models.len() * 2 + 1)
         .x_label_formatter(&|x| category_label(*x, models))
-        .y_desc("server CPU µs per request")
+        .y_desc("server CPU µs per request (log)")
+        .y_label_formatter(&|y| format!("{y}"))
         .draw()?;
-    for (si, s) in scen.iter().enumerate() {
-        let (cu, cs) = (color(si * 2), color(si * 2 + 1));
-        let bars = |user: bool| -> Vec<Rectangle<(f64, f64)>> {
-            rows.iter()
-                .filter(|r| r.scenario == *s)
-                .map(|r| {
-                    let mi = models.iter().position(|m| *m == r.model).unwrap_or(0) as f64;
-                    let x0 = mi + 0.1 + 0.4 * si as f64;
-                    let (lo, hi) = if user {
-                        (0.0, r.user_us)
-                    } else {
-                        (r.user_us, r.user_us + r.sys_us)
-                    };
-                    Rectangle::new(
-                        [(x0, lo), (x0 + 0.38, hi)],
-                        if user { cu.filled() } else { cs.filled() },
-                    )
-                })
-                .collect()
-        };
-        chart
-            .draw_series(bars(true))?
-            .label(format!("{} user", s.name()))
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], cu.filled()));
-        chart
-            .draw_series(bars(false))?
-            .label(format!("{} system", s.name()))
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], cs.filled()));
+    for (si, sc) in scen.iter().enumerate() {
+        for r in rows.iter().filter(|r| r.scenario == *sc) {
+            let s = charts::style(&r.model);
+            let mi = models.iter().position(|m| *m == r.model).unwrap_or(0) as f64;
+            let x0 = mi + 0.1 + 0.4 * si as f64;
+            let user = r.user_us.max(ymin);
+            let total = (r.user_us + r.sys_us).max(ymin);
+            let (ust, sst) = if s.peer {
+                (s.color.stroke_width(2), s.color.mix(0.5).stroke_width(1))
+            } else {
+                (s.color.filled(), s.color.mix(0.45).filled())
+            };
+            chart.draw_series([
+                Rectangle::new([(x0, ymin), (x0 + 0.38, user)], ust),
+                Rectangle::new([(x0, user), (x0 + 0.38, total)], sst),
+            ])?;
+            if si == 1 {
+                // The new-connection bar: outlined, to tell it from hello's.
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(x0, ymin), (x0 + 0.38, total)],
+                    BLACK.stroke_width(1),
+                )))?;
+            }
+            if r.generator_limited {
+                charts::gen_mark(&mut chart, &[(x0 + 0.19, total)])?;
+            }
+        }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    charts::legend(
+        &leg,
+        models,
+        Swatch::Bar,
+        &[
+            "left bar: hello (keep-alive)",
+            "right, outlined: a new",
+            "   connection per request",
+            "dark: user · light: system",
+            charts::GEN_NOTE,
+            charts::GEN_NOTE2,
+        ],
+    )?;
     root.present()?;
     Ok(())
 }
@@ -303,57 +239,112 @@ fn with_id(svg: &str, id: &str) -> String {
 pub fn charts(results: &Results) -> anyhow::Result<Vec<Chart>> {
     let rows = summary::rows(results);
     let mut out = Vec::new();
+    type Draw<'a> = Box<dyn Fn(&mut String) -> DrawResult + 'a>;
+    let mut push =
+        |kind: String, title: String, caption: String, draw: Draw| -> anyhow::Result<()> {
+            let mut svg = String::new();
+            draw(&mut svg).map_err(|e| anyhow::anyhow!("drawing {kind} chart: {e}"))?;
+            let id = format!("chart-{kind}");
+            out.push(Chart {
+                svg: with_id(&svg, &id),
+                id,
+                title,
+                caption,
+            });
+            Ok(())
+        };
     for p in [loadgen::Protocol::Http, loadgen::Protocol::Fcgi] {
         let pr: Vec<&Row> = rows.iter().filter(|r| r.protocol == p).collect();
         if pr.iter().all(|r| r.reps == 0) {
             continue;
         }
         let n = p.name();
-        type Draw<'a> = Box<dyn Fn(&mut String) -> DrawResult + 'a>;
-        let specs: Vec<(&str, String, &str, bool, Draw)> = vec![
+        // The open loop at one rate for every model; without it, the
+        // closed-loop hello runs (each at its own pace).
+        let open: Vec<&Row> = pr
+            .iter()
+            .copied()
+            .filter(|r| r.scenario == Scenario::Open && r.reps > 0)
+            .collect();
+        let rate = crate::curves::open_rate(results, p);
+        let (lat_rows, lat_title, lat_caption) = if open.is_empty() {
+            (
+                pr.iter()
+                    .copied()
+                    .filter(|r| r.scenario == Scenario::Hello && r.reps > 0)
+                    .collect::<Vec<_>>(),
+                format!("Latency by percentile, closed loop hello ({n})"),
+                "HdrHistogram percentile curves (x: 1/(1−p), log scale) of the closed-loop hello runs — each model at its own pace, so compare shapes, not heights; run the open scenario for an equal load.".to_string(),
+            )
+        } else {
+            (
+                open,
+                format!(
+                    "Latency by percentile at {} req/s, the same load for every model ({n})",
+                    rate.map_or("?".into(), crate::sweep::thousands)
+                ),
+                "Open loop on /hello at one rate for every model (one that every model serving concurrently sustains), latency from each request's intended send time (coordinated omission corrected); x: 1/(1−p), log scale, as HistogramLogAnalyzer draws it. One panel per model family, the other families in grey behind. Flat and low is good; the tail is on the right.".to_string(),
+            )
+        };
+        let specs: Vec<(&str, String, String, bool, Draw)> = vec![
             (
                 "rps",
                 format!("Requests/s per scenario ({n})"),
-                "Closed-loop throughput of each model in each scenario (log scale). Compare models within a group; the open loop runs at half the hello maximum by design.",
+                "Throughput of each model in each scenario (log scale), one colour family per model family. Compare models within a group; the open loop runs at one rate for every model by design.".to_string(),
                 pr.iter().any(|r| r.reps > 0 && r.idle == 0),
                 Box::new(|s: &mut String| rps_chart(&pr, s)),
             ),
             (
                 "latency",
-                format!("Latency by percentile ({n})"),
-                "HdrHistogram percentile curves (x: 1/(1−p), log scale) of the open-loop run at 50 % of each model's hello maximum, corrected for coordinated omission; flat and low is good, the tail is on the right.",
-                pr.iter().any(|r| matches!(r.scenario, Scenario::Open | Scenario::Hello) && r.reps > 0),
-                Box::new(|s: &mut String| latency_chart(results, &pr, s)),
+                lat_title,
+                lat_caption,
+                !lat_rows.is_empty(),
+                Box::new(|s: &mut String| crate::curves::latency_chart(results, &lat_rows, rate, s)),
             ),
             (
                 "idle",
                 format!("Requests/s against idle connections ({n})"),
-                "A few active connections while 0, 1,000 and 10,000 idle ones are held: select and poll pass every fd to the kernel on each call, epoll only the ready ones.",
+                "A few active connections while 0, 1,000 and 10,000 idle ones are held: select and poll pass every fd to the kernel on each call, epoll only the ready ones.".to_string(),
                 pr.iter().any(|r| r.scenario == Scenario::Idle && r.reps > 0),
                 Box::new(|s: &mut String| idle_chart(&pr, s)),
             ),
             (
                 "cpu",
                 format!("Server CPU µs per request ({n})"),
-                "CPU the whole server process tree spent per request (user below, system above), keep-alive hello and a new connection per request: the UNP ch.30 comparison, measured.",
+                "CPU the whole server process tree spent per request (user dark, system light above it) on a log axis, so that fork's hundreds of µs do not flatten the rest: keep-alive hello (left) and a new connection per request (right, outlined), the UNP ch.30 comparison, measured.".to_string(),
                 pr.iter().any(|r| matches!(r.scenario, Scenario::Hello | Scenario::NewConn) && r.reps > 0),
                 Box::new(|s: &mut String| cpu_chart(&pr, s)),
             ),
         ];
         for (kind, title, caption, has, draw) in specs {
-            if !has {
-                continue;
+            if has {
+                push(format!("{kind}-{n}"), title, caption, draw)?;
             }
-            let mut svg = String::new();
-            draw(&mut svg).map_err(|e| anyhow::anyhow!("drawing {kind} chart: {e}"))?;
-            let id = format!("chart-{kind}-{n}");
-            out.push(Chart {
-                svg: with_id(&svg, &id),
-                id,
-                title,
-                caption: caption.to_string(),
-            });
         }
+    }
+    for (route, p) in crate::curves::groups(results) {
+        let curves: Vec<&crate::sweep::Curve> = results
+            .sweeps
+            .iter()
+            .filter(|c| c.route == route && c.protocol == p && !c.steps.is_empty())
+            .collect();
+        if curves.is_empty() {
+            continue;
+        }
+        let (n, slug) = (p.name(), crate::curves::slug(&route));
+        let bound = crate::sweep::fmt_ms(curves[0].slo_bound_us());
+        push(
+            format!("sweep-{slug}-{n}"),
+            format!("Load–latency curves on {route}: p99 against offered rate ({n})"),
+            format!("Each model driven open loop at rising rates (geometric steps) until it saturates; p99 from the intended send time. The curve stays flat while the model keeps up and turns up at its knee — the ring marks its capacity, the highest rate with p99 ≤ {bound} (dashed line). Hollow markers: over the SLO; ▼: the generator's fault (it saturated, or sent late), not the server's. One panel per model family; the other families in grey behind."),
+            Box::new(|s: &mut String| crate::curves::sweep_chart(&curves, s)),
+        )?;
+        push(
+            format!("capacity-{slug}-{n}"),
+            format!("Capacity at p99 ≤ {bound} on {route} ({n})"),
+            "Each model's capacity (bar, log scale): the highest swept rate whose p99 stayed within the SLO; the black tick is the rate at which it saturated; ▲: a lower bound (the generator saturated, or the sweep reached --max-rate first).".to_string(),
+            Box::new(|s: &mut String| crate::curves::capacity_chart(&curves, s)),
+        )?;
     }
     Ok(out)
 }
@@ -388,7 +379,7 @@ fn syscalls_md(r: &Results) -> String {
     if r.syscalls.is_empty() {
         return String::new();
     }
-    let mut s = String::from("\n## System calls per request (`strace -f -c`, /hello)\n\n| model | proto | requests | calls/req | by name |\n|---|---|---:|---:|---|\n");
+    let mut s = String::from("\n## System calls per request under strace (batching changes)\n\n`strace -f -c` during a `/hello` run: strace slows every call, so a model batches differently than without it (how many requests one `epoll_wait` or `io_uring_enter` carries). Read the counts as the shape of each model's cost, not its speed.\n\n| model | proto | requests | calls/req | by name |\n|---|---|---:|---:|---|\n");
     for sc in &r.syscalls {
         let total: f64 = sc.per_request.iter().map(|x| x.1).sum();
         let names: Vec<String> = sc
@@ -409,6 +400,39 @@ fn syscalls_md(r: &Results) -> String {
     s
 }
 
+/// The peers' section: what each is, where its configuration is, and
+/// the models beside their real-world counterparts. Empty without peers.
+fn peers_md(r: &Results, rows: &[Row]) -> String {
+    if r.config.peers.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\n## Peers: real servers as rows\n\nPeers are shown in _italics_ in the tables and drawn outlined \
+         (hollow bars and markers, in greys) in the charts. Each ran from the configuration the suite \
+         generated next to these results (`start.sh` runs it again):\n\n",
+    );
+    for name in &r.config.peers {
+        let peer = crate::peers::Peer::parse(name);
+        let d = peer.map_or("", |p| p.describe());
+        let _ = write!(s, "* _{name}_ — {d}: [peers/{name}/](peers/{name}/)");
+        match peer.and_then(|p| p.caveat()) {
+            Some(c) => {
+                let _ = writeln!(s, ". Note: {c}.");
+            }
+            None => s.push('\n'),
+        }
+    }
+    let table = crate::peers::counterparts::markdown(rows);
+    if !table.is_empty() {
+        s.push_str(
+            "\n### Models and their real-world counterparts\n\nThe same scenario and protocol in this run. \
+             **GEN** marks a run where the generator used ≥ 90 % of its core: compare CPU µs per request there.\n\n",
+        );
+        s.push_str(&table);
+    }
+    s
+}
+
 /// The Markdown report.
 pub fn markdown(r: &Results) -> String {
     let rows = summary::rows(r);
@@ -421,8 +445,12 @@ pub fn markdown(r: &Results) -> String {
     if !r.config.missing.is_empty() {
         let _ = writeln!(s, "Not built (skipped): {}.\n", r.config.missing.join(", "));
     }
-    s.push_str(&summary::table(&rows));
+    if !r.runs.is_empty() {
+        s.push_str(&summary::table(&rows));
+    }
+    s.push_str(&peers_md(r, &rows));
     s.push_str(&syscalls_md(r));
+    s.push_str(&crate::curves::markdown(r));
     s.push_str("\nCharts: see report.html beside this file.\n");
     s
 }
@@ -443,7 +471,15 @@ fn md_table_html(md: &str) -> String {
         let tag = if i == 0 { "th" } else { "td" };
         s.push_str("<tr>");
         for c in cells {
-            let _ = write!(s, "<{tag}>{}</{tag}>", escape(c));
+            // `_peer_`: a peer's name, in italics.
+            match c.strip_prefix('_').and_then(|c| c.strip_suffix('_')) {
+                Some(name) if !name.is_empty() => {
+                    let _ = write!(s, "<{tag}><i>{}</i></{tag}>", escape(name));
+                }
+                _ => {
+                    let _ = write!(s, "<{tag}>{}</{tag}>", escape(c));
+                }
+            }
         }
         s.push_str("</tr>\n");
     }
@@ -475,8 +511,43 @@ td:first-child,td:nth-child(2),td:nth-child(3){{text-align:left}}figure{{margin:
             escape(&c.caption)
         );
     }
-    s.push_str("<h2>All runs</h2>\n");
-    s.push_str(&md_table_html(&summary::table(&rows)));
+    if !r.runs.is_empty() {
+        s.push_str("<h2>All runs</h2>\n");
+        s.push_str(&md_table_html(&summary::table(&rows)));
+    }
+    if !r.config.peers.is_empty() {
+        s.push_str("<h2>Peers: real servers as rows</h2>\n<p>Peers are in italics in the tables and drawn outlined (hollow bars and markers, in greys) in the charts. Configurations as generated for this run:</p>\n<ul>\n");
+        for name in &r.config.peers {
+            let peer = crate::peers::Peer::parse(name);
+            let d = peer.map_or("", |p| p.describe());
+            let caveat = peer
+                .and_then(|p| p.caveat())
+                .map_or(String::new(), |c| format!(". Note: {}.", escape(c)));
+            let _ = writeln!(
+                s,
+                "<li><i>{n}</i> — {}: <a href=\"peers/{n}/\">peers/{n}/</a>{caveat}</li>",
+                escape(d),
+                n = escape(name)
+            );
+        }
+        s.push_str("</ul>\n");
+        let table = crate::peers::counterparts::markdown(&rows);
+        if !table.is_empty() {
+            s.push_str("<h3>Models and their real-world counterparts</h3>\n");
+            s.push_str(&md_table_html(&table));
+        }
+    }
+    if !r.sweeps.is_empty() {
+        s.push_str("<h2>Rate sweeps: capacity at the SLO</h2>\n");
+        let _ = writeln!(
+            s,
+            "<p>{}</p>",
+            escape(crate::curves::LITTLE).replace("**", "")
+        );
+        s.push_str(&md_table_html(&crate::sweep::capacity_table(&r.sweeps)));
+        s.push_str("<h3>Every step (Little's law beside the connections)</h3>\n");
+        s.push_str(&md_table_html(&crate::sweep::steps_table(&r.sweeps)));
+    }
     let sys = syscalls_md(r);
     if !sys.is_empty() {
         s.push_str("<h2>System calls per request</h2>\n");
@@ -506,7 +577,7 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<std::path::PathBuf> {
 
 /// The label of a category axis whose category `i` spans `i..i+1`: its name
 /// at the middle tick `i + 0.5`, nothing at the other ticks.
-fn category_label(x: f64, names: &[impl AsRef<str>]) -> String {
+pub fn category_label(x: f64, names: &[impl AsRef<str>]) -> String {
     let i = x.floor() as usize;
     match names.get(i) {
         Some(name) if (x - x.floor() - 0.5).abs() < 0.01 => name.as_ref().to_string(),
