@@ -1093,7 +1093,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_files_through_the_ring() {
+    fn opens_and_reads_files_through_the_ring() {
         let Some(mut ring) = ring_or_skip() else {
             return;
         };
@@ -1101,25 +1101,39 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let content: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
         std::fs::write(dir.join("f"), &content).unwrap();
-        ring.read_file(3, &dir.join("f"));
-        ring.read_file(4, &dir.join("absent"));
+        ring.open_file(3, &dir.join("f"));
+        ring.open_file(4, &dir.join("absent"));
         assert_eq!((ring.in_flight(3), ring.in_flight(4)), (1, 1));
         let mut events = VecDeque::new();
-        wait_for(&mut ring, &mut events, |e| {
-            e.iter()
-                .filter(|e| matches!(e, Event::FileRead { .. }))
-                .count()
-                == 2
-        });
-        for event in events {
+        wait_for(&mut ring, &mut events, |e| e.len() == 2);
+        let mut file = None;
+        for event in events.drain(..) {
             match event {
-                Event::FileRead { conn: 3, result } => assert!(result.unwrap() == content),
-                Event::FileRead { conn: 4, result } => {
+                Event::FileOpened { conn: 3, result } => {
+                    let (fd, size) = result.unwrap();
+                    assert_eq!(size, content.len() as u64);
+                    file = Some(fd);
+                }
+                Event::FileOpened { conn: 4, result } => {
                     assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::NotFound)
                 }
                 other => panic!("unexpected {other:?}"),
             }
         }
+        // A piece in the middle, and one that runs past the end (short).
+        let file = file.expect("opened");
+        ring.read_at(3, file.as_fd(), 1000, 4096);
+        ring.read_at(3, file.as_fd(), 40_000, 70_000);
+        assert_eq!(ring.in_flight(3), 2);
+        wait_for(&mut ring, &mut events, |e| e.len() == 2);
+        let mut pieces: Vec<Vec<u8>> = (events.drain(..))
+            .map(|e| match e {
+                Event::FileRead { conn: 3, result } => result.unwrap(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        pieces.sort_by_key(|p| p.len());
+        assert!(pieces[0] == content[1000..5096] && pieces[1] == content[40_000..]);
         assert_eq!((ring.in_flight(3), ring.in_flight(4)), (0, 0));
         std::fs::remove_dir_all(&dir).unwrap();
     }
