@@ -24,8 +24,9 @@
 //! * **The provided-buffer ring**: `--buffers` buffers of 4 KiB the kernel
 //!   picks from when data arrives; a [`RecvBuf`] is one of them lent to the
 //!   model until [`Ring::give_back`].
-//! * **`/file`** ([`Ring::read_file`]): `IORING_OP_OPENAT`, `fstat`, then
-//!   `IORING_OP_READ` until the buffer is full.
+//! * **`/file`** ([`FileReads`]): `IORING_OP_OPENAT` and `fstat`
+//!   ([`Ring::open_file`]), then one `IORING_OP_READ` per piece the
+//!   connection's window has room for ([`Ring::read_at`]).
 //! * **`--workers N`**: N rings on N threads ([`run_rings`]), each made on
 //!   its own thread, each with its own listener ([`listen_options`]).
 
