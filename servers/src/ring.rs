@@ -8,7 +8,7 @@
 //!   `SQPOLL`), a probe for every opcode submitted, and the provided-buffer
 //!   ring. A machine without a usable io_uring gets one line: `io_uring
 //!   unavailable: … (kernel X)`.
-//! * **Requests in flight**: each one is an [`Op`] in a slab; its
+//! * **Requests in flight**: each one is an `Op` in a slab; its
 //!   `user_data` is the slab index plus a generation number, so a late
 //!   completion, or a cancel aimed at a request that already finished, never
 //!   touches the request that reuses the index. Whatever the kernel reads or
