@@ -11,25 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-/// The wire protocol spoken to the target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// HTTP/1.1.
-    Http,
-    /// FastCGI 1.0, responder role.
-    Fcgi,
-}
-
-impl Protocol {
-    /// `http` or `fcgi`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Http => "http",
-            Protocol::Fcgi => "fcgi",
-        }
-    }
-}
+/// The wire protocol spoken to the target: the workload's one type.
+pub use iomodels_workload::Protocol;
 
 /// Where the target listens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

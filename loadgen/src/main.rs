@@ -86,7 +86,7 @@ struct Cli {
     unix: Option<PathBuf>,
     /// Protocol [default: from the URL's scheme].
     #[arg(long, value_enum)]
-    protocol: Option<ProtocolArg>,
+    protocol: Option<Protocol>,
     /// Write the report as JSON to this file (schema in loadgen/README.md).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -101,19 +101,9 @@ enum ArrivalsArg {
     Poisson,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ProtocolArg {
-    Http,
-    Fcgi,
-}
-
 impl Cli {
     fn config(&self) -> Result<Config, Error> {
-        let protocol = self.protocol.map(|p| match p {
-            ProtocolArg::Http => Protocol::Http,
-            ProtocolArg::Fcgi => Protocol::Fcgi,
-        });
-        let target = Target::parse(&self.url, self.unix.clone(), protocol)?;
+        let target = Target::parse(&self.url, self.unix.clone(), self.protocol)?;
         let mut c = Config::new(target);
         c.routes = self
             .routes

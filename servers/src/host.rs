@@ -2,10 +2,12 @@
 //! `Server` and `X-Worker` headers), the data dir `/file` reads from, and
 //! `/status` from the shared [`Stats`].
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use iomodels_workload::routes::{self, Status};
-use iomodels_workload::{FileRead, Host, Protocol, Timeouts};
+use iomodels_workload::{identity_headers, Conn, Host, Protocol, Timeouts};
 
 use crate::cli::Common;
 use crate::stats::Stats;
@@ -105,6 +107,56 @@ impl Shared {
     pub fn server_name(&self) -> String {
         format!("iomodels-{}", self.model)
     }
+
+    /// A new connection's protocol state, with this server's timeouts.
+    pub fn new_conn(&self, now: std::time::Instant) -> Conn {
+        Conn::new(self.protocol, self.timeouts, now)
+    }
+
+    /// Reads file `name` of the data dir (the workload already checked that
+    /// it is a plain file name): what a model does with
+    /// [`Conn::take_file_request`] unless it reads asynchronously.
+    pub fn read_file(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.data_dir.join(name))
+    }
+
+    /// The one `--max-conns` rule: this process takes one more connection if
+    /// it holds fewer than `--max-conns` (a per-process limit, so for
+    /// multi-process models it applies to each process). The place is
+    /// freed when the returned [`Admitted`] is dropped, with the connection.
+    /// `None`: refuse it with [`Shared::refuse`].
+    pub fn admit(&self) -> Option<Admitted> {
+        let held = HELD.fetch_add(1, Ordering::AcqRel);
+        if held >= self.max_conns {
+            HELD.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admitted(()))
+    }
+
+    /// Refuses a connection over `--max-conns`: counts it, writes the
+    /// workload's refusal (HTTP 503, FastCGI END_REQUEST(OVERLOADED)) and
+    /// shuts the socket down.
+    pub fn refuse(&self, fd: OwnedFd) {
+        self.stats.refused();
+        let headers = identity_headers(self.model, &std::process::id().to_string());
+        let refusal = iomodels_workload::refusal(self.protocol, &headers);
+        let _ = nix::unistd::write(&fd, &refusal);
+        let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+    }
+}
+
+/// Connections this process holds, against `--max-conns`.
+static HELD: AtomicU64 = AtomicU64::new(0);
+
+/// A connection's place under `--max-conns` (see [`Shared::admit`]).
+#[derive(Debug)]
+pub struct Admitted(());
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        HELD.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One worker's host (a process or a thread): `worker` is its `X-Worker`
@@ -128,11 +180,7 @@ impl ServerHost {
     }
 
     fn with_worker(shared: &Shared, worker: String) -> ServerHost {
-        let headers = format!(
-            "Server: iomodels-{}\r\nX-Worker: {worker}\r\n",
-            shared.model
-        )
-        .into_bytes();
+        let headers = identity_headers(shared.model, &worker);
         ServerHost {
             shared: shared.clone(),
             worker,
@@ -149,6 +197,23 @@ impl ServerHost {
     pub fn stats(&self) -> Stats {
         self.shared.stats
     }
+
+    /// The timeouts connections apply.
+    pub fn timeouts(&self) -> Timeouts {
+        self.shared.timeouts
+    }
+
+    /// Serves a parked `/file` request of `conn` by reading the file now
+    /// (synchronously: the models whose lesson is not asynchronous disk I/O).
+    /// Returns whether there was one.
+    pub fn serve_file(&mut self, conn: &mut Conn, now: std::time::Instant) -> bool {
+        let Some(name) = conn.take_file_request() else {
+            return false;
+        };
+        let result = self.shared.read_file(&name);
+        conn.file_done(result, now, self);
+        true
+    }
 }
 
 impl Host for ServerHost {
@@ -156,16 +221,8 @@ impl Host for ServerHost {
         &self.headers
     }
 
-    fn timeouts(&self) -> Timeouts {
-        self.shared.timeouts
-    }
-
     fn max_conns(&self) -> u64 {
         self.shared.max_conns
-    }
-
-    fn read_file(&mut self, name: &str) -> FileRead {
-        FileRead::Done(std::fs::read(self.shared.data_dir.join(name)))
     }
 
     fn status(&mut self) -> Status {

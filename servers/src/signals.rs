@@ -9,9 +9,23 @@
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+/// After a stop, a connection that has not sent a whole request yet (taken
+/// from the backlog, or accepted just before the stop) gets this long to
+/// send one; connections that already answered close once idle. The one
+/// graceful-stop rule every model applies, through [`may_close`].
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// While stopping: may a connection that has answered `answered` requests
+/// be told to close once idle? `since` is when the stop was asked (or when
+/// the connection arrived, if later).
+pub fn may_close(answered: u64, since: Instant, now: Instant) -> bool {
+    answered > 0 || now >= since + STOP_GRACE
+}
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);

@@ -124,4 +124,35 @@ mod tests {
         assert!(describe("epoll").contains("epoll"));
         assert!(describe("zeta").contains("no description"));
     }
+
+    /// The one list of models (`KNOWN`) and every place that lists them
+    /// agree: a binary in servers/Cargo.toml, a row in the model index and
+    /// in the README's server table, and a line in the conformance suite.
+    #[test]
+    fn every_list_of_models_agrees_with_known() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+        let (cargo, index, readme, conformance) = (
+            read("servers/Cargo.toml"),
+            read("docs/models/README.md"),
+            read("README.md"),
+            read("servers/tests/conformance.rs"),
+        );
+        for (model, _) in KNOWN {
+            let bin = format!("{model}-server");
+            assert!(
+                cargo.contains(&format!("name = \"{bin}\"")),
+                "{bin} in servers/Cargo.toml"
+            );
+            assert!(
+                index.contains(&format!("| {model} |")),
+                "{model} in docs/models/README.md"
+            );
+            assert!(readme.contains(&format!("`{bin}`")), "{bin} in README.md");
+            assert!(
+                conformance.contains(&format!("\"{bin}\"")),
+                "{bin} in conformance.rs"
+            );
+        }
+    }
 }

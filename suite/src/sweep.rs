@@ -564,16 +564,17 @@ fn measure_step(
     let mut r = m.report;
     // Keep the latency histogram whole; the others keep their percentiles
     // (a sweep has hundreds of steps: this keeps results.json small).
-    for h in [
-        r.latency_uncorrected.as_mut(),
-        Some(&mut r.connect_time),
-        r.open_loop.as_mut().and_then(|o| o.send_lag.as_mut()),
-        r.open_loop.as_mut().and_then(|o| o.generator_lag.as_mut()),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        h.hdr.clear();
+    r.connect_time.hdr.clear();
+    if let Some(u) = r.latency_uncorrected.as_mut() {
+        u.hdr.clear();
+    }
+    if let Some(o) = r.open_loop.as_mut() {
+        for h in [o.send_lag.as_mut(), o.generator_lag.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            h.hdr.clear();
+        }
     }
     let (verdict, why) = judge(rate, &r, floor_us(route), spec.slo_us, spec.cap_us);
     let achieved = crate::summary::good_rps(&r);

@@ -18,9 +18,18 @@
 //!
 //! A blocking model may instead sleep until [`Conn::parked_until`]; an
 //! event-driven model parks the connection on a timer and serves others.
-//! `/file` reads through [`Host::read_file`]; a model that reads files
-//! asynchronously returns [`FileRead::Pending`] and later calls
-//! [`Conn::file_done`].
+//!
+//! `/file` always parks: after input, [`Conn::take_file_request`] names the
+//! file once; the model (or the runtime) reads it, synchronously or not, and
+//! hands the result to [`Conn::file_done`].
+//!
+//! **Relay mode** ([`Conn::relay_requests`]): a front end that passes whole
+//! requests to someone else (Swoole's reactors and workers) frames requests
+//! here, then [`Conn::take_relay`] gives each whole request's bytes once,
+//! the connection parks, and [`Conn::relay_done`] takes the finished
+//! response back. The front end keeps every connection-level rule (timeouts,
+//! caps, `100 Continue`, FastCGI management records, keep-alive); the
+//! worker feeds the bytes to an ordinary `Conn` of its own.
 //!
 //! Idle connections are cheap: the input and output buffers are freed as
 //! soon as they are empty, so a connection between requests holds no heap
@@ -33,8 +42,11 @@ use crate::fcgi::{self, ProtocolStatus};
 use crate::http::{self, Parse};
 use crate::routes::{self, Route, Status};
 
-/// The wire protocol a listener speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The wire protocol a listener speaks (servers, load generator and
+/// orchestrator share this one type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Protocol {
     /// HTTP/1.1 (and 1.0).
     Http,
@@ -71,27 +83,46 @@ impl Default for Timeouts {
     }
 }
 
-/// The answer of [`Host::read_file`].
-#[derive(Debug)]
-pub enum FileRead {
-    /// The file's content, or why it could not be read.
-    Done(io::Result<Vec<u8>>),
-    /// The model reads it asynchronously and will call [`Conn::file_done`].
-    Pending,
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Protocol, String> {
+        match s {
+            "http" => Ok(Protocol::Http),
+            "fcgi" | "fastcgi" => Ok(Protocol::Fcgi),
+            _ => Err(format!("unknown protocol '{s}' (http or fcgi)")),
+        }
+    }
 }
 
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One whole request a connection in relay mode hands on (see
+/// [`Conn::take_relay`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// The request in its own protocol: an HTTP request exactly as it came,
+    /// or a FastCGI request re-encoded whole (BEGIN_REQUEST, PARAMS, STDIN).
+    pub bytes: Vec<u8>,
+    /// The request target (`/cpu?n=5`), for a front end that routes by it.
+    pub target: String,
+    /// The connection closes after this response (`Connection: close`, a
+    /// stop): the worker's `Conn` should answer it with
+    /// [`Conn::single_request`] so the response says so.
+    pub last: bool,
+}
 /// What a connection needs from the server around it.
 pub trait Host {
     /// Header lines every response carries, each ending in CRLF:
-    /// `Server: iomodels-<model>` and `X-Worker: <id>`.
+    /// `Server: iomodels-<model>` and `X-Worker: <id>` (made by
+    /// [`identity_headers`]).
     fn response_headers(&self) -> &[u8];
-    /// Timeouts to apply.
-    fn timeouts(&self) -> Timeouts;
     /// FCGI_MAX_CONNS, for GET_VALUES.
     fn max_conns(&self) -> u64;
-    /// Reads file `name` of the data dir (`name` is already checked to be a
-    /// plain file name).
-    fn read_file(&mut self, name: &str) -> FileRead;
     /// The server's state, for `/status`.
     fn status(&mut self) -> Status;
     /// Called once for every request answered.
@@ -105,6 +136,34 @@ pub trait Host {
     fn status_body(&mut self, _query: &str) -> Option<(String, Vec<u8>)> {
         None
     }
+}
+
+/// The header lines that say who answered, for [`Host::response_headers`]:
+/// `Server: iomodels-<model>` and `X-Worker: <worker>` (`<pid>` or
+/// `<pid>.<thread index>`).
+pub fn identity_headers(model: &str, worker: &str) -> Vec<u8> {
+    format!("Server: iomodels-{model}\r\nX-Worker: {worker}\r\n").into_bytes()
+}
+
+/// What a server over its connection limit writes before it closes: HTTP
+/// 503, or FastCGI END_REQUEST(OVERLOADED) for request id 1 (the id web
+/// servers use on a fresh connection). `headers` are the server's
+/// [`identity_headers`].
+pub fn refusal(protocol: Protocol, headers: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match protocol {
+        Protocol::Http => {
+            let body = b"server busy: too many connections";
+            out.extend_from_slice(b"HTTP/1.1 503 Service Unavailable\r\n");
+            out.extend_from_slice(headers);
+            out.extend_from_slice(b"Content-Type: text/plain\r\nContent-Length: ");
+            http::push_decimal(&mut out, body.len() as u64);
+            out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+            out.extend_from_slice(body);
+        }
+        Protocol::Fcgi => fcgi::push_end_request(&mut out, 1, 0, ProtocolStatus::Overloaded),
+    }
+    out
 }
 
 /// Output beyond which a connection stops taking new requests until the
@@ -128,12 +187,14 @@ struct Meta {
     fcgi_id: u16,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Parked {
     /// `/wait` until this instant, then answer `waited us`.
     Until(Instant, u64, Meta),
-    /// `/file` being read by the model.
-    File(Meta),
+    /// `/file` to be read by the model: the name until it was taken.
+    File(Meta, Option<Box<str>>),
+    /// A whole request handed on (relay mode): its bytes until taken.
+    Relay(Meta, Option<Box<Relay>>),
 }
 
 /// A FastCGI request being received.
@@ -173,6 +234,7 @@ impl Body<'_> {
 #[derive(Debug)]
 pub struct Conn {
     protocol: Protocol,
+    timeouts: Timeouts,
     pub(crate) input: Vec<u8>,
     pub(crate) out: Vec<u8>,
     out_pos: usize,
@@ -186,6 +248,8 @@ pub struct Conn {
     draining: bool,
     /// Answer one request only (CGI style), then close.
     single: bool,
+    /// Hand whole requests on instead of running them.
+    relay: bool,
     peer_closed: bool,
     /// The input holds the start of a request, not a whole one.
     input_partial: bool,
@@ -196,10 +260,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A new connection, opened at `now`.
-    pub fn new(protocol: Protocol, now: Instant) -> Conn {
+    /// A new connection, opened at `now`, applying `timeouts` to itself.
+    pub fn new(protocol: Protocol, timeouts: Timeouts, now: Instant) -> Conn {
         Conn {
             protocol,
+            timeouts,
             input: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
@@ -209,6 +274,7 @@ impl Conn {
             done: false,
             draining: false,
             single: false,
+            relay: false,
             peer_closed: false,
             input_partial: false,
             partial_since: now,
@@ -310,23 +376,32 @@ impl Conn {
     }
 
     /// When [`Conn::handle_timeout`] must be called next, if ever.
-    pub fn poll_timeout(&self, timeouts: Timeouts) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         if self.done {
             return None;
         }
         match self.parked {
             Some(Parked::Until(t, _, _)) => Some(t),
-            Some(Parked::File(_)) => None,
+            Some(Parked::File(..)) => None,
+            // A request handed on that never comes back (its worker died)
+            // ends the connection at the idle timeout.
+            Some(Parked::Relay(..)) => Some(self.last_activity + self.timeouts.idle),
             None if self.input_partial && self.output().is_empty() => {
-                Some(self.partial_since + timeouts.header)
+                Some(self.partial_since + self.timeouts.header)
             }
-            None => Some(self.last_activity + timeouts.idle),
+            None => Some(self.last_activity + self.timeouts.idle),
         }
     }
 
     /// The time has come (or passed) for the deadline [`Conn::poll_timeout`] gave.
     pub fn handle_timeout(&mut self, now: Instant, host: &mut dyn Host) {
-        let timeouts = host.timeouts();
+        let timeouts = self.timeouts;
+        if let Some(Parked::Relay(..)) = self.parked {
+            if now >= self.last_activity + timeouts.idle {
+                self.done = true;
+            }
+            return;
+        }
         if let Some(Parked::Until(t, us, meta)) = self.parked {
             if now >= t {
                 self.parked = None;
@@ -383,11 +458,51 @@ impl Conn {
         self.draining = true;
     }
 
-    /// The file a `/file` request asked for was read (see [`FileRead::Pending`]).
+    /// Hand whole requests on instead of running them (see the module
+    /// docs): [`Conn::take_relay`] and [`Conn::relay_done`].
+    pub fn relay_requests(&mut self) {
+        self.relay = true;
+    }
+
+    /// The file a parked `/file` request wants read, given once (the name is
+    /// already checked to be a plain file name of the data dir). Answer with
+    /// [`Conn::file_done`].
+    pub fn take_file_request(&mut self) -> Option<Box<str>> {
+        match &mut self.parked {
+            Some(Parked::File(_, name)) => name.take(),
+            _ => None,
+        }
+    }
+
+    /// The file [`Conn::take_file_request`] named was read (or not).
     pub fn file_done(&mut self, result: io::Result<Vec<u8>>, now: Instant, host: &mut dyn Host) {
-        if let Some(Parked::File(meta)) = self.parked {
+        if let Some(Parked::File(meta, _)) = self.parked {
             self.parked = None;
             self.reply_file(meta, result, host);
+            self.resume(now, host);
+        }
+    }
+
+    /// In relay mode: the whole request to hand on, given once. Answer with
+    /// [`Conn::relay_done`].
+    pub fn take_relay(&mut self) -> Option<Box<Relay>> {
+        match &mut self.parked {
+            Some(Parked::Relay(_, relay)) => relay.take(),
+            _ => None,
+        }
+    }
+
+    /// In relay mode: the response to the request [`Conn::take_relay`] gave,
+    /// complete, in the connection's protocol.
+    pub fn relay_done(&mut self, response: &[u8], now: Instant, host: &mut dyn Host) {
+        if let Some(Parked::Relay(meta, _)) = self.parked {
+            self.parked = None;
+            self.requests += 1;
+            self.last_activity = now;
+            self.out.extend_from_slice(response);
+            if !meta.keep_alive {
+                self.close_after_output = true;
+            }
             self.resume(now, host);
         }
     }
@@ -473,6 +588,15 @@ impl Conn {
                 fcgi_id: 0,
             };
             pos += total;
+            if self.relay {
+                let relay = Relay {
+                    bytes: rest[..total].to_vec(),
+                    target: head.target.to_string(),
+                    last: !meta.keep_alive,
+                };
+                self.parked = Some(Parked::Relay(meta, Some(Box::new(relay))));
+                continue;
+            }
             self.dispatch(
                 head.method,
                 head.target,
@@ -630,6 +754,21 @@ impl Conn {
             fcgi_id: req.id,
         };
         match fcgi::CgiRequest::from_params(&req.params) {
+            Ok(cgi) if self.relay => {
+                // The request, re-encoded whole for the worker's own Conn.
+                let mut bytes = Vec::with_capacity(req.params.len() + req.stdin.len() + 64);
+                fcgi::push_begin_request(&mut bytes, req.id, true);
+                fcgi::push_stream(&mut bytes, fcgi::PARAMS, req.id, &req.params);
+                fcgi::push_header(&mut bytes, fcgi::PARAMS, req.id, 0, 0);
+                fcgi::push_stream(&mut bytes, fcgi::STDIN, req.id, &req.stdin);
+                fcgi::push_header(&mut bytes, fcgi::STDIN, req.id, 0, 0);
+                let relay = Relay {
+                    bytes,
+                    target: cgi.target().into_owned(),
+                    last: !meta.keep_alive,
+                };
+                self.parked = Some(Parked::Relay(meta, Some(Box::new(relay))));
+            }
             Ok(cgi) => {
                 let target = cgi.target();
                 self.dispatch(cgi.method, &target, &req.stdin, meta, now, host);
@@ -670,10 +809,7 @@ impl Conn {
                 }
             }
             Route::Bytes(n) => self.respond(meta, 200, TEXT, Body::Pattern(n as usize), None, host),
-            Route::File(name) => match host.read_file(name) {
-                FileRead::Done(result) => self.reply_file(meta, result, host),
-                FileRead::Pending => self.parked = Some(Parked::File(meta)),
-            },
+            Route::File(name) => self.parked = Some(Parked::File(meta, Some(name.into()))),
             Route::Echo => self.respond(
                 meta,
                 200,

@@ -88,12 +88,12 @@ use clap::Parser;
 use io_uring::types::{BufRingEntry, Fd, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use iomodels_servers::cli::{self, Common};
-use iomodels_servers::host::{DataDir, ServerHost, Shared};
+use iomodels_servers::host::{Admitted, DataDir, ServerHost, Shared};
 use iomodels_servers::net::{self, ListenAddr, ListenOptions};
 use iomodels_servers::signals;
 use iomodels_servers::timers::Timers;
 use iomodels_workload::routes::Status;
-use iomodels_workload::{Conn, FileRead, Host, Timeouts};
+use iomodels_workload::{Conn, Host};
 use nix::errno::Errno;
 use nix::sys::socket::SockFlag;
 use slab::Slab;
@@ -250,6 +250,7 @@ fn listeners(common: &Common, workers: u32) -> anyhow::Result<(Vec<OwnedFd>, Str
     let opts = ListenOptions {
         reuseport,
         nonblocking: false,
+        per_worker: false,
     };
     let (first, shown) = net::listen(&common.listen, common.backlog, opts)?;
     let mut all = vec![first];
@@ -582,13 +583,11 @@ impl Drop for BufRing {
     }
 }
 
-/// The runtime's host, except that `/file` is read through the ring: the
-/// state machine parks the request (`FileRead::Pending`) and the model
+/// The runtime's host. `/file` is read through the ring: the state machine
+/// parks the request, the model takes its name (`take_file_request`),
 /// queues an open and a read, then calls `Conn::file_done`.
 struct UringHost {
     inner: ServerHost,
-    /// Files asked for since the model last looked.
-    files: Vec<String>,
 }
 
 impl Host for UringHost {
@@ -596,17 +595,8 @@ impl Host for UringHost {
         self.inner.response_headers()
     }
 
-    fn timeouts(&self) -> Timeouts {
-        self.inner.timeouts()
-    }
-
     fn max_conns(&self) -> u64 {
         self.inner.max_conns()
-    }
-
-    fn read_file(&mut self, name: &str) -> FileRead {
-        self.files.push(name.to_string());
-        FileRead::Pending
     }
 
     fn status(&mut self) -> Status {
@@ -621,6 +611,8 @@ impl Host for UringHost {
 /// One connection.
 struct Slot {
     fd: OwnedFd,
+    /// Its place under `--max-conns`.
+    _admitted: Admitted,
     conn: Conn,
     /// The deadline this slot has in the timer heap.
     timer: Option<Instant>,
@@ -652,8 +644,6 @@ struct Server {
     timer_op: Option<(Instant, u64)>,
     /// Send buffers kept for reuse.
     spare: Vec<Vec<u8>>,
-    max_conns: u64,
-    refusal: Vec<u8>,
     stopping_since: Option<Instant>,
     accept_paused_until: Option<Instant>,
     completions: Vec<(u64, i32, u32)>,
@@ -690,10 +680,7 @@ impl Server {
                 backlog: VecDeque::new(),
             },
             bufs,
-            host: UringHost {
-                inner: host,
-                files: Vec::new(),
-            },
+            host: UringHost { inner: host },
             data_dir: shared.data_dir.clone(),
             listener: Some(listener),
             accept_op: None,
@@ -703,8 +690,6 @@ impl Server {
             timers: Timers::new(),
             timer_op: None,
             spare: Vec::new(),
-            max_conns: shared.max_conns,
-            refusal: net::refusal(shared.protocol, &shared.server_name()),
             stopping_since: None,
             accept_paused_until: None,
             completions: Vec::new(),
@@ -862,16 +847,15 @@ impl Server {
 
     fn add_conn(&mut self, fd: OwnedFd, now: Instant) {
         let stats = self.host.inner.stats();
-        if stats.counters().open.load(Ordering::Relaxed) >= self.max_conns {
-            stats.refused();
-            net::refuse(fd, &self.refusal);
-            return;
-        }
+        let Some(admitted) = self.host.inner.shared().admit() else {
+            return self.host.inner.shared().refuse(fd);
+        };
         net::set_nodelay(&fd);
         stats.opened();
         let token = self.conns.insert(Slot {
             fd,
-            conn: Conn::new(self.host.inner.shared().protocol, now),
+            conn: self.host.inner.shared().new_conn(now),
+            _admitted: admitted,
             timer: None,
             recv: None,
             recv_cancelled: false,
@@ -1053,7 +1037,11 @@ impl Server {
     /// file open, a send, a receive (or the cancel of one: a multishot
     /// recv cannot be paused) — or close it; then set its deadline.
     fn drive(&mut self, token: usize, now: Instant) {
-        for name in std::mem::take(&mut self.host.files) {
+        let file = self
+            .conns
+            .get_mut(token)
+            .and_then(|s| s.conn.take_file_request());
+        if let Some(name) = file {
             self.open_file(token, &name, now);
         }
         let Some(slot) = self.conns.get_mut(token) else {
@@ -1098,7 +1086,7 @@ impl Server {
             }
             _ => {}
         }
-        let deadline = slot.conn.poll_timeout(self.host.timeouts());
+        let deadline = slot.conn.poll_timeout();
         self.timers.schedule(&mut slot.timer, token, deadline);
     }
 
