@@ -10,8 +10,8 @@
 //!   each step: loadgen::step(open loop at rate, warm-up then measured)
 //!              ─> verdict: within the SLO · over it · saturated · the generator's fault
 //!   stop at the first saturated step (achieved < 90 % of asked, > 1 % errors,
-//!   or p99 past the cap with p50 over the SLO: a growing queue), when the
-//!   generator saturates, or at --max-rate
+//!   or p99 past the cap with p50 past a tenth of it: a growing queue), when
+//!   the generator saturates, or at --max-rate
 //! ```
 //!
 //! **The SLO counts from the route's own wait.** `/wait?us=D` cannot answer
@@ -186,7 +186,8 @@ pub enum Verdict {
     Saturated,
     /// The generator used ≥ 90 % of its core: it may have set the pace.
     GeneratorLimited,
-    /// Over the SLO while the generator itself sent late: not counted.
+    /// Over the SLO (or short of the rate with connections free) while the
+    /// generator itself sent late: not counted.
     GeneratorLate,
 }
 
@@ -350,6 +351,20 @@ pub fn judge(
             ),
         );
     }
+    // Short of the rate while most connections were free and the
+    // generator itself sent late: it did not send, the server was not asked.
+    let idle_connections = report.in_flight_mean < 0.5 * report.connections as f64;
+    if achieved < MIN_ACHIEVED * asked && idle_connections && gen_lag > slo_us / 2.0 {
+        return (
+            Verdict::GeneratorLate,
+            format!(
+                "achieved {} of {} req/s with connections free: the generator sent late (p99 {})",
+                thousands(achieved),
+                thousands(asked),
+                fmt_ms(gen_lag)
+            ),
+        );
+    }
     if achieved < MIN_ACHIEVED * asked {
         return (
             Verdict::Saturated,
@@ -369,7 +384,7 @@ pub fn judge(
     // A queue that grows lifts the median too; a stall of the machine
     // (a descheduled thread) only lifts the tail.
     let p50 = report.latency.p50_us as f64;
-    if p99 > floor_us + cap_us && p50 > floor_us + slo_us {
+    if p99 > floor_us + cap_us && p50 > floor_us + slo_us.max(cap_us / 10.0) {
         return (
             Verdict::Saturated,
             format!("p99 {} past the cap, p50 {}", fmt_ms(p99), fmt_ms(p50)),
