@@ -342,7 +342,7 @@ pub fn charts(results: &Results) -> anyhow::Result<Vec<Chart>> {
         push(
             format!("capacity-{slug}-{n}"),
             format!("Capacity at p99 ≤ {bound} on {route} ({n})"),
-            "Each model's capacity (bar, log scale): the highest swept rate whose p99 stayed within the SLO; the black tick is the rate at which it saturated; ▲: a lower bound (the generator saturated, or the sweep reached --max-rate first).".to_string(),
+            "Each model's capacity (dark bar, log scale): the highest swept rate whose p99 stayed within the SLO; the light bar behind it is the highest rate the model achieved at any step, the black tick the rate at which it saturated; ▶: a lower bound (the generator saturated, or the sweep reached --max-rate first). No dark bar: not even the first step met the SLO.".to_string(),
             Box::new(|s: &mut String| crate::curves::capacity_chart(&curves, s)),
         )?;
     }
