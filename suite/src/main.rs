@@ -158,11 +158,11 @@ struct SweepArgs {
     /// No step above this rate, requests/s.
     #[arg(long, default_value_t = 1_000_000.0)]
     max_rate: f64,
-    /// Measured time per step: 800ms, 2s.
-    #[arg(short = 'd', long, default_value = "800ms", value_parser = loadgen::parse_duration)]
+    /// Measured time per step: 600ms, 2s.
+    #[arg(short = 'd', long, default_value = "600ms", value_parser = loadgen::parse_duration)]
     duration: std::time::Duration,
     /// Load at the step's rate before measuring it.
-    #[arg(long, default_value = "200ms", value_parser = loadgen::parse_duration)]
+    #[arg(long, default_value = "150ms", value_parser = loadgen::parse_duration)]
     warmup: std::time::Duration,
     /// Connections for models that do not pin one per worker [default: 50,
     /// more on routes that wait].
