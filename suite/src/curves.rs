@@ -393,7 +393,7 @@ pub fn markdown(results: &Results) -> String {
         let _ = writeln!(
             s,
             "Open loop ({} arrivals), one generator thread, rates from {} req/s × {} per step, {} s warm-up + {} s measured per step; \
-             SLO: p99 ≤ the route's own wait + {}. A model stops at its first saturated step (achieved < {:.0} % of asked, > {:.0} % errors, or p99 more than {} over the wait with p50 past a tenth of that); a step that misses is measured twice; the generator's own lateness is not held against the server.\n",
+             SLO: p99 ≤ the route's own wait + {}. A model stops at its first saturated step (achieved < {:.0} % of asked, > {:.0} % errors, or p99 more than {} over the wait with p50 past a tenth of that); a saturated step is measured twice; the generator's own lateness is not held against the server.\n",
             sp.arrivals.name(),
             sp.from_rps,
             sp.factor,

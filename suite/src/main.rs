@@ -171,8 +171,8 @@ struct SweepArgs {
     /// Arrivals of the open loop: fixed schedule or Poisson.
     #[arg(long, value_enum, default_value = "fixed")]
     arrivals: ArrivalsArg,
-    /// Count every step as first measured (by default a step that misses
-    /// the SLO or saturates is measured once more before it counts).
+    /// Count every step as first measured (by default a saturated step is
+    /// measured once more before it ends the sweep).
     #[arg(long)]
     no_retry: bool,
     /// Directory that receives `<run-id>/`.

@@ -31,10 +31,12 @@
 //! iterative gets 1; the others get `--connections` (default: 50, and
 //! enough for 50,000 requests/s on routes that wait).
 //!
-//! **A miss is measured twice.** A step that is not within the SLO (over
-//! it, saturated, the generator late) is run once more, and the second
-//! measurement counts (its `why` keeps the first): on a shared machine one
-//! descheduling can cost a step its p99 (`--no-retry` turns this off).
+//! **Saturation is measured twice.** A saturated step is run once more
+//! before it ends the sweep, and the second measurement counts (its `why`
+//! keeps the first): on a shared machine one stall can cost a whole step
+//! (`--no-retry` turns this off). A step merely over the SLO is not
+//! retried: the capacity is the highest step within it, so one noisy step
+//! below the knee costs nothing.
 //!
 //! **The generator's fault.** A step whose generator used ≥ 90 % of its core
 //! ends the sweep: the model's capacity is then a lower bound. A step over
@@ -86,7 +88,7 @@ pub struct SweepSpec {
     pub arrivals: Arrivals,
     /// Server `--workers`.
     pub workers: usize,
-    /// A step that misses is measured again this many times (0 or 1).
+    /// A saturated step is measured again this many times (0 or 1).
     #[serde(default)]
     pub retries: u32,
 }
@@ -459,9 +461,8 @@ pub fn sweep_target(
             curve.capacity_is_lower_bound = true;
             break;
         }
-        // A step that misses (over the SLO, saturated, the generator
-        // late) is measured once more before it counts: on a shared
-        // machine one descheduling can cost a whole step its p99.
+        // A saturated step is measured once more before it ends the
+        // sweep: on a shared machine one stall can cost a whole step.
         let mut first: Option<Step> = None;
         let step = loop {
             let step = match measure_step(
@@ -477,11 +478,7 @@ pub fn sweep_target(
                 Err(e) => break Err(e),
             };
             let retried = first.is_some();
-            if step.verdict == Verdict::Within
-                || step.verdict == Verdict::GeneratorLimited
-                || retried
-                || spec.retries == 0
-            {
+            if step.verdict != Verdict::Saturated || retried || spec.retries == 0 {
                 break Ok(match first {
                     Some(f) => Step {
                         why: format!(
