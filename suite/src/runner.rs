@@ -268,66 +268,68 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
     scenarios.retain(|s| *s != Scenario::Open && *s != Scenario::Sweep);
     for rep in 0..plan.repeat {
         let first = out.len();
-        for pass in [
-            scenarios.clone(),
-            if open { vec![Scenario::Open] } else { vec![] },
-        ] {
-            let rates: Vec<(Protocol, Option<f64>)> = plan
-                .protocols
-                .iter()
-                .map(|&p| {
-                    let hello = out[first..]
-                        .iter()
-                        .filter(|r: &&RunRecord| r.scenario == Scenario::Hello && r.protocol == p)
-                        .map(|r| (r.model.as_str(), r.rps() * scenarios::OPEN_FRACTION));
-                    (
-                        p,
-                        plan.open_rate.or_else(|| crate::sweep::equal_rate(hello)),
-                    )
-                })
-                .collect();
-            for model in &plan.models {
-                for &protocol in &plan.protocols {
-                    for &scenario in &pass {
-                        let levels: Vec<usize> = match scenario {
-                            Scenario::Idle if plan.sweeps(model) => plan.idle_levels.clone(),
-                            Scenario::Idle => continue,
-                            _ => vec![0],
-                        };
-                        for idle in levels {
-                            if tty {
-                                let mut e = std::io::stderr();
-                                let _ = write!(
-                                    e,
-                                    "\r\x1b[2K[{}/{}] {:.0}s {model} {} {}{}",
-                                    done + 1,
-                                    total,
-                                    started.elapsed().as_secs_f64(),
-                                    scenario.name(),
-                                    protocol.name(),
-                                    if scenario == Scenario::Idle {
-                                        format!(" idle={idle}")
-                                    } else {
-                                        String::new()
-                                    }
-                                );
-                                let _ = e.flush();
-                            }
-                            let rate = rates.iter().find(|r| r.0 == protocol).and_then(|r| r.1);
-                            let mut load = scenarios::load(scenario, model, idle, rate);
-                            if scenario == Scenario::Open {
-                                load.connections = crate::sweep::connections(
-                                    model,
-                                    plan.workers,
-                                    Some(load.connections),
-                                    scenario.route(),
-                                );
-                            }
-                            let rec = run_one(plan, model, scenario, protocol, rep, load);
-                            out.push(rec);
-                            done += 1;
+        for model in &plan.models {
+            for &protocol in &plan.protocols {
+                for &scenario in &scenarios {
+                    let levels: Vec<usize> = match scenario {
+                        Scenario::Idle if plan.sweeps(model) => plan.idle_levels.clone(),
+                        Scenario::Idle => continue,
+                        _ => vec![0],
+                    };
+                    for idle in levels {
+                        if tty {
+                            let mut e = std::io::stderr();
+                            let _ = write!(
+                                e,
+                                "\r\x1b[2K[{}/{}] {:.0}s {model} {} {}{}",
+                                done + 1,
+                                total,
+                                started.elapsed().as_secs_f64(),
+                                scenario.name(),
+                                protocol.name(),
+                                if scenario == Scenario::Idle {
+                                    format!(" idle={idle}")
+                                } else {
+                                    String::new()
+                                }
+                            );
+                            let _ = e.flush();
                         }
+                        let load = scenarios::load(scenario, model, idle, None);
+                        let rec = run_one(plan, model, scenario, protocol, rep, load);
+                        out.push(rec);
+                        done += 1;
                     }
+                }
+            }
+        }
+        if open {
+            for &protocol in &plan.protocols {
+                let hello = out[first..]
+                    .iter()
+                    .filter(|r| r.scenario == Scenario::Hello && r.protocol == protocol)
+                    .map(|r| (r.model.as_str(), r.rps() * scenarios::OPEN_FRACTION));
+                let rate = plan.open_rate.or_else(|| crate::sweep::equal_rate(hello));
+                for model in &plan.models {
+                    if tty {
+                        eprint!(
+                            "\r\x1b[2K[{}/{total}] {:.0}s {model} open {} at {:.0} req/s",
+                            done + 1,
+                            started.elapsed().as_secs_f64(),
+                            protocol.name(),
+                            rate.unwrap_or(0.0)
+                        );
+                    }
+                    let mut load = scenarios::load(Scenario::Open, model, 0, rate);
+                    // Blocking workers each hold one keep-alive connection.
+                    load.connections = crate::sweep::connections(
+                        model,
+                        plan.workers,
+                        Some(load.connections),
+                        Scenario::Open.route(),
+                    );
+                    out.push(run_one(plan, model, Scenario::Open, protocol, rep, load));
+                    done += 1;
                 }
             }
         }
