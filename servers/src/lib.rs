@@ -28,6 +28,8 @@
 //!   reap, respawn with back-off (prefork, fpm, swoole's manager).
 //! * [`reload`] — listening sockets inherited across a re-exec (fpm's
 //!   SIGUSR2).
+//! * [`ring`] — io_uring for uring-server: set-up and probing, the requests
+//!   in flight, the provided-buffer ring; every io_uring `unsafe` block.
 
 pub mod blocking;
 pub mod cli;
@@ -36,6 +38,7 @@ pub mod host;
 pub mod ipc;
 pub mod net;
 pub mod reload;
+pub mod ring;
 pub mod scoreboard;
 pub mod signals;
 pub mod startup;

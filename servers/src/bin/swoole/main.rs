@@ -136,6 +136,8 @@ const OFFLOAD: u8 = 1;
 /// Frame flag, reactor to worker: the connection closes after this answer
 /// (the worker's `Conn` says so in it).
 const LAST: u8 = 2;
+/// Frame flag, worker to reactor: more pieces of this response follow.
+const MORE: u8 = 4;
 
 fn main() -> ExitCode {
     cli::main(run)
@@ -204,9 +206,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         ForkResult::Child => {
             drop(std::mem::take(&mut wiring.reactor));
             drop(listener);
-            let code = match signals::reinstall_in_child(master)
-                .and_then(|()| signals::wake_on_child_exit())
-            {
+            let code = match signals::reinstall_in_child(master) {
                 Ok(()) => worker::manage(&args, &shared, board, &wiring),
                 Err(e) => {
                     eprintln!("swoole-server: manager: {e:#}");

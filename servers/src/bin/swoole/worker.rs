@@ -3,126 +3,98 @@
 //! ones. Each request runs through an ordinary `Conn` of the workload in
 //! the worker, on the real clock.
 
-use std::collections::HashMap;
+use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use iomodels_servers::host::{ServerHost, Shared};
 use iomodels_servers::scoreboard::{Scoreboard, State};
+use iomodels_servers::supervisor::Supervisor;
 use iomodels_servers::{ipc, signals};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
 
-use crate::{Args, Wiring, LAST, OFFLOAD};
+use crate::{Args, Wiring, LAST, MORE, OFFLOAD};
 
-/// The manager process: forks the workers and task workers, replaces any
-/// that exit, and stops them all on SIGTERM.
-pub fn manage(args: &Args, shared: &Shared, board: Scoreboard, wiring: &Wiring) -> i32 {
-    let me = nix::unistd::getpid();
-    // Which process fills which place: (task worker?, index).
-    let mut children: HashMap<Pid, (bool, usize)> = HashMap::new();
-    let spawn = |task: bool, index: usize| -> anyhow::Result<Pid> {
-        // SAFETY: the manager is single-threaded.
-        match unsafe { fork() }? {
-            ForkResult::Parent { child } => Ok(child),
-            ForkResult::Child => {
-                // The manager's signal handlers stay (SIGTERM sets the stop
-                // flag); the worker also dies with the manager.
-                let orphan = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).is_err()
-                    || nix::unistd::getppid() != me;
-                let code = if orphan {
-                    1
-                } else if task {
-                    task_worker(shared, &wiring.task_server[index])
-                } else {
-                    worker(args, shared, board, index, wiring)
-                };
-                std::process::exit(code)
-            }
-        }
-    };
-    let places = (0..wiring.worker.len())
-        .map(|w| (false, w))
-        .chain((0..wiring.task_server.len()).map(|t| (true, t)));
-    for (task, index) in places {
-        match spawn(task, index) {
-            Ok(pid) => {
-                children.insert(pid, (task, index));
-            }
-            Err(e) => {
-                eprintln!("swoole-server: manager: {e:#}");
-                return 1;
-            }
-        }
-    }
-    let mut forwarded = false;
-    loop {
-        let mut fds = [PollFd::new(signals::stop_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, PollTimeout::from(1000u16));
-        signals::drain_stop_fd();
-        let stopping = signals::stop_requested();
-        if stopping && !forwarded {
-            for pid in children.keys() {
-                let _ = kill(*pid, Signal::SIGTERM);
-            }
-            forwarded = true;
-        }
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(status) => {
-                    let Some(pid) = status.pid() else { continue };
-                    let Some((task, index)) = children.remove(&pid) else {
-                        continue;
-                    };
-                    if stopping {
-                        continue;
-                    }
-                    if !matches!(status, WaitStatus::Exited(_, 0)) {
-                        eprintln!(
-                            "swoole-server: worker {pid} ended ({status:?}); starting a new one"
-                        );
-                        // A worker that cannot start must not become a fork storm.
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    match spawn(task, index) {
-                        Ok(pid) => {
-                            children.insert(pid, (task, index));
-                        }
-                        Err(e) => eprintln!("swoole-server: manager: {e:#}"),
-                    }
-                }
-            }
-        }
-        if stopping && children.is_empty() {
-            return 0;
+/// A place the manager keeps filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Place {
+    Worker(usize),
+    Task(usize),
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Worker(w) => write!(f, "worker {w}"),
+            Place::Task(t) => write!(f, "task worker {t}"),
         }
     }
 }
 
-/// Runs one request's bytes through a fresh `Conn` and returns the
-/// response bytes. A `/wait` sleeps here and a `/file` is read here: the
-/// worker blocks, the reactors do not.
-fn execute(host: &mut ServerHost, flags: u8, request: &[u8]) -> Vec<u8> {
+/// The manager process: forks the workers and task workers, replaces any
+/// that exit (with the runtime's back-off), and stops them all on SIGTERM —
+/// the runtime's [`Supervisor`] does all of it.
+pub fn manage(args: &Args, shared: &Shared, board: Scoreboard, wiring: &Wiring) -> i32 {
+    let body = |place: &Place| match *place {
+        Place::Worker(w) => worker(args, shared, board, w, wiring),
+        Place::Task(t) => task_worker(shared, &wiring.task_server[t]),
+    };
+    let run = || -> anyhow::Result<()> {
+        let mut supervisor = Supervisor::new()?;
+        let places = (0..wiring.worker.len())
+            .map(Place::Worker)
+            .chain((0..wiring.task_server.len()).map(Place::Task));
+        for place in places {
+            supervisor.spawn(place, body)?;
+        }
+        supervisor.run(body)
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("swoole-server: manager: {e:#}");
+            1
+        }
+    }
+}
+
+/// Runs one request's bytes through a fresh `Conn` and sends the response
+/// piece by piece as the `Conn` produces it (`send(piece, last)`): a large
+/// body streams within the workload's window here too, and a reactor that
+/// stops reading (its client does not read) stops this worker. A `/wait`
+/// sleeps here and a `/file` is read here: the worker blocks, the reactors
+/// do not.
+fn execute(
+    host: &mut ServerHost,
+    flags: u8,
+    request: &[u8],
+    mut send: impl FnMut(&[u8], bool) -> nix::Result<()>,
+) -> nix::Result<()> {
     let mut conn = host.shared().new_conn(Instant::now());
+    let mut file = None;
     if flags & LAST != 0 {
         conn.single_request();
     }
     conn.handle_input(request, Instant::now(), host);
-    let mut out = Vec::new();
     loop {
         if !conn.output().is_empty() {
-            out.extend_from_slice(conn.output());
+            send(conn.output(), false)?;
             let n = conn.output().len();
             conn.advance_output(n, Instant::now(), host);
         } else if let Some(until) = conn.parked_until() {
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
             conn.handle_timeout(Instant::now(), host);
-        } else if !host.serve_file(&mut conn, Instant::now()) {
-            return out;
+        } else if !host.serve_file(&mut conn, &mut file, Instant::now()) {
+            return send(&[], true);
         }
+    }
+}
+
+/// Sends one piece of a response as a frame (`MORE` unless it is the last).
+fn frame_to(fd: &OwnedFd, head: ipc::Head) -> impl FnMut(&[u8], bool) -> nix::Result<()> + '_ {
+    move |piece, last| {
+        let flags = if last { 0 } else { MORE };
+        ipc::write(fd, ipc::Head { flags, ..head }, piece)
     }
 }
 
@@ -136,34 +108,57 @@ fn worker(args: &Args, shared: &Shared, board: Scoreboard, index: usize, wiring:
     let tasks = &wiring.task_client[index];
     let mut served = 0u64;
     let mut turn = 0;
+    let mut closed = vec![false; pairs.len()];
     while !signals::stop_requested() {
         slot.set_state(State::Idle);
         turn += 1;
-        let Some(r) = wait_readable(pairs, turn) else {
+        if closed.iter().all(|&c| c) {
+            return 0; // every reactor has gone: the server is stopping
+        }
+        let Some(r) = wait_readable(pairs, &closed, turn) else {
             continue;
         };
         let (head, request) = match ipc::read(&pairs[r]) {
             Ok(Some(frame)) => frame,
-            Ok(None) => return 0,
+            Ok(None) => {
+                // That reactor has gone (the master is stopping): serve
+                // the others until they go too.
+                closed[r] = true;
+                continue;
+            }
             Err(e) => {
                 eprintln!("swoole-server: worker {}: read: {e}", std::process::id());
                 return 1;
             }
         };
         slot.set_state(State::Executing);
-        let out = if head.flags & OFFLOAD != 0 && !tasks.is_empty() {
-            // taskwait: a task worker runs it; this worker waits.
+        let answered = if head.flags & OFFLOAD != 0 && !tasks.is_empty() {
+            // taskwait: a task worker runs it; this worker passes its
+            // answer on, piece by piece.
             let t = (served as usize + index) % tasks.len();
-            match ipc::write(&tasks[t], head, &request).and_then(|()| ipc::read(&tasks[t])) {
-                Ok(Some((_, out))) => out,
-                _ => execute(&mut host, head.flags, &request),
-            }
+            ipc::write(&tasks[t], head, &request).and_then(|()| loop {
+                match ipc::read(&tasks[t])? {
+                    Some((h, piece)) => {
+                        let last = h.flags & MORE == 0;
+                        frame_to(&pairs[r], head)(&piece, last)?;
+                        if last {
+                            break Ok(());
+                        }
+                    }
+                    None => break Err(nix::errno::Errno::EPIPE),
+                }
+            })
         } else {
-            execute(&mut host, head.flags, &request)
+            execute(&mut host, head.flags, &request, frame_to(&pairs[r], head))
         };
-        if let Err(e) = ipc::write(&pairs[r], head, &out) {
-            eprintln!("swoole-server: worker {}: write: {e}", std::process::id());
-            return 1;
+        match answered {
+            Ok(()) => {}
+            // That reactor has gone (the master is stopping).
+            Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) => closed[r] = true,
+            Err(e) => {
+                eprintln!("swoole-server: worker {}: write: {e}", std::process::id());
+                return 1;
+            }
         }
         served += 1;
         if args.max_request > 0 && served >= args.max_request {
@@ -179,14 +174,13 @@ fn task_worker(shared: &Shared, pairs: &[OwnedFd]) -> i32 {
     let mut turn = 0;
     while !signals::stop_requested() {
         turn += 1;
-        let Some(w) = wait_readable(pairs, turn) else {
+        let Some(w) = wait_readable(pairs, &vec![false; pairs.len()], turn) else {
             continue;
         };
         let Ok(Some((head, request))) = ipc::read(&pairs[w]) else {
             return 0;
         };
-        let out = execute(&mut host, head.flags, &request);
-        if ipc::write(&pairs[w], head, &out).is_err() {
+        if execute(&mut host, head.flags, &request, frame_to(&pairs[w], head)).is_err() {
             return 1;
         }
     }
@@ -194,10 +188,19 @@ fn task_worker(shared: &Shared, pairs: &[OwnedFd]) -> i32 {
 }
 
 /// Waits (a tick at most) for one of `fds` to be readable; its index.
-fn wait_readable(fds: &[OwnedFd], start: usize) -> Option<usize> {
+/// Descriptors marked `closed` are left out (a reactor that has gone).
+fn wait_readable(fds: &[OwnedFd], closed: &[bool], start: usize) -> Option<usize> {
     let mut polls: Vec<PollFd> = fds
         .iter()
-        .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+        .zip(closed)
+        .map(|(fd, &gone)| {
+            let events = if gone {
+                PollFlags::empty()
+            } else {
+                PollFlags::POLLIN
+            };
+            PollFd::new(fd.as_fd(), events)
+        })
         .collect();
     match poll(&mut polls, PollTimeout::from(1000u16)) {
         Ok(n) if n > 0 => {}
@@ -205,7 +208,8 @@ fn wait_readable(fds: &[OwnedFd], start: usize) -> Option<usize> {
     }
     let ready: Vec<bool> = polls
         .iter()
-        .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+        .zip(closed)
+        .map(|(p, &gone)| !gone && p.revents().is_some_and(|r| !r.is_empty()))
         .collect();
     // Start from a rotating index so no reactor starves the others.
     (0..fds.len())
