@@ -413,6 +413,12 @@ pub fn markdown(results: &Results) -> String {
     s
 }
 
+/// How to read a result set of sweeps alone.
+pub const HOW_TO_READ_SWEEPS: &str = "How to read: each model was driven open loop at rising rates until it saturated (sweeps, below). \
+The **capacity** is the highest rate whose p99 stayed within the SLO; **saturated at** the first rate it could not serve; \
+**max achieved** the most it answered per second at any step. Latencies run from each request's intended send time (coordinated omission corrected). \
+Steps marked as the generator's fault (▼, *gen late*, *GEN*) say the load generator itself fell behind: they are not held against the server.\n";
+
 /// How to read Little's law in the tables.
 pub const LITTLE: &str = "Little's law: **L = λ·W**, the requests in the system equal the rate times the time each spends there. \
 Per step, *L = λ·W* is the achieved rate × the mean latency (from the intended send, so requests waiting for a free connection count), \
