@@ -177,11 +177,11 @@ struct SweepArgs {
     /// No step above this rate, requests/s.
     #[arg(long, default_value_t = 1_000_000.0)]
     max_rate: f64,
-    /// Measured time per step: 800ms, 2s.
-    #[arg(short = 'd', long, default_value = "800ms", value_parser = loadgen::parse_duration)]
+    /// Measured time per step: 600ms, 2s.
+    #[arg(short = 'd', long, default_value = "600ms", value_parser = loadgen::parse_duration)]
     duration: std::time::Duration,
     /// Load at the step's rate before measuring it.
-    #[arg(long, default_value = "200ms", value_parser = loadgen::parse_duration)]
+    #[arg(long, default_value = "150ms", value_parser = loadgen::parse_duration)]
     warmup: std::time::Duration,
     /// Connections for models that do not pin one per worker [default: 50,
     /// more on routes that wait].
@@ -190,8 +190,8 @@ struct SweepArgs {
     /// Arrivals of the open loop: fixed schedule or Poisson.
     #[arg(long, value_enum, default_value = "fixed")]
     arrivals: ArrivalsArg,
-    /// Count every step as first measured (by default a step that misses
-    /// the SLO or saturates is measured once more before it counts).
+    /// Count every step as first measured (by default a saturated step is
+    /// measured once more before it ends the sweep).
     #[arg(long)]
     no_retry: bool,
     /// Directory that receives `<run-id>/`.

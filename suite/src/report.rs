@@ -342,7 +342,7 @@ pub fn charts(results: &Results) -> anyhow::Result<Vec<Chart>> {
         push(
             format!("capacity-{slug}-{n}"),
             format!("Capacity at p99 ≤ {bound} on {route} ({n})"),
-            "Each model's capacity (bar, log scale): the highest swept rate whose p99 stayed within the SLO; the black tick is the rate at which it saturated; ▲: a lower bound (the generator saturated, or the sweep reached --max-rate first).".to_string(),
+            "Each model's capacity (dark bar, log scale): the highest swept rate whose p99 stayed within the SLO; the light bar behind it is the highest rate the model achieved at any step, the black tick the rate at which it saturated; ▶: a lower bound (the generator saturated, or the sweep reached --max-rate first). No dark bar: not even the first step met the SLO.".to_string(),
             Box::new(|s: &mut String| crate::curves::capacity_chart(&curves, s)),
         )?;
     }
@@ -433,6 +433,16 @@ fn peers_md(r: &Results, rows: &[Row]) -> String {
     s
 }
 
+/// How to read the report: the matrix table's legend, or for a result set
+/// of sweeps alone, how to read them.
+fn how_to_read(r: &Results) -> &'static str {
+    if r.runs.is_empty() && !r.sweeps.is_empty() {
+        crate::curves::HOW_TO_READ_SWEEPS
+    } else {
+        HOW_TO_READ
+    }
+}
+
 /// The Markdown report.
 pub fn markdown(r: &Results) -> String {
     let rows = summary::rows(r);
@@ -440,7 +450,7 @@ pub fn markdown(r: &Results) -> String {
         "# iomodels report {}\n\n{}\n{}\n",
         r.run_id,
         machine_md(r),
-        HOW_TO_READ
+        how_to_read(r)
     );
     if !r.config.missing.is_empty() {
         let _ = writeln!(s, "Not built (skipped): {}.\n", r.config.missing.join(", "));
@@ -500,7 +510,7 @@ td:first-child,td:nth-child(2),td:nth-child(3){{text-align:left}}figure{{margin:
         escape(&r.run_id),
         escape(&r.run_id),
         escape(&machine_md(r)),
-        escape(HOW_TO_READ).replace("**", ""),
+        escape(how_to_read(r)).replace("**", ""),
     );
     for c in charts(r)? {
         let _ = write!(

@@ -10,7 +10,8 @@
 //!   each step: loadgen::step(open loop at rate, warm-up then measured)
 //!              ─> verdict: within the SLO · over it · saturated · the generator's fault
 //!   stop at the first saturated step (achieved < 90 % of asked, > 1 % errors,
-//!   or p99 past the cap), when the generator saturates, or at --max-rate
+//!   or p99 past the cap with p50 past a tenth of it: a growing queue), when
+//!   the generator saturates, or at --max-rate
 //! ```
 //!
 //! **The SLO counts from the route's own wait.** `/wait?us=D` cannot answer
@@ -30,10 +31,12 @@
 //! iterative gets 1; the others get `--connections` (default: 50, and
 //! enough for 50,000 requests/s on routes that wait).
 //!
-//! **A miss is measured twice.** A step that is not within the SLO (over
-//! it, saturated, the generator late) is run once more, and the second
-//! measurement counts (its `why` keeps the first): on a shared machine one
-//! descheduling can cost a step its p99 (`--no-retry` turns this off).
+//! **Saturation is measured twice.** A saturated step is run once more
+//! before it ends the sweep, and the second measurement counts (its `why`
+//! keeps the first): on a shared machine one stall can cost a whole step
+//! (`--no-retry` turns this off). A step merely over the SLO is not
+//! retried: the capacity is the highest step within it, so one noisy step
+//! below the knee costs nothing.
 //!
 //! **The generator's fault.** A step whose generator used ≥ 90 % of its core
 //! ends the sweep: the model's capacity is then a lower bound. A step over
@@ -85,7 +88,7 @@ pub struct SweepSpec {
     pub arrivals: Arrivals,
     /// Server `--workers`.
     pub workers: usize,
-    /// A step that misses is measured again this many times (0 or 1).
+    /// A saturated step is measured again this many times (0 or 1).
     #[serde(default)]
     pub retries: u32,
     /// FastCGI params the load generator adds (a peer's
@@ -106,8 +109,8 @@ impl Default for SweepSpec {
             factor: 1.5,
             max_steps: 30,
             max_rps: 1_000_000.0,
-            step_s: 0.8,
-            warmup_s: 0.2,
+            step_s: 0.6,
+            warmup_s: 0.15,
             slo_us: DEFAULT_SLO_US,
             cap_us: 100_000.0,
             connections: None,
@@ -190,11 +193,13 @@ pub enum Verdict {
     Within,
     /// The rate was served, with p99 over the SLO.
     OverSlo,
-    /// Achieved fell short of asked, errors passed 1 %, or p99 passed the cap.
+    /// Achieved fell short of asked, errors passed 1 %, or p99 passed the
+    /// cap while p50 passed the SLO (a queue that grows).
     Saturated,
     /// The generator used ≥ 90 % of its core: it may have set the pace.
     GeneratorLimited,
-    /// Over the SLO while the generator itself sent late: not counted.
+    /// Over the SLO (or short of the rate with connections free) while the
+    /// generator itself sent late: not counted.
     GeneratorLate,
 }
 
@@ -358,6 +363,20 @@ pub fn judge(
             ),
         );
     }
+    // Short of the rate while most connections were free and the
+    // generator itself sent late: it did not send, the server was not asked.
+    let idle_connections = report.in_flight_mean < 0.5 * report.connections as f64;
+    if achieved < MIN_ACHIEVED * asked && idle_connections && gen_lag > slo_us / 2.0 {
+        return (
+            Verdict::GeneratorLate,
+            format!(
+                "achieved {} of {} req/s with connections free: the generator sent late (p99 {})",
+                thousands(achieved),
+                thousands(asked),
+                fmt_ms(gen_lag)
+            ),
+        );
+    }
     if achieved < MIN_ACHIEVED * asked {
         return (
             Verdict::Saturated,
@@ -374,10 +393,13 @@ pub fn judge(
             format!("{errors} errors in {attempts} requests"),
         );
     }
-    if p99 > floor_us + cap_us {
+    // A queue that grows lifts the median too; a stall of the machine
+    // (a descheduled thread) only lifts the tail.
+    let p50 = report.latency.p50_us as f64;
+    if p99 > floor_us + cap_us && p50 > floor_us + slo_us.max(cap_us / 10.0) {
         return (
             Verdict::Saturated,
-            format!("p99 {} past the cap", fmt_ms(p99)),
+            format!("p99 {} past the cap, p50 {}", fmt_ms(p99), fmt_ms(p50)),
         );
     }
     if p99 <= floor_us + slo_us {
@@ -449,9 +471,8 @@ pub fn sweep_target(
             curve.capacity_is_lower_bound = true;
             break;
         }
-        // A step that misses (over the SLO, saturated, the generator
-        // late) is measured once more before it counts: on a shared
-        // machine one descheduling can cost a whole step its p99.
+        // A saturated step is measured once more before it ends the
+        // sweep: on a shared machine one stall can cost a whole step.
         let mut first: Option<Step> = None;
         let step = loop {
             let step = match measure_step(
@@ -467,11 +488,7 @@ pub fn sweep_target(
                 Err(e) => break Err(e),
             };
             let retried = first.is_some();
-            if step.verdict == Verdict::Within
-                || step.verdict == Verdict::GeneratorLimited
-                || retried
-                || spec.retries == 0
-            {
+            if step.verdict != Verdict::Saturated || retried || spec.retries == 0 {
                 break Ok(match first {
                     Some(f) => Step {
                         why: format!(
