@@ -32,7 +32,7 @@
 //! **Relay mode** ([`Conn::relay_requests`]): a front end that passes whole
 //! requests to someone else (Swoole's reactors and workers) frames requests
 //! here, then [`Conn::take_relay`] gives each whole request's bytes once,
-//! the connection parks, and [`Conn::relay_done`] takes the finished
+//! the connection parks, and [`Conn::relay_data`] takes the finished
 //! response back. The front end keeps every connection-level rule (timeouts,
 //! caps, `100 Continue`, FastCGI management records, keep-alive); the
 //! worker feeds the bytes to an ordinary `Conn` of its own.
@@ -597,7 +597,7 @@ impl Conn {
     }
 
     /// Hand whole requests on instead of running them (see the module
-    /// docs): [`Conn::take_relay`] and [`Conn::relay_done`].
+    /// docs): [`Conn::take_relay`] and [`Conn::relay_data`].
     pub fn relay_requests(&mut self) {
         self.relay = true;
     }
@@ -686,7 +686,7 @@ impl Conn {
     }
 
     /// In relay mode: the whole request to hand on, given once. Answer with
-    /// [`Conn::relay_done`].
+    /// [`Conn::relay_data`].
     pub fn take_relay(&mut self) -> Option<Box<Relay>> {
         match &mut self.parked {
             Some(Parked::Relay(_, relay)) => relay.take(),
