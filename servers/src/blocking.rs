@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use iomodels_workload::Host;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::socket::{self, sockopt, MsgFlags, SockFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{self, MsgFlags, SockFlag};
 
-use crate::host::{ServerHost, Shared};
+use crate::host::{self, ServerHost, Shared};
 use crate::net::{self, Accepted};
 use crate::signals;
 
@@ -63,22 +64,33 @@ pub fn serve<H: ServeHost>(fd: OwnedFd, host: &mut H, buf: &mut [u8], origin: Or
     let start = Instant::now();
     let timeouts = host.shared().timeouts;
     let mut conn = host.shared().new_conn(start);
+    // The file a /file request of this connection is reading.
+    let mut file = None;
     if origin == Origin::Single {
         conn.single_request();
     }
     net::set_recv_timeout(&fd, TICK);
-    let tv = nix::sys::time::TimeVal::new(
-        timeouts.idle.as_secs() as _,
-        timeouts.idle.subsec_micros() as _,
-    );
-    let _ = socket::setsockopt(&fd, sockopt::SendTimeout, &tv);
     loop {
-        // 1. Write everything there is to write.
+        // 1. Write everything there is to write. A peer that reads nothing
+        // for a whole idle timeout is a stuck writer: the worker lets go.
+        let mut progress = Instant::now();
         while !conn.output().is_empty() {
-            match nix::unistd::write(&fd, conn.output()) {
-                Ok(n) => conn.advance_output(n, Instant::now(), host),
+            match socket::send(fd.as_raw_fd(), conn.output(), MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => {
+                    progress = Instant::now();
+                    conn.advance_output(n, progress, host);
+                }
                 Err(Errno::EINTR) => continue,
-                // EAGAIN here is SO_SNDTIMEO: the peer stopped reading.
+                Err(e) if net::would_block(e) => {
+                    let left = (progress + timeouts.idle).saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return host.on_write_timeout();
+                    }
+                    // Block until the peer makes room (or the time is up).
+                    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+                    let ms = left.as_millis().clamp(1, 60_000) as u16;
+                    let _ = poll(&mut fds, PollTimeout::from(ms));
+                }
                 Err(_) => return,
             }
         }
@@ -92,9 +104,9 @@ pub fn serve<H: ServeHost>(fd: OwnedFd, host: &mut H, buf: &mut [u8], origin: Or
             conn.handle_timeout(Instant::now(), host);
             continue;
         }
-        if let Some(name) = conn.take_file_request() {
-            let result = host.shared().read_file(&name);
-            conn.file_done(result, Instant::now(), host);
+        if let Some(request) = conn.take_file_request() {
+            let dir = host.shared().data_dir.clone();
+            host::serve_file(&dir, request, &mut conn, &mut file, host, Instant::now());
             continue;
         }
         // 3. A stop: answer what already arrived, then close. A connection

@@ -63,6 +63,8 @@ pub struct Connection {
     /// Bumped on every read or write that moved bytes (a sweeping model
     /// tells from it whether a sweep did anything).
     pub moved: u64,
+    /// The file a `/file` request of it is reading.
+    pub file: Option<std::fs::File>,
     /// Its place under `--max-conns`, freed with the connection.
     _admitted: Admitted,
 }
@@ -72,6 +74,7 @@ impl Connection {
     pub fn new(fd: OwnedFd, host: &ServerHost, admitted: Admitted, now: Instant) -> Connection {
         Connection {
             _admitted: admitted,
+            file: None,
             fd,
             conn: host.shared().new_conn(now),
             timer: None,
@@ -125,7 +128,7 @@ impl Connection {
             // A parked /file: read it now (a disk read blocks this loop,
             // which is what these models do; uring-server reads
             // asynchronously instead).
-            if host.serve_file(&mut self.conn, now) {
+            if host.serve_file(&mut self.conn, &mut self.file, now) {
                 progress = true;
             }
             // Write whatever the state machine produced.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use iomodels_workload::routes::{self, Status};
-use iomodels_workload::{identity_headers, Conn, Host, Protocol, Timeouts};
+use iomodels_workload::{identity_headers, Conn, FileRequest, Host, Protocol, Timeouts};
 
 use crate::cli::Common;
 use crate::stats::Stats;
@@ -113,11 +113,10 @@ impl Shared {
         Conn::new(self.protocol, self.timeouts, now)
     }
 
-    /// Reads file `name` of the data dir (the workload already checked that
-    /// it is a plain file name): what a model does with
-    /// [`Conn::take_file_request`] unless it reads asynchronously.
-    pub fn read_file(&self, name: &str) -> std::io::Result<Vec<u8>> {
-        std::fs::read(self.data_dir.join(name))
+    /// Where file `name` of the data dir is (the workload already checked
+    /// that it is a plain file name, never a path).
+    pub fn file_path(&self, name: &str) -> PathBuf {
+        self.data_dir.join(name)
     }
 
     /// The one `--max-conns` rule: this process takes one more connection if
@@ -143,6 +142,39 @@ impl Shared {
         let refusal = iomodels_workload::refusal(self.protocol, &headers);
         let _ = nix::unistd::write(&fd, &refusal);
         let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+    }
+}
+
+/// Does what a `/file` request of `conn` asked for (`request`, from
+/// `Conn::take_file_request`), synchronously (the models whose lesson is
+/// not asynchronous disk I/O): opens the file of `data_dir` into `file`
+/// (the connection's open file), or reads the next piece of it.
+pub fn serve_file(
+    data_dir: &Path,
+    request: FileRequest,
+    conn: &mut Conn,
+    file: &mut Option<std::fs::File>,
+    host: &mut dyn Host,
+    now: std::time::Instant,
+) {
+    use std::os::unix::fs::FileExt;
+    match request {
+        FileRequest::Open(name) => {
+            let opened = std::fs::File::open(data_dir.join(&*name)).and_then(|f| {
+                let size = f.metadata()?.len();
+                *file = Some(f);
+                Ok(size)
+            });
+            conn.file_opened(opened, now, host);
+        }
+        FileRequest::Read { offset, len } => {
+            let mut buf = vec![0u8; len];
+            let read = match file.as_ref() {
+                Some(f) => f.read_at(&mut buf, offset).map(|n| &buf[..n]),
+                None => Err(std::io::ErrorKind::NotFound.into()),
+            };
+            conn.file_read(read, now, host);
+        }
     }
 }
 
@@ -203,15 +235,18 @@ impl ServerHost {
         self.shared.timeouts
     }
 
-    /// Serves a parked `/file` request of `conn` by reading the file now
-    /// (synchronously: the models whose lesson is not asynchronous disk I/O).
-    /// Returns whether there was one.
-    pub fn serve_file(&mut self, conn: &mut Conn, now: std::time::Instant) -> bool {
-        let Some(name) = conn.take_file_request() else {
+    /// Serves what a `/file` request of `conn` needs now ([`serve_file`]).
+    pub fn serve_file(
+        &mut self,
+        conn: &mut Conn,
+        file: &mut Option<std::fs::File>,
+        now: std::time::Instant,
+    ) -> bool {
+        let Some(request) = conn.take_file_request() else {
             return false;
         };
-        let result = self.shared.read_file(&name);
-        conn.file_done(result, now, self);
+        let dir = self.shared.data_dir.clone();
+        serve_file(&dir, request, conn, file, self, now);
         true
     }
 }
@@ -238,6 +273,7 @@ impl Host for ServerHost {
             accepted: c.accepted.load(Relaxed),
             connections: c.open.load(Relaxed),
             refused: c.refused.load(Relaxed),
+            write_timeouts: c.write_timeouts.load(Relaxed),
             uptime_s: self.shared.stats.started().elapsed().as_secs_f64(),
             protocol: self.shared.protocol.name().to_string(),
         }
@@ -245,5 +281,9 @@ impl Host for ServerHost {
 
     fn on_request(&mut self) {
         self.shared.stats.request();
+    }
+
+    fn on_write_timeout(&mut self) {
+        self.shared.stats.write_timeout();
     }
 }

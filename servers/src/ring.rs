@@ -32,7 +32,7 @@
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr::NonNull;
@@ -41,6 +41,7 @@ use std::time::Instant;
 
 use io_uring::types::{BufRingEntry, Fd, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
+use iomodels_workload::{Conn, FileRequest, Host};
 use nix::errno::Errno;
 use slab::Slab;
 
@@ -118,7 +119,14 @@ pub enum Event {
         conn: usize,
         result: nix::Result<usize>,
     },
-    /// A file read for `conn` ([`Ring::read_file`]): its content, or why not.
+    /// A file opened for `conn` ([`Ring::open_file`]): it and its size, or
+    /// why not.
+    FileOpened {
+        conn: usize,
+        result: std::io::Result<(OwnedFd, u64)>,
+    },
+    /// A piece of a file read for `conn` ([`Ring::read_at`]): the bytes
+    /// (fewer than asked at the end of the file), or why not.
     FileRead {
         conn: usize,
         result: std::io::Result<Vec<u8>>,
@@ -131,6 +139,7 @@ impl Event {
         match *self {
             Event::Received { conn, .. }
             | Event::Sent { conn, .. }
+            | Event::FileOpened { conn, .. }
             | Event::FileRead { conn, .. } => Some(conn),
             Event::Accepted { .. } | Event::Readable => None,
         }
@@ -163,12 +172,13 @@ enum Op {
         conn: usize,
         _path: CString,
     },
-    /// The kernel writes `buf[filled..]` until the completion.
+    /// The kernel writes `buf` until the completion. `file` is the
+    /// connection's, which keeps it open while a request of it is in flight.
     Read {
         conn: usize,
-        file: OwnedFd,
+        file: RawFd,
+        offset: u64,
         buf: Vec<u8>,
-        filled: usize,
     },
 }
 
@@ -326,11 +336,11 @@ impl Ring {
         self.queue(Op::Send { conn, buf }, sqe)
     }
 
-    /// Reads file `path` for connection `conn` through the ring: an
-    /// `IORING_OP_OPENAT`, an `fstat` (synchronous, on an inode the open
-    /// brought into memory) to size the buffer, then `IORING_OP_READ` until
-    /// it is full. One [`Event::FileRead`] reports the end.
-    pub fn read_file(&mut self, conn: usize, path: &Path) {
+    /// Opens file `path` for connection `conn` through the ring: an
+    /// `IORING_OP_OPENAT`, then an `fstat` (synchronous, on an inode the
+    /// open brought into memory) for its size. [`Event::FileOpened`]
+    /// reports it.
+    pub fn open_file(&mut self, conn: usize, path: &Path) {
         match CString::new(path.as_os_str().as_bytes()) {
             Ok(path) => {
                 let sqe = opcode::OpenAt::new(Fd(libc::AT_FDCWD), path.as_ptr())
@@ -340,42 +350,31 @@ impl Ring {
             }
             // A path with a NUL byte: no request, the answer now (with the
             // next batch of completions).
-            Err(e) => self.ready.push(Event::FileRead {
+            Err(e) => self.ready.push(Event::FileOpened {
                 conn,
                 result: Err(e.into()),
             }),
         }
     }
 
-    /// Queues the read of `file` into `buf[filled..]`, or reports the
-    /// content once full.
-    fn read_more(
-        &mut self,
-        conn: usize,
-        file: OwnedFd,
-        buf: Vec<u8>,
-        filled: usize,
-    ) -> Option<Event> {
-        if filled >= buf.len() {
-            return Some(Event::FileRead {
-                conn,
-                result: Ok(buf),
-            });
-        }
-        let len = (buf.len() - filled).min(1 << 30) as u32;
-        let sqe = opcode::Read::new(Fd(file.as_raw_fd()), buf[filled..].as_ptr().cast_mut(), len)
-            .offset(filled as u64)
+    /// Reads at most `len` bytes at `offset` of `file` (the connection
+    /// keeps it open until this completes) with `IORING_OP_READ`: one
+    /// piece of a file that streams. [`Event::FileRead`] reports it.
+    pub fn read_at(&mut self, conn: usize, file: BorrowedFd<'_>, offset: u64, len: usize) {
+        let buf = vec![0u8; len];
+        let fd = file.as_raw_fd();
+        let sqe = opcode::Read::new(Fd(fd), buf.as_ptr().cast_mut(), len as u32)
+            .offset(offset)
             .build();
         self.queue(
             Op::Read {
                 conn,
-                file,
+                file: fd,
+                offset,
                 buf,
-                filled,
             },
             sqe,
         );
-        None
     }
 
     /// Asks the kernel to cancel request `id` (nothing if `None`, if it
@@ -598,39 +597,85 @@ impl Ring {
                     result: code(result).map(|n| n as usize),
                 }
             }
-            Op::Open { conn, .. } => {
-                let sized = code(result).map(own).and_then(|file| {
-                    nix::sys::stat::fstat(&file).map(|st| (file, st.st_size as usize))
-                });
-                return match sized {
-                    Ok((file, size)) => self.read_more(conn, file, vec![0; size], 0),
-                    Err(e) => Some(Event::FileRead {
-                        conn,
-                        result: Err(e.into()),
-                    }),
-                };
-            }
+            Op::Open { conn, .. } => Event::FileOpened {
+                conn,
+                result: code(result)
+                    .map(own)
+                    .and_then(|file| {
+                        nix::sys::stat::fstat(&file).map(|st| (file, st.st_size as u64))
+                    })
+                    .map_err(Into::into),
+            },
             Op::Read {
                 conn,
                 file,
+                offset,
                 mut buf,
-                filled,
-            } => {
-                return match code(result) {
-                    Ok(n) if n > 0 => self.read_more(conn, file, buf, filled + n as usize),
-                    // The file is shorter than it was at the open.
-                    Ok(_) => {
-                        buf.truncate(filled);
-                        self.read_more(conn, file, buf, filled)
-                    }
-                    Err(Errno::EINTR | Errno::EAGAIN) => self.read_more(conn, file, buf, filled),
-                    Err(e) => Some(Event::FileRead {
+            } => match code(result) {
+                Ok(n) => {
+                    buf.truncate(n as usize);
+                    Event::FileRead {
                         conn,
-                        result: Err(e.into()),
-                    }),
-                };
-            }
+                        result: Ok(buf),
+                    }
+                }
+                Err(Errno::EINTR | Errno::EAGAIN) => {
+                    // SAFETY: `file` is the connection's open file, which it
+                    // keeps while a request of it is in flight.
+                    let file = unsafe { BorrowedFd::borrow_raw(file) };
+                    let len = buf.len();
+                    self.read_at(conn, file, offset, len);
+                    return None;
+                }
+                Err(e) => Event::FileRead {
+                    conn,
+                    result: Err(e.into()),
+                },
+            },
         })
+    }
+}
+
+/// A connection's `/file`, read through the ring: opened with
+/// [`Ring::open_file`], then read piece by piece with [`Ring::read_at`] as
+/// the connection's window has room (`Conn::take_file_request`).
+#[derive(Debug, Default)]
+pub struct FileReads {
+    file: Option<OwnedFd>,
+}
+
+impl FileReads {
+    /// Queues what connection `conn`'s `/file` request needs now, if
+    /// anything: the open (a file of `data_dir`), or the next piece.
+    pub fn queue(&self, ring: &mut Ring, conn: usize, state: &mut Conn, data_dir: &Path) {
+        match (state.take_file_request(), &self.file) {
+            (Some(FileRequest::Open(name)), _) => ring.open_file(conn, &data_dir.join(&*name)),
+            (Some(FileRequest::Read { offset, len }), Some(file)) => {
+                ring.read_at(conn, file.as_fd(), offset, len)
+            }
+            _ => {}
+        }
+    }
+
+    /// Hands a [`Event::FileOpened`] or [`Event::FileRead`] completion to
+    /// the connection's state machine.
+    pub fn complete(&mut self, event: Event, state: &mut Conn, host: &mut dyn Host, now: Instant) {
+        match event {
+            Event::FileOpened { result, .. } => {
+                let size = result.map(|(file, size)| {
+                    self.file = Some(file);
+                    size
+                });
+                state.file_opened(size, now, host);
+            }
+            Event::FileRead { result, .. } => {
+                let piece = result
+                    .as_deref()
+                    .map_err(|e| std::io::Error::from(e.kind()));
+                state.file_read(piece, now, host);
+            }
+            _ => {}
+        }
     }
 }
 

@@ -19,9 +19,15 @@
 //! A blocking model may instead sleep until [`Conn::parked_until`]; an
 //! event-driven model parks the connection on a timer and serves others.
 //!
-//! `/file` always parks: after input, [`Conn::take_file_request`] names the
-//! file once; the model (or the runtime) reads it, synchronously or not, and
-//! hands the result to [`Conn::file_done`].
+//! `/file` always parks: [`Conn::take_file_request`] asks the model to open
+//! the file ([`Conn::file_opened`] with its size), then to read it piece by
+//! piece as the window has room ([`Conn::file_read`]); the model does the
+//! I/O, synchronously or not.
+//!
+//! **Bounded memory.** A connection holds at most [`WINDOW`] bytes of
+//! response at a time: larger bodies (`/bytes`, `/echo`, `/file`) are
+//! produced in chunks as the peer reads, and a connection whose window is
+//! full takes no new request.
 //!
 //! **Relay mode** ([`Conn::relay_requests`]): a front end that passes whole
 //! requests to someone else (Swoole's reactors and workers) frames requests
@@ -127,6 +133,9 @@ pub trait Host {
     fn status(&mut self) -> Status;
     /// Called once for every request answered.
     fn on_request(&mut self) {}
+    /// Called when a connection is dropped because the peer read none of
+    /// its output for a whole idle timeout (a write timeout).
+    fn on_write_timeout(&mut self) {}
     /// Called when a whole request is about to run, with its method and
     /// target (a process manager's scoreboard shows them). Default: nothing.
     fn on_dispatch(&mut self, _method: &str, _target: &str) {}
@@ -166,9 +175,19 @@ pub fn refusal(protocol: Protocol, headers: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Output beyond which a connection stops taking new requests until the
-/// peer has read some.
-const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// A connection's window: the most response bytes it holds at a time.
+/// Bodies larger than [`STREAM_MIN`] are produced in chunks as the peer
+/// reads (the `/bytes` pattern, an `/echo` body, a file read piece by piece
+/// by the model), so a client that asks for 64 MB and never reads pins this
+/// much, not 64 MB. A connection with this much output pending also stops
+/// taking new requests (backpressure).
+pub const WINDOW: usize = 256 * 1024;
+/// Bodies up to this size are written whole; larger ones stream.
+pub const STREAM_MIN: usize = 64 * 1024;
+/// Body bytes produced per step of a stream (within one FastCGI record).
+const CHUNK: usize = 32 * 1024;
+/// Bytes of a file asked for per read.
+pub const FILE_CHUNK: usize = 64 * 1024;
 /// Input held beyond what one request may need is a peer that does not
 /// respect backpressure: the connection is closed.
 const MAX_BUFFERED_INPUT: usize = http::MAX_BODY + http::MAX_HEAD + fcgi::MAX_RECORD;
@@ -212,22 +231,78 @@ struct FcgiRequest {
 enum Body<'a> {
     Bytes(&'a [u8]),
     Pattern(usize),
+    /// A file of this size, read by the model piece by piece.
+    File(usize),
 }
 
 impl Body<'_> {
     fn len(&self) -> usize {
         match self {
             Body::Bytes(b) => b.len(),
-            Body::Pattern(n) => *n,
+            Body::Pattern(n) | Body::File(n) => *n,
         }
+    }
+
+    /// Whether it is produced in chunks rather than written whole.
+    fn streams(&self) -> bool {
+        matches!(self, Body::File(_)) || self.len() > STREAM_MIN
     }
 
     fn write(&self, out: &mut Vec<u8>) {
         match self {
             Body::Bytes(b) => out.extend_from_slice(b),
             Body::Pattern(n) => routes::extend_pattern(out, *n),
+            Body::File(_) => unreachable!("a file body always streams"),
         }
     }
+
+    fn source(self) -> Source {
+        match self {
+            Body::Bytes(b) => Source::Bytes(b.to_vec()),
+            Body::Pattern(_) => Source::Pattern,
+            Body::File(_) => Source::File { asked: false },
+        }
+    }
+}
+
+/// Where the rest of a streamed body comes from.
+#[derive(Debug)]
+enum Source {
+    /// The `/bytes` pattern.
+    Pattern,
+    /// Bytes held whole (an `/echo` body, at most the 1 MiB request cap).
+    Bytes(Vec<u8>),
+    /// A file the model reads; `asked`: a read is under way.
+    File { asked: bool },
+}
+
+/// A body being produced as the peer reads.
+#[derive(Debug)]
+struct Stream {
+    source: Source,
+    /// Bytes produced so far.
+    pos: usize,
+    /// Bytes still to produce.
+    left: usize,
+    /// FastCGI: the request id its STDOUT records carry.
+    fcgi_id: Option<u16>,
+}
+
+/// What [`Conn::take_file_request`] asks the model to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileRequest {
+    /// Open this file of the data dir (a plain file name, already checked)
+    /// and answer with its size: [`Conn::file_opened`].
+    Open(Box<str>),
+    /// Read at most `len` bytes at `offset` of the file opened for this
+    /// connection and answer with them: [`Conn::file_read`]. After the
+    /// read that reaches the end the model may close the file.
+    Read {
+        /// Where to read.
+        offset: u64,
+        /// At most this many bytes.
+        len: usize,
+    },
 }
 
 /// One connection's protocol state.
@@ -239,6 +314,8 @@ pub struct Conn {
     pub(crate) out: Vec<u8>,
     out_pos: usize,
     parked: Option<Parked>,
+    /// A body still being produced (the response's head is already out).
+    stream: Option<Stream>,
     fcgi: Option<Box<FcgiRequest>>,
     /// Close once the output is written (an error, `Connection: close`).
     close_after_output: bool,
@@ -269,6 +346,7 @@ impl Conn {
             out: Vec::new(),
             out_pos: 0,
             parked: None,
+            stream: None,
             fcgi: None,
             close_after_output: false,
             done: false,
@@ -343,11 +421,61 @@ impl Conn {
         self.last_activity = now;
         self.out_pos += n;
         debug_assert!(self.out_pos <= self.out.len());
+        if self.stream.is_some() {
+            // Produce more once half the window was read.
+            if self.out.len() - self.out_pos <= WINDOW / 2 {
+                self.fill();
+            }
+            if self.stream.is_some() {
+                return;
+            }
+        }
         if self.out_pos >= self.out.len() {
             // Free the buffer: a connection between requests holds no heap.
             self.out = Vec::new();
             self.out_pos = 0;
             self.resume(now, host);
+        }
+    }
+
+    /// Produces the next chunks of a streamed body while the window has
+    /// room; finishes the response (FastCGI: the end of STDOUT and
+    /// END_REQUEST) when the body is complete.
+    fn fill(&mut self) {
+        let Some(st) = self.stream.as_mut() else {
+            return;
+        };
+        if self.out_pos > 0 {
+            // What the peer has read goes; the buffer stays for the rest.
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        while st.left > 0 && self.out.len() < WINDOW {
+            let n = st.left.min(CHUNK);
+            let start = self.out.len();
+            if let Some(id) = st.fcgi_id {
+                if matches!(st.source, Source::File { .. }) {
+                    break;
+                }
+                fcgi::push_header(&mut self.out, fcgi::STDOUT, id, n, 0);
+            }
+            match &st.source {
+                Source::Pattern => routes::extend_pattern_at(&mut self.out, st.pos, n),
+                Source::Bytes(b) => self.out.extend_from_slice(&b[st.pos..st.pos + n]),
+                Source::File { .. } => {
+                    self.out.truncate(start);
+                    break; // the model reads it: take_file_request
+                }
+            }
+            st.pos += n;
+            st.left -= n;
+        }
+        if st.left == 0 {
+            if let Some(id) = st.fcgi_id {
+                fcgi::push_header(&mut self.out, fcgi::STDOUT, id, 0, 0);
+                fcgi::push_end_request(&mut self.out, id, 0, ProtocolStatus::RequestComplete);
+            }
+            self.stream = None;
         }
     }
 
@@ -361,7 +489,7 @@ impl Conn {
         if self.done {
             return true;
         }
-        let idle = self.output().is_empty() && self.parked.is_none();
+        let idle = self.output().is_empty() && self.parked.is_none() && self.stream.is_none();
         idle && (self.close_after_output
             || (self.peer_closed && (self.input.is_empty() || self.input_partial))
             || (self.draining && self.input.is_empty() && self.fcgi.is_none()))
@@ -442,6 +570,11 @@ impl Conn {
                 }
             }
         } else if now >= self.last_activity + timeouts.idle {
+            if !self.output().is_empty() {
+                // Output the peer has not read for a whole idle timeout: a
+                // stuck writer, dropped like an idle connection.
+                host.on_write_timeout();
+            }
             self.done = true;
         }
     }
@@ -464,23 +597,87 @@ impl Conn {
         self.relay = true;
     }
 
-    /// The file a parked `/file` request wants read, given once (the name is
-    /// already checked to be a plain file name of the data dir). Answer with
-    /// [`Conn::file_done`].
-    pub fn take_file_request(&mut self) -> Option<Box<str>> {
-        match &mut self.parked {
-            Some(Parked::File(_, name)) => name.take(),
+    /// What a `/file` request needs from the model now, each step given
+    /// once: open the file, then read it piece by piece as the window has
+    /// room (so a large file never sits whole in memory).
+    pub fn take_file_request(&mut self) -> Option<FileRequest> {
+        if let Some(Parked::File(_, name)) = &mut self.parked {
+            return name.take().map(FileRequest::Open);
+        }
+        let pending = self.out.len() - self.out_pos;
+        match self.stream.as_mut() {
+            Some(Stream {
+                source: Source::File { asked },
+                pos,
+                left,
+                ..
+            }) if !*asked && *left > 0 && pending < WINDOW => {
+                *asked = true;
+                Some(FileRequest::Read {
+                    offset: *pos as u64,
+                    len: (*left).min(FILE_CHUNK),
+                })
+            }
             _ => None,
         }
     }
 
-    /// The file [`Conn::take_file_request`] named was read (or not).
-    pub fn file_done(&mut self, result: io::Result<Vec<u8>>, now: Instant, host: &mut dyn Host) {
+    /// The file of [`FileRequest::Open`] was opened (its size) or not (a
+    /// missing file answers 404, another error 500).
+    pub fn file_opened(&mut self, result: io::Result<u64>, now: Instant, host: &mut dyn Host) {
         if let Some(Parked::File(meta, _)) = self.parked {
             self.parked = None;
-            self.reply_file(meta, result, host);
-            self.resume(now, host);
+            match result {
+                Ok(size) => {
+                    let body = Body::File(size as usize);
+                    self.respond(meta, 200, "application/octet-stream", body, None, host);
+                }
+                Err(e) => self.reply_file_error(meta, e, host),
+            }
+            if self.stream.is_none() {
+                self.resume(now, host);
+            }
         }
+    }
+
+    /// The bytes of [`FileRequest::Read`] (fewer than asked is fine; none,
+    /// or an error, ends the connection: the length was already promised).
+    pub fn file_read(&mut self, result: io::Result<&[u8]>, now: Instant, host: &mut dyn Host) {
+        let Some(st) = self.stream.as_mut() else {
+            return;
+        };
+        let Source::File { asked } = &mut st.source else {
+            return;
+        };
+        *asked = false;
+        match result {
+            Ok(data) if !data.is_empty() && data.len() <= st.left => {
+                if self.out_pos > 0 {
+                    self.out.drain(..self.out_pos);
+                    self.out_pos = 0;
+                }
+                match st.fcgi_id {
+                    Some(id) => fcgi::push_stream(&mut self.out, fcgi::STDOUT, id, data),
+                    None => self.out.extend_from_slice(data),
+                }
+                st.pos += data.len();
+                st.left -= data.len();
+                self.fill();
+                if self.stream.is_none() {
+                    self.resume(now, host);
+                }
+            }
+            _ => {
+                self.stream = None;
+                self.done = true;
+            }
+        }
+    }
+
+    /// Whether a front end in relay mode may hand this connection more
+    /// response bytes now ([`Conn::relay_data`]): its window has room.
+    pub fn relay_room(&self) -> bool {
+        self.out.len() - self.out_pos < WINDOW
     }
 
     /// In relay mode: the whole request to hand on, given once. Answer with
@@ -492,14 +689,23 @@ impl Conn {
         }
     }
 
-    /// In relay mode: the response to the request [`Conn::take_relay`] gave,
-    /// complete, in the connection's protocol.
-    pub fn relay_done(&mut self, response: &[u8], now: Instant, host: &mut dyn Host) {
-        if let Some(Parked::Relay(meta, _)) = self.parked {
+    /// In relay mode: the next piece of the response to the request
+    /// [`Conn::take_relay`] gave, in the connection's protocol; `last`: the
+    /// response is complete. Hand pieces over only while
+    /// [`Conn::relay_room`] says so, and the window bound holds here too.
+    pub fn relay_data(&mut self, piece: &[u8], last: bool, now: Instant, host: &mut dyn Host) {
+        let Some(Parked::Relay(meta, _)) = self.parked else {
+            return;
+        };
+        if self.out_pos > 0 && self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+        self.out.extend_from_slice(piece);
+        self.last_activity = now;
+        if last {
             self.parked = None;
             self.requests += 1;
-            self.last_activity = now;
-            self.out.extend_from_slice(response);
             if !meta.keep_alive {
                 self.close_after_output = true;
             }
@@ -511,7 +717,8 @@ impl Conn {
         !self.done
             && !self.close_after_output
             && self.parked.is_none()
-            && self.out.len() - self.out_pos < OUTPUT_HIGH_WATER
+            && self.stream.is_none()
+            && self.out.len() - self.out_pos < WINDOW
     }
 
     /// Processes buffered input.
@@ -833,6 +1040,10 @@ impl Conn {
                     host,
                 )
             }
+            Route::Options => {
+                let allow = Some(("Allow", "GET, HEAD, POST, OPTIONS"));
+                self.respond(meta, 200, TEXT, Body::Bytes(b""), allow, host)
+            }
             Route::MethodNotAllowed(allow) => {
                 let body = Body::Bytes(b"method not allowed");
                 self.respond(meta, 405, TEXT, body, Some(("Allow", allow)), host)
@@ -844,17 +1055,9 @@ impl Conn {
         }
     }
 
-    fn reply_file(&mut self, meta: Meta, result: io::Result<Vec<u8>>, host: &mut dyn Host) {
-        match result {
-            Ok(data) => self.respond(
-                meta,
-                200,
-                "application/octet-stream",
-                Body::Bytes(&data),
-                None,
-                host,
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => self.respond(
+    fn reply_file_error(&mut self, meta: Meta, e: io::Error, host: &mut dyn Host) {
+        match e {
+            e if e.kind() == io::ErrorKind::NotFound => self.respond(
                 meta,
                 404,
                 "text/plain",
@@ -862,7 +1065,7 @@ impl Conn {
                 None,
                 host,
             ),
-            Err(_) => self.respond(
+            _ => self.respond(
                 meta,
                 500,
                 "text/plain",
@@ -885,8 +1088,10 @@ impl Conn {
     ) {
         host.on_request();
         self.requests += 1;
+        let stream = body.streams() && !meta.head_only;
         if self.out.capacity() == 0 {
-            self.out.reserve(256 + body.len().min(1 << 16));
+            let first = if stream { 0 } else { body.len().min(1 << 16) };
+            self.out.reserve(256 + first);
         }
         match self.protocol {
             Protocol::Http => {
@@ -903,7 +1108,9 @@ impl Conn {
                     out.extend_from_slice(b"Connection: keep-alive\r\n");
                 }
                 out.extend_from_slice(b"\r\n");
-                if !meta.head_only {
+                if stream {
+                    self.start_stream(body, None);
+                } else if !meta.head_only {
                     body.write(out);
                 }
             }
@@ -920,6 +1127,19 @@ impl Conn {
                 out.extend_from_slice(b"\r\n");
                 head_fields(out, ctype, body.len(), extra, host);
                 out.extend_from_slice(b"\r\n");
+                if stream {
+                    // The CGI head in a record of its own; the body follows
+                    // in records as it is produced.
+                    let content_len = out.len() - start - fcgi::HEADER_LEN;
+                    let mut header = Vec::with_capacity(fcgi::HEADER_LEN);
+                    fcgi::push_header(&mut header, fcgi::STDOUT, meta.fcgi_id, content_len, 0);
+                    out[start..start + fcgi::HEADER_LEN].copy_from_slice(&header);
+                    self.start_stream(body, Some(meta.fcgi_id));
+                    if !meta.keep_alive {
+                        self.close_after_output = true;
+                    }
+                    return;
+                }
                 body.write(out);
                 let content_len = out.len() - start - fcgi::HEADER_LEN;
                 if content_len <= fcgi::MAX_CONTENT {
@@ -938,6 +1158,22 @@ impl Conn {
         if !meta.keep_alive {
             self.close_after_output = true;
         }
+    }
+
+    /// The response's head is out; its body follows chunk by chunk.
+    fn start_stream(&mut self, body: Body<'_>, fcgi_id: Option<u16>) {
+        let left = body.len();
+        // Room for the window and one more piece (a chunk, a file read and
+        // its FastCGI record headers), once: the buffer never doubles.
+        let most = WINDOW + FILE_CHUNK + 1024;
+        self.out.reserve_exact(most.saturating_sub(self.out.len()));
+        self.stream = Some(Stream {
+            source: body.source(),
+            pos: 0,
+            left,
+            fcgi_id,
+        });
+        self.fill();
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use crate::conn::{Conn, Host, Protocol, Relay, Timeouts};
+use crate::conn::{Conn, FileRequest, Host, Protocol, Relay, Timeouts, WINDOW};
 use crate::routes::{self, Status};
 use crate::{fcgi, http};
 
@@ -53,6 +53,27 @@ fn read_file(name: &str) -> io::Result<Vec<u8>> {
     }
 }
 
+/// What a model does for a file request, with the generated files.
+fn serve_file(conn: &mut Conn, req: FileRequest, host: &mut dyn Host, now: Instant) {
+    match req {
+        FileRequest::Open(name) => {
+            OPENED.with(|o| *o.borrow_mut() = name.to_string());
+            let size = read_file(&name).map(|v| v.len() as u64);
+            conn.file_opened(size, now, host);
+        }
+        FileRequest::Read { offset, len } => {
+            let data = read_file(OPENED.with(|o| o.borrow().clone()).as_str()).unwrap();
+            let end = (offset as usize + len).min(data.len());
+            conn.file_read(Ok(&data[offset as usize..end]), now, host);
+        }
+    }
+}
+
+thread_local! {
+    /// The file the test's model has open (one connection at a time).
+    static OPENED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// Feeds `chunks` one by one, writing out everything and running timers as
 /// a perfect model would; returns all output and whether it wants to close.
 fn drive(protocol: Protocol, chunks: &[&[u8]]) -> (Vec<u8>, bool) {
@@ -71,8 +92,8 @@ fn drive(protocol: Protocol, chunks: &[&[u8]]) -> (Vec<u8>, bool) {
             } else if let Some(t) = conn.parked_until() {
                 *now = t;
                 conn.handle_timeout(*now, host);
-            } else if let Some(name) = conn.take_file_request() {
-                conn.file_done(read_file(&name), *now, host);
+            } else if let Some(req) = conn.take_file_request() {
+                serve_file(conn, req, host, *now);
             } else {
                 break;
             }
@@ -328,9 +349,23 @@ fn async_file_read() {
     let mut conn = new_conn(Protocol::Http, t0);
     conn.handle_input(b"GET /file?name=4k HTTP/1.1\r\n\r\n", t0, &mut host);
     assert!(conn.output().is_empty() && conn.poll_timeout().is_none());
-    assert_eq!(conn.take_file_request().as_deref(), Some("4k"));
-    assert_eq!(conn.take_file_request(), None, "named once");
-    conn.file_done(Ok(b"data".to_vec()), t0, &mut host);
+    assert_eq!(
+        conn.take_file_request(),
+        Some(FileRequest::Open("4k".into()))
+    );
+    assert_eq!(conn.take_file_request(), None, "asked once");
+    conn.file_opened(Ok(4), t0, &mut host);
+    assert!(conn.output().is_empty() || !conn.output().ends_with(b"data"));
+    assert_eq!(
+        conn.take_file_request(),
+        Some(FileRequest::Read { offset: 0, len: 4 })
+    );
+    conn.file_read(Ok(b"da"), t0, &mut host);
+    assert_eq!(
+        conn.take_file_request(),
+        Some(FileRequest::Read { offset: 2, len: 2 })
+    );
+    conn.file_read(Ok(b"ta"), t0, &mut host);
     let r = http::parse_response(conn.output(), false).unwrap().unwrap();
     assert_eq!(r.body, b"data");
 }
@@ -656,7 +691,14 @@ fn relay_drive(protocol: Protocol, chunks: &[&[u8]]) -> Vec<u8> {
                     }
                     (out, ())
                 };
-                front.relay_done(&answer, now, &mut host);
+                // Handed over in pieces, as a worker streams it.
+                let pieces: Vec<&[u8]> = answer.chunks(1000).collect();
+                for (i, piece) in pieces.iter().enumerate() {
+                    front.relay_data(piece, i + 1 == pieces.len(), now, &mut host);
+                }
+                if pieces.is_empty() {
+                    front.relay_data(b"", true, now, &mut host);
+                }
             } else {
                 break;
             }
@@ -742,4 +784,114 @@ fn refusal_and_identity_lines() {
     let parsed = fcgi::ResponseReader::new().read(&r).unwrap().unwrap();
     assert_eq!(parsed.protocol_status, fcgi::ProtocolStatus::Overloaded);
     assert_eq!(parsed.answered_status(), 0);
+}
+
+/// A large body streams: the connection never holds more than the window
+/// of response, however large the body, and the bytes are the same.
+#[test]
+fn large_bodies_stream_within_the_window() {
+    let big = 10_000_000;
+    let target = format!("/bytes?n={big}");
+    let echo: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    for protocol in [Protocol::Http, Protocol::Fcgi] {
+        for (method, target, body) in [
+            ("GET", target.as_str(), &b""[..]),
+            ("POST", "/echo", &echo[..]),
+            ("GET", "/file?name=1m", b""),
+        ] {
+            let wire = match protocol {
+                Protocol::Http => http_requests(&[(method, target, body.to_vec())]),
+                Protocol::Fcgi => fcgi_requests(&[(method, target, body.to_vec())]),
+            };
+            let mut host = TestHost { requests: 0 };
+            let now = Instant::now();
+            let mut conn = new_conn(protocol, now);
+            conn.handle_input(&wire, now, &mut host);
+            let mut got = Vec::new();
+            let mut most = 0;
+            for _ in 0..100_000 {
+                most = most.max(conn.out.capacity());
+                let out = conn.output();
+                if !out.is_empty() {
+                    // A slow reader: 10,000 bytes at a time.
+                    let n = out.len().min(10_000);
+                    got.extend_from_slice(&out[..n]);
+                    conn.advance_output(n, now, &mut host);
+                } else if let Some(req) = conn.take_file_request() {
+                    serve_file(&mut conn, req, &mut host, now);
+                } else {
+                    break;
+                }
+            }
+            assert!(
+                most <= 2 * WINDOW,
+                "{protocol} {target}: buffer grew to {most}"
+            );
+            let resp = match protocol {
+                Protocol::Http => {
+                    let r = http::parse_response(&got, false).unwrap().unwrap();
+                    assert_eq!(r.len, got.len());
+                    r.body.to_vec()
+                }
+                Protocol::Fcgi => {
+                    let mut reader = fcgi::ResponseReader::new();
+                    let r = reader.read(&got).unwrap().unwrap();
+                    assert_eq!(r.len, got.len());
+                    reader.body().to_vec()
+                }
+            };
+            assert!(
+                routes::verify(method, target, body_of(method, body), 200, &resp).is_ok(),
+                "{protocol} {target}: body differs"
+            );
+            assert!(!conn.wants_close(), "keep-alive after the stream");
+        }
+    }
+}
+
+fn body_of<'a>(method: &str, body: &'a [u8]) -> &'a [u8] {
+    if method == "POST" {
+        body
+    } else {
+        b""
+    }
+}
+
+/// A peer that asks for 64 MB and reads nothing pins one window.
+#[test]
+fn a_non_reader_pins_one_window() {
+    for protocol in [Protocol::Http, Protocol::Fcgi] {
+        let wire = match protocol {
+            Protocol::Http => http_requests(&[("GET", "/bytes?n=67108864", vec![])]),
+            Protocol::Fcgi => fcgi_requests(&[("GET", "/bytes?n=67108864", vec![])]),
+        };
+        let mut host = TestHost { requests: 0 };
+        let t0 = Instant::now();
+        let mut conn = new_conn(protocol, t0);
+        conn.handle_input(&wire, t0, &mut host);
+        assert!(conn.output().len() <= WINDOW + 64 * 1024);
+        assert!(!conn.wants_read(), "no new request while streaming");
+        // Nothing read for the idle timeout: dropped as a write timeout.
+        let deadline = conn.poll_timeout().unwrap();
+        conn.handle_timeout(deadline, &mut host);
+        assert!(conn.wants_close());
+    }
+}
+
+/// RFC 9112 §3.2.2: absolute-form is accepted (authority ignored);
+/// asterisk-form answers OPTIONS only.
+#[test]
+fn absolute_and_asterisk_form_targets() {
+    let (out, _) = drive(
+        Protocol::Http,
+        &[b"GET http://example.com:8080/cpu?n=1 HTTP/1.1\r\nHost: example.com\r\n\r\nOPTIONS * HTTP/1.1\r\n\r\n"],
+    );
+    let r = http::parse_response(&out, false).unwrap().unwrap();
+    assert_eq!((r.status, r.body), (200, &b"e99ff867dbf682c9"[..]));
+    let r2 = http::parse_response(&out[r.len..], false).unwrap().unwrap();
+    assert_eq!((r2.status, r2.body), (200, &b""[..]));
+    let (out, close) = drive(Protocol::Http, &[b"GET * HTTP/1.1\r\n\r\n"]);
+    let r = http::parse_response(&out, false).unwrap().unwrap();
+    assert_eq!(r.status, 400);
+    assert!(!close || r.close);
 }

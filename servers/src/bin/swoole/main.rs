@@ -136,6 +136,8 @@ const OFFLOAD: u8 = 1;
 /// Frame flag, reactor to worker: the connection closes after this answer
 /// (the worker's `Conn` says so in it).
 const LAST: u8 = 2;
+/// Frame flag, worker to reactor: more pieces of this response follow.
+const MORE: u8 = 4;
 
 fn main() -> ExitCode {
     cli::main(run)

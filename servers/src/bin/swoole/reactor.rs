@@ -10,12 +10,12 @@ use iomodels_servers::host::{ServerHost, Shared};
 use iomodels_servers::scoreboard::{Scoreboard, State};
 use iomodels_servers::{ipc, net, signals};
 use iomodels_workload::routes::{self, Route};
-use iomodels_workload::Relay;
+use iomodels_workload::{Relay, WINDOW};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
-use crate::{Dispatch, LAST, OFFLOAD};
+use crate::{Dispatch, LAST, MORE, OFFLOAD};
 
 /// What a reactor thread is given.
 pub struct Cfg {
@@ -44,6 +44,8 @@ struct Pair {
     input: Vec<u8>,
     /// Requests this reactor has at this worker.
     queued: usize,
+    /// A piece waits for this connection's window: the pair is not read.
+    blocked_on: Option<usize>,
 }
 
 struct Front {
@@ -76,6 +78,7 @@ pub fn run(cfg: Cfg, pairs: Vec<OwnedFd>, feed: OwnedFd) -> anyhow::Result<()> {
             out: Vec::new(),
             input: Vec::new(),
             queued: 0,
+            blocked_on: None,
         });
     }
     let host = ServerHost::for_thread(&cfg.shared, cfg.index);
@@ -114,7 +117,7 @@ impl Front {
                     t if t >= PAIR_BASE => self.pair_ready((t - PAIR_BASE) as usize, now)?,
                     t => {
                         self.reactor.ready(t as usize, true, now);
-                        self.relay(t as usize);
+                        self.after(t as usize);
                     }
                 }
             }
@@ -128,7 +131,7 @@ impl Front {
                 done = self.reactor.drain_step_with(|t, _, _| touched.push(t));
             }
             for t in touched.drain(..) {
-                self.relay(t);
+                self.after(t);
             }
             if done && self.feed.is_none() {
                 return Ok(());
@@ -182,7 +185,7 @@ impl Front {
             self.next_gen = self.next_gen.wrapping_add(1);
             self.gens[token] = self.next_gen;
             self.reactor.ready(token, true, now);
-            self.relay(token);
+            self.after(token);
         }
         Ok(())
     }
@@ -244,6 +247,9 @@ impl Front {
 
     /// Writes what waits for worker `w`; EPOLLOUT says when more can go.
     fn flush(&mut self, w: usize) {
+        if self.pairs[w].out.is_empty() {
+            return;
+        }
         let p = &mut self.pairs[w];
         let mut sent = 0;
         while sent < p.out.len() {
@@ -255,7 +261,11 @@ impl Front {
             }
         }
         p.out.drain(..sent);
-        let mut want = EpollFlags::EPOLLIN;
+        let mut want = if p.blocked_on.is_some() {
+            EpollFlags::empty()
+        } else {
+            EpollFlags::EPOLLIN
+        };
         if !p.out.is_empty() {
             want |= EpollFlags::EPOLLOUT;
         }
@@ -264,11 +274,23 @@ impl Front {
     }
 
     /// Worker `w`'s socket: more of our requests can go, answers came back.
+    /// Answers come in pieces; a piece goes to its connection only while
+    /// that connection's window has room. When it has none, this pair is
+    /// not read until the connection drains (or closes): the worker then
+    /// blocks writing, and the memory a slow reader pins stays one window
+    /// (the price: other answers from that worker wait behind it).
     fn pair_ready(&mut self, w: usize, now: Instant) -> anyhow::Result<()> {
         self.flush(w);
+        if self.pairs[w].blocked_on.is_some() {
+            return Ok(());
+        }
         let mut buf = [0u8; 64 * 1024];
         loop {
             let p = &mut self.pairs[w];
+            // Enough is buffered: a whole piece and a window's worth.
+            if p.input.len() >= WINDOW && ipc::parse(&p.input).is_some() {
+                break;
+            }
             match nix::unistd::read(&p.fd, &mut buf) {
                 Ok(0) => anyhow::bail!("worker {w}'s socket closed: the manager is gone"),
                 Ok(n) => p.input.extend_from_slice(&buf[..n]),
@@ -277,25 +299,73 @@ impl Front {
                 Err(e) => anyhow::bail!("read from worker {w}: {e}"),
             }
         }
+        self.deliver(w, now);
+        Ok(())
+    }
+
+    /// Hands the whole pieces read from worker `w` to their connections.
+    fn deliver(&mut self, w: usize, now: Instant) {
         let mut used = 0;
+        let mut touched = Vec::new();
         while let Some((head, end)) = ipc::parse(&self.pairs[w].input[used..]) {
             let (start, stop) = (used + ipc::HEAD, used + end);
-            used += end;
-            self.pairs[w].queued = self.pairs[w].queued.saturating_sub(1);
             let token = head.token as usize;
-            if self.gens.get(token) != Some(&head.gen) {
-                continue; // its connection closed meanwhile
+            let last = head.flags & MORE == 0;
+            let live = self.gens.get(token) == Some(&head.gen);
+            if let Some(c) = self.reactor.conns.get_mut(token).filter(|_| live) {
+                if !c.conn.relay_room() {
+                    // Its client has not read the last window yet.
+                    self.pairs[w].blocked_on = Some(token);
+                    break;
+                }
+                let piece = &self.pairs[w].input[start..stop];
+                c.conn.relay_data(piece, last, now, &mut self.reactor.host);
+                touched.push(token);
             }
-            let Some(c) = self.reactor.conns.get_mut(token) else {
-                continue;
-            };
-            let answer = &self.pairs[w].input[start..stop];
-            c.conn.relay_done(answer, now, &mut self.reactor.host);
-            self.reactor.ready(token, false, now);
-            self.relay(token);
+            used += end;
+            if last {
+                self.pairs[w].queued = self.pairs[w].queued.saturating_sub(1);
+            }
         }
         self.pairs[w].input.drain(..used);
-        Ok(())
+        let want = if self.pairs[w].blocked_on.is_some() {
+            EpollFlags::empty()
+        } else {
+            EpollFlags::EPOLLIN
+        };
+        let p = &self.pairs[w];
+        let out = if p.out.is_empty() {
+            EpollFlags::empty()
+        } else {
+            EpollFlags::EPOLLOUT
+        };
+        let mut ev = EpollEvent::new(want | out, PAIR_BASE + w as u64);
+        let _ = self.epoll.modify(&p.fd, &mut ev);
+        touched.dedup();
+        for token in touched {
+            self.reactor.ready(token, false, now);
+            self.after(token);
+        }
+    }
+
+    /// After connection `token` moved: hand on a request it framed, and
+    /// let a pair that waited for its window go on.
+    fn after(&mut self, token: usize) {
+        self.relay(token);
+        let room = self
+            .reactor
+            .conns
+            .get(token)
+            .is_none_or(|c| c.conn.relay_room());
+        if !room {
+            return;
+        }
+        for w in 0..self.pairs.len() {
+            if self.pairs[w].blocked_on == Some(token) {
+                self.pairs[w].blocked_on = None;
+                let _ = self.pair_ready(w, Instant::now());
+            }
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use iomodels_servers::supervisor::Supervisor;
 use iomodels_servers::{ipc, signals};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::{Args, Wiring, LAST, OFFLOAD};
+use crate::{Args, Wiring, LAST, MORE, OFFLOAD};
 
 /// A place the manager keeps filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,27 +58,43 @@ pub fn manage(args: &Args, shared: &Shared, board: Scoreboard, wiring: &Wiring) 
     }
 }
 
-/// Runs one request's bytes through a fresh `Conn` and returns the
-/// response bytes. A `/wait` sleeps here and a `/file` is read here: the
-/// worker blocks, the reactors do not.
-fn execute(host: &mut ServerHost, flags: u8, request: &[u8]) -> Vec<u8> {
+/// Runs one request's bytes through a fresh `Conn` and sends the response
+/// piece by piece as the `Conn` produces it (`send(piece, last)`): a large
+/// body streams within the workload's window here too, and a reactor that
+/// stops reading (its client does not read) stops this worker. A `/wait`
+/// sleeps here and a `/file` is read here: the worker blocks, the reactors
+/// do not.
+fn execute(
+    host: &mut ServerHost,
+    flags: u8,
+    request: &[u8],
+    mut send: impl FnMut(&[u8], bool) -> nix::Result<()>,
+) -> nix::Result<()> {
     let mut conn = host.shared().new_conn(Instant::now());
+    let mut file = None;
     if flags & LAST != 0 {
         conn.single_request();
     }
     conn.handle_input(request, Instant::now(), host);
-    let mut out = Vec::new();
     loop {
         if !conn.output().is_empty() {
-            out.extend_from_slice(conn.output());
+            send(conn.output(), false)?;
             let n = conn.output().len();
             conn.advance_output(n, Instant::now(), host);
         } else if let Some(until) = conn.parked_until() {
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
             conn.handle_timeout(Instant::now(), host);
-        } else if !host.serve_file(&mut conn, Instant::now()) {
-            return out;
+        } else if !host.serve_file(&mut conn, &mut file, Instant::now()) {
+            return send(&[], true);
         }
+    }
+}
+
+/// Sends one piece of a response as a frame (`MORE` unless it is the last).
+fn frame_to(fd: &OwnedFd, head: ipc::Head) -> impl FnMut(&[u8], bool) -> nix::Result<()> + '_ {
+    move |piece, last| {
+        let flags = if last { 0 } else { MORE };
+        ipc::write(fd, ipc::Head { flags, ..head }, piece)
     }
 }
 
@@ -107,17 +123,26 @@ fn worker(args: &Args, shared: &Shared, board: Scoreboard, index: usize, wiring:
             }
         };
         slot.set_state(State::Executing);
-        let out = if head.flags & OFFLOAD != 0 && !tasks.is_empty() {
-            // taskwait: a task worker runs it; this worker waits.
+        let answered = if head.flags & OFFLOAD != 0 && !tasks.is_empty() {
+            // taskwait: a task worker runs it; this worker passes its
+            // answer on, piece by piece.
             let t = (served as usize + index) % tasks.len();
-            match ipc::write(&tasks[t], head, &request).and_then(|()| ipc::read(&tasks[t])) {
-                Ok(Some((_, out))) => out,
-                _ => execute(&mut host, head.flags, &request),
-            }
+            ipc::write(&tasks[t], head, &request).and_then(|()| loop {
+                match ipc::read(&tasks[t])? {
+                    Some((h, piece)) => {
+                        let last = h.flags & MORE == 0;
+                        frame_to(&pairs[r], head)(&piece, last)?;
+                        if last {
+                            break Ok(());
+                        }
+                    }
+                    None => break Err(nix::errno::Errno::EPIPE),
+                }
+            })
         } else {
-            execute(&mut host, head.flags, &request)
+            execute(&mut host, head.flags, &request, frame_to(&pairs[r], head))
         };
-        if let Err(e) = ipc::write(&pairs[r], head, &out) {
+        if let Err(e) = answered {
             eprintln!("swoole-server: worker {}: write: {e}", std::process::id());
             return 1;
         }
@@ -141,8 +166,7 @@ fn task_worker(shared: &Shared, pairs: &[OwnedFd]) -> i32 {
         let Ok(Some((head, request))) = ipc::read(&pairs[w]) else {
             return 0;
         };
-        let out = execute(&mut host, head.flags, &request);
-        if ipc::write(&pairs[w], head, &out).is_err() {
+        if execute(&mut host, head.flags, &request, frame_to(&pairs[w], head)).is_err() {
             return 1;
         }
     }

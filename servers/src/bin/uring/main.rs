@@ -38,7 +38,8 @@
 //!   send at a time per connection keeps the bytes in order.
 //! * **`/wait`, slow heads, idle peers**: a timer heap whose earliest
 //!   deadline is one `IORING_OP_TIMEOUT`.
-//! * **`/file`** is `IORING_OP_OPENAT`, `fstat`, `IORING_OP_READ`: the one
+//! * **`/file`** is `IORING_OP_OPENAT`, `fstat`, then `IORING_OP_READ`
+//!   piece by piece as the connection's window has room: the one
 //!   single-threaded event loop here where a disk read that misses the page
 //!   cache does not stall the loop (`fstat` is still synchronous, on an
 //!   inode the open brought into memory).
@@ -66,9 +67,8 @@
 //! `net::accept_ladder`/`ACCEPT_PAUSE`; the stop `signals::may_close`.
 //!
 //! **Run it**: `cargo run --release -p iomodels-servers --bin uring-server
-//! -- --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello`.
-//! `--workers N` runs N rings on N threads, each with its own
-//! `SO_REUSEPORT` listener (default 1: the lesson is one ring).
+//! -- --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello` (`--help`
+//! says what `--workers N` does here: N rings, one lesson per ring).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
@@ -79,7 +79,7 @@ use clap::Parser;
 use iomodels_servers::cli::{self, Common};
 use iomodels_servers::host::{Admitted, ServerHost};
 use iomodels_servers::net::{self, Accepted};
-use iomodels_servers::ring::{self, Event, OpId, Received, Ring};
+use iomodels_servers::ring::{self, Event, FileReads, OpId, Received, Ring};
 use iomodels_servers::signals;
 use iomodels_servers::startup::{Startup, Workers};
 use iomodels_servers::timers::Timers;
@@ -91,13 +91,7 @@ use slab::Slab;
 
 /// One thread, io_uring completions: multishot accept and recv, provided buffers.
 #[derive(Debug, Parser)]
-#[command(
-    name = "uring-server",
-    version,
-    about,
-    long_about = None,
-    after_help = "For this model --workers defaults to 1: one ring on one thread. --workers N runs N rings on N threads, each with its own SO_REUSEPORT listener: it helps when the server saturates a core and others are free, not when the load generator needs them."
-)]
+#[command(name = "uring-server", version, about, long_about = None, after_help = WORKERS)]
 struct Args {
     #[command(flatten)]
     common: Common,
@@ -106,6 +100,7 @@ struct Args {
     ring: ring::Config,
 }
 
+const WORKERS: &str = "For this model --workers defaults to 1: one ring on one thread. --workers N runs N rings on N threads, each with its own SO_REUSEPORT listener: it helps when the server saturates a core and others are free, not when the load generator needs them.";
 /// While stopping the loop wakes at least this often.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -146,6 +141,8 @@ struct Slot {
     sending: Option<OpId>,
     /// Closed: freed when the ring has no request for it in flight.
     closing: bool,
+    /// The file a `/file` request is reading, piece by piece.
+    file: FileReads,
 }
 
 struct Server {
@@ -176,12 +173,7 @@ impl Server {
                     Event::Readable => self.on_stop(now),
                     Event::Received { conn, result, more } => self.on_recv(conn, result, more, now),
                     Event::Sent { conn, result } => self.on_send(conn, result, now),
-                    Event::FileRead { conn, result } => {
-                        if let Some(slot) = self.conns.get_mut(conn).filter(|s| !s.closing) {
-                            slot.conn.file_done(result, now, &mut self.host);
-                            self.drive(conn);
-                        }
-                    }
+                    file => self.on_file(file, now),
                 }
                 if let Some(token) = conn {
                     self.free_if_done(token);
@@ -253,6 +245,7 @@ impl Server {
             recv: None,
             sending: None,
             closing: false,
+            file: FileReads::default(),
         });
         self.drive(token);
     }
@@ -301,6 +294,16 @@ impl Server {
         self.drive(token);
     }
 
+    /// A file opened, or a piece of it read, for a connection.
+    fn on_file(&mut self, event: Event, now: Instant) {
+        let token = event.conn().unwrap_or(usize::MAX);
+        if let Some(slot) = self.conns.get_mut(token).filter(|s| !s.closing) {
+            slot.file
+                .complete(event, &mut slot.conn, &mut self.host, now);
+            self.drive(token);
+        }
+    }
+
     /// After any change to a connection: queue what it needs next — a file
     /// read, a send, a receive (or the cancel of one: a multishot recv
     /// cannot be paused) — or close it; then set its deadline.
@@ -308,10 +311,8 @@ impl Server {
         let Some(slot) = self.conns.get_mut(token).filter(|s| !s.closing) else {
             return;
         };
-        if let Some(name) = slot.conn.take_file_request() {
-            self.ring
-                .read_file(token, &self.host.shared().data_dir.join(&*name));
-        }
+        let data_dir = &self.host.shared().data_dir;
+        (slot.file).queue(&mut self.ring, token, &mut slot.conn, data_dir);
         if slot.sending.is_none() && !slot.conn.output().is_empty() {
             slot.sending = Some(self.ring.send(token, slot.fd.as_fd(), slot.conn.output()));
         }
