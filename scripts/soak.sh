@@ -3,8 +3,9 @@
 # a route mix, and the server's memory — RSS and PSS summed over its whole
 # process tree, from /proc/PID/smaps_rollup — before the run, right after
 # it, and at the end (its connections closed, idle for a few seconds), to
-# catch slow leaks. A benchmark script, not a test: it prints a Markdown
-# table and exits 1 if any run had an error.
+# catch slow leaks (and half-way, to tell a leak from a high-water mark).
+# A benchmark script, not a test: it prints a Markdown table and exits 1
+# if any run had an error.
 #
 #   scripts/soak.sh [-n N] [-c CONNS] [-p http|fcgi] [--settle S] [MODEL ...]
 #   scripts/soak.sh                           # every model, 1,000,000 each
@@ -124,7 +125,7 @@ for m in "${models[@]}"; do
   for _ in $(seq 100); do grep -q "listening on" "$out" 2>/dev/null && break; sleep 0.05; done
   if ! grep -q "listening on" "$out"; then
     echo "soak.sh: $m-server did not start: $(head -1 "$work/$m.err")" >&2
-    rows+=("| $m | $protocol | not started | | | | | | | |")
+    rows+=("| $m | $protocol | not started | | | | | | | | |")
     failed=1; server_pid=; continue
   fi
   addr=$(sed -n 's/^listening on //p' "$out")
@@ -149,25 +150,35 @@ for m in "${models[@]}"; do
   read -r rss0 pss0 <<< "$(mem "$server_pid")"
   start=$(date +%s.%N)
   status=ok
-  load "$n" "$work/$m.json" || status="loadgen exit $?"
+  # Two halves, with the memory between them: growth that goes on in
+  # the second half is a leak; growth in the first half only is a
+  # high-water mark (more large responses at once than the warm-up saw).
+  load $((n / 2)) "$work/$m.1.json" || status="loadgen exit $?"
+  read -r rssm pssm <<< "$(mem "$server_pid")"
+  load $((n - n / 2)) "$work/$m.2.json" || status="loadgen exit $?"
   secs=$(python3 -c "import time; print(f'{time.time() - $start:.0f}')")
   read -r rss1 pss1 <<< "$(mem "$server_pid")"
   sleep "$settle"
   read -r rss2 pss2 <<< "$(mem "$server_pid")"
-  summary=$(python3 - "$work/$m.json" <<'PY'
+  summary=$(python3 - "$work/$m.1.json" "$work/$m.2.json" <<'PY'
 import json, sys
-try:
-    r = json.load(open(sys.argv[1]))
-except Exception as e:
-    print(f"0 0 no-report"); sys.exit()
-errs = sum(r.get("errors", {}).values())
-print(r.get("requests", 0), f"{r.get('rps', 0):.0f}", errs)
+done = errs = 0
+secs = 0.0
+for path in sys.argv[1:3]:
+    try:
+        r = json.load(open(path))
+    except Exception:
+        print("0 0 no-report"); sys.exit()
+    done += r.get("requests", 0)
+    secs += r.get("duration_s", 0.0)
+    errs += sum(r.get("errors", {}).values())
+print(done, f"{done / secs:.0f}" if secs > 0 else "0", errs)
 PY
 )
   read -r done_n rps errs <<< "$summary"
   [ "$errs" = 0 ] && [ "$status" = ok ] || failed=1
   [ "$status" = ok ] || errs="$errs ($status)"
-  rows+=("| $m | $protocol | $c | $done_n | $errs | $rps | $secs s | $(mib "$rss0") / $(mib "$pss0") | $(mib "$rss1") / $(mib "$pss1") | $(mib "$rss2") / $(mib "$pss2") |")
+  rows+=("| $m | $protocol | $c | $done_n | $errs | $rps | $secs s | $(mib "$rss0") / $(mib "$pss0") | $(mib "$rssm") / $(mib "$pssm") | $(mib "$rss1") / $(mib "$pss1") | $(mib "$rss2") / $(mib "$pss2") |")
   kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true
   server_pid=
 done
@@ -175,7 +186,7 @@ done
 echo
 echo "Soak: $n verified requests per model over $protocol, $conns connections (iterative 1; prefork, threadpool, fpm 4), loadgen -t1; memory RSS / PSS in MiB, summed over the process tree"
 echo
-echo "| model | protocol | conns | requests | errors | req/s | time | before (RSS / PSS) | after | end (+${settle} s idle) |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| model | protocol | conns | requests | errors | req/s | time | before (RSS / PSS) | half-way | after | end (+${settle} s idle) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 exit $failed
