@@ -15,7 +15,7 @@ cargo build --release --workspace -q
 out=target/ci-perf
 rm -rf "$out"
 mkdir -p "$out"
-target/release/iomodels run --scenarios hello,new-conn,cpu,wait --protocol http \
+target/release/iomodels run --peers none --scenarios hello,new-conn,cpu,wait --protocol http \
   --duration 800ms --warmup 200ms --repeat 3 --out "$out" > "$out/table.md"
 new=$(ls -d "$out"/*/ | head -1)results.json
 target/release/iomodels compare results/baseline.json "$new" --threshold "$threshold" --bmf "$out/bmf.json"

@@ -263,7 +263,7 @@ impl Reactor {
             self.host.shared().refuse(fd);
             return None;
         };
-        net::set_nodelay(&fd);
+        net::prepare_accepted(&fd);
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         let Some(registered) = register(token, &fd) else {

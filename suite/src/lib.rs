@@ -12,16 +12,19 @@
 //! regression gate and Bencher Metric Format), [`sweep`] (rate sweeps:
 //! load–latency curves and capacity at an SLO), [`charts`] (the palette,
 //! legends and small multiples the report draws with), [`curves`] (the
-//! sweeps' charts and tables).
+//! sweeps' charts and tables), [`peers`] (real servers as rows),
+//! [`survivors`] (no server left running).
 
 pub mod charts;
 pub mod compare;
 pub mod curves;
 pub mod models;
+pub mod peers;
 pub mod procfs;
 pub mod report;
 pub mod results;
 pub mod runner;
 pub mod scenarios;
 pub mod summary;
+pub mod survivors;
 pub mod sweep;

@@ -379,7 +379,7 @@ fn syscalls_md(r: &Results) -> String {
     if r.syscalls.is_empty() {
         return String::new();
     }
-    let mut s = String::from("\n## System calls per request (`strace -f -c`, /hello)\n\n| model | proto | requests | calls/req | by name |\n|---|---|---:|---:|---|\n");
+    let mut s = String::from("\n## System calls per request under strace (batching changes)\n\n`strace -f -c` during a `/hello` run: strace slows every call, so a model batches differently than without it (how many requests one `epoll_wait` or `io_uring_enter` carries). Read the counts as the shape of each model's cost, not its speed.\n\n| model | proto | requests | calls/req | by name |\n|---|---|---:|---:|---|\n");
     for sc in &r.syscalls {
         let total: f64 = sc.per_request.iter().map(|x| x.1).sum();
         let names: Vec<String> = sc
@@ -400,6 +400,39 @@ fn syscalls_md(r: &Results) -> String {
     s
 }
 
+/// The peers' section: what each is, where its configuration is, and
+/// the models beside their real-world counterparts. Empty without peers.
+fn peers_md(r: &Results, rows: &[Row]) -> String {
+    if r.config.peers.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\n## Peers: real servers as rows\n\nPeers are shown in _italics_ in the tables and drawn outlined \
+         (hollow bars and markers, in greys) in the charts. Each ran from the configuration the suite \
+         generated next to these results (`start.sh` runs it again):\n\n",
+    );
+    for name in &r.config.peers {
+        let peer = crate::peers::Peer::parse(name);
+        let d = peer.map_or("", |p| p.describe());
+        let _ = write!(s, "* _{name}_ — {d}: [peers/{name}/](peers/{name}/)");
+        match peer.and_then(|p| p.caveat()) {
+            Some(c) => {
+                let _ = writeln!(s, ". Note: {c}.");
+            }
+            None => s.push('\n'),
+        }
+    }
+    let table = crate::peers::counterparts::markdown(rows);
+    if !table.is_empty() {
+        s.push_str(
+            "\n### Models and their real-world counterparts\n\nThe same scenario and protocol in this run. \
+             **GEN** marks a run where the generator used ≥ 90 % of its core: compare CPU µs per request there.\n\n",
+        );
+        s.push_str(&table);
+    }
+    s
+}
+
 /// The Markdown report.
 pub fn markdown(r: &Results) -> String {
     let rows = summary::rows(r);
@@ -415,6 +448,7 @@ pub fn markdown(r: &Results) -> String {
     if !r.runs.is_empty() {
         s.push_str(&summary::table(&rows));
     }
+    s.push_str(&peers_md(r, &rows));
     s.push_str(&syscalls_md(r));
     s.push_str(&crate::curves::markdown(r));
     s.push_str("\nCharts: see report.html beside this file.\n");
@@ -437,7 +471,15 @@ fn md_table_html(md: &str) -> String {
         let tag = if i == 0 { "th" } else { "td" };
         s.push_str("<tr>");
         for c in cells {
-            let _ = write!(s, "<{tag}>{}</{tag}>", escape(c));
+            // `_peer_`: a peer's name, in italics.
+            match c.strip_prefix('_').and_then(|c| c.strip_suffix('_')) {
+                Some(name) if !name.is_empty() => {
+                    let _ = write!(s, "<{tag}><i>{}</i></{tag}>", escape(name));
+                }
+                _ => {
+                    let _ = write!(s, "<{tag}>{}</{tag}>", escape(c));
+                }
+            }
         }
         s.push_str("</tr>\n");
     }
@@ -472,6 +514,28 @@ td:first-child,td:nth-child(2),td:nth-child(3){{text-align:left}}figure{{margin:
     if !r.runs.is_empty() {
         s.push_str("<h2>All runs</h2>\n");
         s.push_str(&md_table_html(&summary::table(&rows)));
+    }
+    if !r.config.peers.is_empty() {
+        s.push_str("<h2>Peers: real servers as rows</h2>\n<p>Peers are in italics in the tables and drawn outlined (hollow bars and markers, in greys) in the charts. Configurations as generated for this run:</p>\n<ul>\n");
+        for name in &r.config.peers {
+            let peer = crate::peers::Peer::parse(name);
+            let d = peer.map_or("", |p| p.describe());
+            let caveat = peer
+                .and_then(|p| p.caveat())
+                .map_or(String::new(), |c| format!(". Note: {}.", escape(c)));
+            let _ = writeln!(
+                s,
+                "<li><i>{n}</i> — {}: <a href=\"peers/{n}/\">peers/{n}/</a>{caveat}</li>",
+                escape(d),
+                n = escape(name)
+            );
+        }
+        s.push_str("</ul>\n");
+        let table = crate::peers::counterparts::markdown(&rows);
+        if !table.is_empty() {
+            s.push_str("<h3>Models and their real-world counterparts</h3>\n");
+            s.push_str(&md_table_html(&table));
+        }
     }
     if !r.sweeps.is_empty() {
         s.push_str("<h2>Rate sweeps: capacity at the SLO</h2>\n");

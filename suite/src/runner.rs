@@ -5,13 +5,14 @@
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use loadgen::{Protocol, Target};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::peers::{Peer, Site};
 use crate::procfs::{self, Cost};
 use crate::results::{RunRecord, Syscalls};
 use crate::scenarios::{self, Load, Scenario};
@@ -45,6 +46,12 @@ pub struct Plan {
     /// The open loop's rate for every model (`None`: half the lowest
     /// `hello` maximum among the models that set the equal load).
     pub open_rate: Option<f64>,
+    /// Peers (real servers), run after the models in their own protocol.
+    pub peers: Vec<Peer>,
+    /// Where the peers' configurations are written (`<run dir>/peers`).
+    pub peer_dir: PathBuf,
+    /// The files the peers serve (present when there are peers).
+    pub site: Option<Arc<Site>>,
 }
 
 impl Plan {
@@ -67,17 +74,56 @@ impl Plan {
                 })
                 .sum::<usize>()
         };
-        self.models.iter().map(|m| per_model(m)).sum::<usize>()
-            * self.protocols.len()
-            * self.repeat as usize
+        let models = self.models.iter().map(|m| per_model(m)).sum::<usize>() * self.protocols.len();
+        let peers: usize = self
+            .peers
+            .iter()
+            .filter(|p| self.protocols.contains(&p.protocol()))
+            .map(|p| per_model(p.name()))
+            .sum();
+        (models + peers) * self.repeat as usize
+    }
+
+    /// The names of the models and then the peers, each with the
+    /// protocols it is run in (a peer only in the one it speaks).
+    pub fn subjects(&self) -> Vec<(String, Option<Peer>, Vec<Protocol>)> {
+        let models = self
+            .models
+            .iter()
+            .map(|m| (m.clone(), None, self.protocols.clone()));
+        let peers = self.peers.iter().map(|&p| {
+            let protocols = self
+                .protocols
+                .iter()
+                .copied()
+                .filter(|&x| x == p.protocol())
+                .collect();
+            (p.name().to_string(), Some(p), protocols)
+        });
+        models.chain(peers).collect()
     }
 }
 
-/// A started server, stopped (SIGTERM, then SIGKILL) when dropped.
+/// A started server, stopped (its stop signal, then SIGKILL) when dropped.
 pub struct Server {
     child: Child,
     /// `host:port` from its ready line.
     pub addr: String,
+    /// What stops it cleanly: SIGTERM for the models; a peer's own (nginx
+    /// and php-fpm finish gracefully on SIGQUIT, lighttpd on SIGINT).
+    pub stop_signal: Signal,
+}
+
+/// How [`Server::spawn`] knows the server is ready.
+#[derive(Debug, Clone)]
+pub enum Ready {
+    /// It prints `listening on ADDR` on stdout (every model).
+    Line,
+    /// These addresses accept TCP connections, in order (a real server,
+    /// which prints nothing); the last is the server's own address, the
+    /// ones before it what it needs first (the FastCGI application behind
+    /// nginx).
+    Accepts(Vec<String>),
 }
 
 impl Server {
@@ -94,12 +140,46 @@ impl Server {
     ) -> anyhow::Result<Server> {
         cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
             .args(["--workers", &workers.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(Stdio::null());
+        Server::spawn(cmd, Ready::Line)
+    }
+
+    /// Starts `cmd` and waits at most 10 s until it is ready. Every server
+    /// the suite measures, model or peer, is started here.
+    pub fn spawn(mut cmd: Command, ready: Ready) -> anyhow::Result<Server> {
+        cmd.stdin(Stdio::null()).stdout(match ready {
+            Ready::Line => Stdio::piped(),
+            Ready::Accepts(_) => Stdio::null(),
+        });
         let mut child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start {:?}: {e}", cmd.get_program()))?;
+        if let Ready::Accepts(addrs) = ready {
+            let mut server = Server {
+                child,
+                addr: addrs.last().cloned().unwrap_or_default(),
+                stop_signal: Signal::SIGTERM,
+            };
+            let end = Instant::now() + Duration::from_secs(10);
+            for a in &addrs {
+                loop {
+                    if std::net::TcpStream::connect(a).is_ok() {
+                        break;
+                    }
+                    if let Ok(Some(st)) = server.child.try_wait() {
+                        anyhow::bail!(
+                            "{:?} exited ({st}) before accepting on {a}",
+                            cmd.get_program()
+                        );
+                    }
+                    if Instant::now() > end {
+                        anyhow::bail!("{:?} did not accept on {a} within 10 s", cmd.get_program());
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            return Ok(server);
+        }
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -117,6 +197,7 @@ impl Server {
         let mut server = Server {
             child,
             addr: String::new(),
+            stop_signal: Signal::SIGTERM,
         };
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(addr) => {
@@ -132,21 +213,31 @@ impl Server {
         self.child.id()
     }
 
-    /// SIGTERM, wait up to 3 s, then SIGKILL.
+    /// The stop signal, wait up to 3 s, then SIGKILL; then any process of
+    /// the tree still alive (a daemon orphaned by its parent's death) is
+    /// killed too, so no run leaves a server behind.
     pub fn stop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let tree = crate::survivors::tree(self.child.id());
+        let _ = kill(Pid::from_raw(self.child.id() as i32), self.stop_signal);
         let end = Instant::now() + Duration::from_secs(3);
+        let mut exited = false;
         while Instant::now() < end {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                exited = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if tree.len() > 1 {
+            crate::survivors::kill(&tree[1..]);
+        }
     }
 }
 
@@ -156,7 +247,8 @@ impl Drop for Server {
     }
 }
 
-fn target(addr: &str, protocol: Protocol) -> anyhow::Result<Target> {
+/// The load generator's target for `addr` in `protocol`.
+pub fn target(addr: &str, protocol: Protocol) -> anyhow::Result<Target> {
     let scheme = match protocol {
         Protocol::Http => "http",
         Protocol::Fcgi => "fcgi",
@@ -202,7 +294,17 @@ pub fn run_one(
         rec.skipped = Some("no rate for the open loop: give --rate, or run hello or sweep".into());
         return rec;
     }
-    match measure(plan, model, scenario, protocol, &load) {
+    let measured = match Peer::parse(model).filter(|p| plan.peers.contains(p)) {
+        Some(peer) => match peer.serves(scenario) {
+            Err(why) => {
+                rec.skipped = Some(format!("n/a: {why}"));
+                return rec;
+            }
+            Ok(()) => crate::peers::measure(plan, peer, scenario, protocol, &load),
+        },
+        None => measure(plan, model, scenario, protocol, &load),
+    };
+    match measured {
         Ok((report, cost)) => {
             rec.generator_limited = report.cpu.utilization >= GENERATOR_LIMIT;
             rec.server = Some(cost);
@@ -222,6 +324,20 @@ fn measure(
 ) -> anyhow::Result<(loadgen::Report, Cost)> {
     let mut server = Server::start(&server_bin(&plan.bin_dir, model), protocol, plan.workers)?;
     let t = target(&server.addr, protocol)?;
+    measure_on(plan, &mut server, t, &[], scenario, load)
+}
+
+/// Warms up, then measures one run of `scenario` against the started
+/// `server` at `t` (with FastCGI `params`), and stops it: the same
+/// measurement for models and peers.
+pub fn measure_on(
+    plan: &Plan,
+    server: &mut Server,
+    t: Target,
+    params: &[String],
+    scenario: Scenario,
+    load: &Load,
+) -> anyhow::Result<(loadgen::Report, Cost)> {
     if plan.warmup_s > 0.0 {
         // Warm-up without the idle connections (they are opened by the
         // measured run and held through it), and with at most as many
@@ -234,10 +350,12 @@ fn measure(
             connections: load.connections.min(plan.workers.max(1)),
             ..load.clone()
         };
-        let c = scenarios::config(t.clone(), scenario, &warm, plan.warmup_s);
+        let mut c = scenarios::config(t.clone(), scenario, &warm, plan.warmup_s);
+        c.params = params.to_vec();
         loadgen::run(&c).map_err(|e| anyhow::anyhow!("warm-up: {e}"))?;
     }
-    let c = scenarios::config(t, scenario, load, plan.duration_s);
+    let mut c = scenarios::config(t, scenario, load, plan.duration_s);
+    c.params = params.to_vec();
     // Run::new connects once and opens nothing else: the snapshot taken
     // after it brackets the idle connections and the measured load.
     let run = loadgen::Run::new(&c).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -254,6 +372,7 @@ fn measure(
 /// Runs the whole plan; `progress` draws a line on stderr (only when it is
 /// a terminal).
 pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
+    crate::survivors::adopt_orphans();
     let total = plan.count();
     let tty = progress && std::io::stderr().is_terminal();
     let started = Instant::now();
@@ -278,7 +397,13 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
                 .map(|&p| {
                     let hello = out[first..]
                         .iter()
-                        .filter(|r: &&RunRecord| r.scenario == Scenario::Hello && r.protocol == p)
+                        // The models' hello maxima set the equal load; a
+                        // peer's (fcgiwrap's, say) does not pull it down.
+                        .filter(|r: &&RunRecord| {
+                            r.scenario == Scenario::Hello
+                                && r.protocol == p
+                                && !plan.peers.iter().any(|x| x.name() == r.model)
+                        })
                         .map(|r| (r.model.as_str(), r.rps() * scenarios::OPEN_FRACTION));
                     (
                         p,
@@ -286,8 +411,9 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
                     )
                 })
                 .collect();
-            for model in &plan.models {
-                for &protocol in &plan.protocols {
+            for (model, _, protocols) in plan.subjects() {
+                let model = &model;
+                for &protocol in &protocols {
                     for &scenario in &pass {
                         let levels: Vec<usize> = match scenario {
                             Scenario::Idle if plan.sweeps(model) => plan.idle_levels.clone(),
@@ -430,7 +556,11 @@ mod tests {
             idle_levels: vec![0, 10],
             idle_models: Some(vec!["epoll".into()]),
             open_rate: None,
+            peers: vec![Peer::Nginx, Peer::PhpFpm],
+            peer_dir: PathBuf::new(),
+            site: None,
         };
-        assert_eq!(plan.count(), (3 + 1) * 2 * 2);
+        // Models: both protocols; each peer: its own protocol only.
+        assert_eq!(plan.count(), ((3 + 1) * 2 + 1 + 1) * 2);
     }
 }

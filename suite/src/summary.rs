@@ -13,6 +13,8 @@ pub struct Row {
     pub key: String,
     /// Model.
     pub model: String,
+    /// A peer (a real server), not a model: drawn in a style of its own.
+    pub peer: bool,
     /// Scenario.
     pub scenario: Scenario,
     /// Protocol.
@@ -120,6 +122,7 @@ pub fn rows(results: &Results) -> Vec<Row> {
             Row {
                 key: k.clone(),
                 model: first.model.clone(),
+                peer: results.config.peers.contains(&first.model),
                 scenario: first.scenario,
                 protocol: first.protocol,
                 idle: first.load.idle,
@@ -215,18 +218,22 @@ pub fn table(rows: &[Row]) -> String {
             r.scenario.name().to_string()
         };
         let conns = format!("{}{}", r.connections, if r.new_conn { " new" } else { "" });
+        // Peers (real servers) in italics.
+        let model = if r.peer {
+            format!("_{}_", r.model)
+        } else {
+            r.model.clone()
+        };
         if r.reps == 0 {
             s.push_str(&format!(
-                "| {} | {scen} | {} | {conns} | – | | | | | | | | | | {} |\n",
-                r.model,
+                "| {model} | {scen} | {} | {conns} | – | | | | | | | | | | {} |\n",
                 r.protocol.name(),
                 r.note.as_deref().unwrap_or("no result").replace('|', "/")
             ));
             continue;
         }
         s.push_str(&format!(
-            "| {} | {scen} | {} | {conns} | {:.0} | {} | {} | {} | {} | {} ({}+{}) | {} | {:.1} | {:.1} | {}/{} | {:.0}%{} |\n",
-            r.model,
+            "| {model} | {scen} | {} | {conns} | {:.0} | {} | {} | {} | {} | {} ({}+{}) | {} | {:.1} | {:.1} | {}/{} | {:.0}%{} |\n",
             r.protocol.name(),
             r.rps,
             r.ratio_to_epoll.map_or(String::new(), |x| format!("{x:.2}")),

@@ -88,6 +88,14 @@ pub struct SweepSpec {
     /// A step that misses is measured again this many times (0 or 1).
     #[serde(default)]
     pub retries: u32,
+    /// FastCGI params the load generator adds (a peer's
+    /// `SCRIPT_FILENAME`): set per curve, not stored.
+    #[serde(skip)]
+    pub params: Vec<String>,
+    /// Where a peer's configuration is written (`<run dir>/peers`; `None`:
+    /// a directory removed after its curve).
+    #[serde(skip)]
+    pub peer_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for SweepSpec {
@@ -106,6 +114,8 @@ impl Default for SweepSpec {
             arrivals: Arrivals::Fixed,
             workers: 2,
             retries: 1,
+            params: Vec::new(),
+            peer_dir: None,
         }
     }
 }
@@ -547,6 +557,7 @@ fn measure_step(
     c.warmup_s = spec.warmup_s;
     c.stop = Stop::DurationS(spec.step_s);
     c.timeout_s = 5.0;
+    c.params = spec.params.clone();
     c.routes = vec![loadgen::RouteSpec {
         target: route.to_string(),
         weight: 1,
@@ -638,6 +649,43 @@ pub fn sweep_model(
         stop: "failed".into(),
         error: Some(e),
     };
+    if let Some(peer) = crate::peers::Peer::parse(model) {
+        // A peer (a real server) from its generated configuration.
+        let started = crate::peers::Site::create().and_then(|site| {
+            let tmp;
+            let dir = match &spec.peer_dir {
+                Some(d) => d.join(peer.name()),
+                None => {
+                    tmp = site.dir().join("config");
+                    tmp.clone()
+                }
+            };
+            let p = crate::peers::start(peer, &site, &dir, bin_dir, spec.workers)?;
+            Ok((site, p))
+        });
+        let (_site, p) = match started {
+            Ok(x) => x,
+            Err(e) => return failed(e.to_string()),
+        };
+        let target = match runner::target(&p.launch.addr, protocol) {
+            Ok(t) => t,
+            Err(e) => return failed(e.to_string()),
+        };
+        let spec = SweepSpec {
+            params: p.launch.params.clone(),
+            ..spec.clone()
+        };
+        return sweep_target(
+            &target,
+            model,
+            route,
+            &spec,
+            conns,
+            conn_mode,
+            Some(p.server.pid()),
+            on_step,
+        );
+    }
     let server = match Server::start(&runner::server_bin(bin_dir, model), protocol, spec.workers) {
         Ok(s) => s,
         Err(e) => return failed(e.to_string()),
@@ -671,12 +719,23 @@ pub fn sweep_all(
     spec: &SweepSpec,
 ) -> Vec<Curve> {
     let tty = std::io::stderr().is_terminal();
-    let total = models.len() * protocols.len() * spec.routes.len();
+    let total = models
+        .iter()
+        .map(|m| match crate::peers::Peer::parse(m) {
+            Some(p) => protocols.iter().filter(|&&x| x == p.protocol()).count(),
+            None => protocols.len(),
+        })
+        .sum::<usize>()
+        * spec.routes.len();
     let started = Instant::now();
     let mut out = Vec::new();
     for route in &spec.routes {
         for &protocol in protocols {
             for model in models {
+                // A peer runs only in the protocol it speaks.
+                if crate::peers::Peer::parse(model).is_some_and(|p| p.protocol() != protocol) {
+                    continue;
+                }
                 let n = out.len() + 1;
                 let mut on_step = |s: &Step| {
                     if tty {
@@ -714,10 +773,11 @@ pub fn sweep_all(
 
 /// Models that set the equal load: all but those that serve one request at
 /// a time or start a process per request (they would pull the common rate
-/// down to theirs).
+/// down to theirs), and no peer.
 pub fn sets_equal_load(model: &str) -> bool {
     let q = crate::models::quirks(model);
-    !q.one_connection && !q.closes_each_request
+    // Peers are measured at the models' rate, never set it.
+    !q.one_connection && !q.closes_each_request && crate::peers::Peer::parse(model).is_none()
 }
 
 /// A rate every model of `values` (model, sustained rate) that

@@ -526,6 +526,9 @@ impl Conn {
         let timeouts = self.timeouts;
         if let Some(Parked::Relay(..)) = self.parked {
             if now >= self.last_activity + timeouts.idle {
+                if !self.output().is_empty() {
+                    host.on_write_timeout();
+                }
                 self.done = true;
             }
             return;
@@ -738,8 +741,19 @@ impl Conn {
     }
 
     fn after_process(&mut self, used: usize, now: Instant) {
-        let partial = !self.input.is_empty() && self.can_process();
-        if partial && (used > 0 || !self.input_partial) {
+        // A FastCGI request whose BEGIN_REQUEST came is under way even
+        // between whole records: the header timeout bounds the whole
+        // request, as it does an HTTP request's head and body.
+        let begun = self.fcgi.is_some();
+        let partial = (!self.input.is_empty() || begun) && self.can_process();
+        let restart = match self.protocol {
+            // A request consumed: what is left is the start of the next one.
+            Protocol::Http => used > 0 || !self.input_partial,
+            // A request's clock starts at its BEGIN_REQUEST (set there);
+            // other bytes start it only when nothing was under way.
+            Protocol::Fcgi => !self.input_partial && !begun,
+        };
+        if partial && restart {
             self.partial_since = now;
         }
         self.input_partial = partial;
@@ -869,6 +883,7 @@ impl Conn {
                     self.close_after_output |= !keep_conn;
                     return;
                 }
+                self.partial_since = now;
                 self.fcgi = Some(Box::new(FcgiRequest {
                     id,
                     keep_conn,

@@ -235,7 +235,7 @@ impl Server {
         let Some(admitted) = self.host.shared().admit() else {
             return self.host.shared().refuse(fd);
         };
-        net::set_nodelay(&fd);
+        net::prepare_accepted(&fd);
         self.host.stats().opened();
         let token = self.conns.insert(Slot {
             fd,
