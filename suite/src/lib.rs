@@ -13,11 +13,13 @@
 //! load–latency curves and capacity at an SLO), [`charts`] (the palette,
 //! legends and small multiples the report draws with), [`curves`] (the
 //! sweeps' charts and tables), [`peers`] (real servers as rows),
-//! [`survivors`] (no server left running).
+//! [`survivors`] (no server left running), [`lab`] (teaching labs:
+//! classic results, one command each, with a verdict on their shape).
 
 pub mod charts;
 pub mod compare;
 pub mod curves;
+pub mod lab;
 pub mod models;
 pub mod peers;
 pub mod procfs;
