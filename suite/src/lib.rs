@@ -5,14 +5,17 @@
 //! each server's own costs from /proc, writes `results/<run-id>/`, renders
 //! reports and compares result sets for CI.
 //!
-//! Modules: [`models`] (which servers exist), [`scenarios`] (what load),
+//! Modules: [`accounting`] (cgroup CPU and memory, perf context
+//! switches), [`models`] (which servers exist), [`noise`] (the A/A noise floor), [`scenarios`] (what load),
 //! [`runner`] (start, load, measure, stop), [`procfs`] (process-tree
 //! accounting), [`results`] (the JSON file), [`summary`] (medians and the
 //! table), [`report`] (Markdown, HTML and SVG charts), [`compare`] (the
 //! regression gate and Bencher Metric Format).
 
+pub mod accounting;
 pub mod compare;
 pub mod models;
+pub mod noise;
 pub mod procfs;
 pub mod report;
 pub mod results;

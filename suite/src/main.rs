@@ -103,7 +103,16 @@ struct RunArgs {
     /// Models the idle sweep runs for, comma-separated, or `all`.
     #[arg(long, value_delimiter = ',', default_value = "select,poll,epoll")]
     idle_models: Vec<String>,
-    /// Add an `strace -f -c` pass per model: system calls per request.
+    /// Run this model a second time in every round, right after itself
+    /// (an A/A check): the two copies differ only by noise, and that
+    /// difference is the run's noise floor, printed in the report and used
+    /// by `compare`. `none` turns it off [default: epoll when it runs, else
+    /// the first model].
+    #[arg(long, value_name = "MODEL")]
+    aa: Option<String>,
+    /// Add an `strace -f -c` pass per model: system calls per request by
+    /// name, measured under strace (which slows the server and changes its
+    /// batching: read the names, trust /proc's read+write counts).
     #[arg(long)]
     syscalls: bool,
     /// Directory that receives `<run-id>/`.
@@ -323,7 +332,21 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(args.idle_models.clone())
     };
+    let aa = match args.aa.as_deref() {
+        Some("none") => None,
+        Some(m) if models.iter().any(|x| x == m) => Some(m.to_string()),
+        Some(m) => {
+            return Err(Usage(format!(
+                "--aa {m}: not among the models run ({})",
+                models.join(", ")
+            ))
+            .into())
+        }
+        None if models.iter().any(|x| x == "epoll") => Some("epoll".to_string()),
+        None => models.first().cloned(),
+    };
     let plan = Plan {
+        aa,
         bin_dir: dir.clone(),
         models: models.clone(),
         scenarios: scen.clone(),

@@ -95,6 +95,19 @@ fn rps_chart(rows: &[&Row], out: &mut String) -> DrawResult {
             }))?
             .label(m.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
+        // Error bars: the smallest and largest repetition.
+        chart.draw_series(
+            rows.iter()
+                .filter(|r| &r.model == m && r.reps > 1)
+                .map(|r| {
+                    let si = scen.iter().position(|s| *s == r.scenario).unwrap_or(0) as f64;
+                    let x = si + 0.05 + w * (mi as f64 + 0.5);
+                    PathElement::new(
+                        vec![(x, r.rps_range.0.max(1.0)), (x, r.rps_range.1.max(1.0))],
+                        BLACK.stroke_width(1),
+                    )
+                }),
+        )?;
     }
     chart
         .configure_series_labels()
@@ -237,7 +250,11 @@ fn cpu_chart(rows: &[&Row], out: &mut String) -> DrawResult {
         .filter(|r| scen.contains(&r.scenario) && r.reps > 0)
         .collect();
     let models = &models(&rows);
-    let ymax = rows.iter().map(|r| r.cpu_us).fold(1.0, f64::max) * 1.15;
+    let ymax = rows
+        .iter()
+        .map(|r| r.cpu_us.max(r.cpu_range.1))
+        .fold(1.0, f64::max)
+        * 1.15;
     let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -280,6 +297,19 @@ fn cpu_chart(rows: &[&Row], out: &mut String) -> DrawResult {
             .draw_series(bars(false))?
             .label(format!("{} system", s.name()))
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], cs.filled()));
+        // Error bars on the total: the smallest and largest repetition.
+        chart.draw_series(
+            rows.iter()
+                .filter(|r| r.scenario == *s && r.reps > 1)
+                .map(|r| {
+                    let mi = models.iter().position(|m| *m == r.model).unwrap_or(0) as f64;
+                    let x = mi + 0.1 + 0.4 * si as f64 + 0.19;
+                    PathElement::new(
+                        vec![(x, r.cpu_range.0), (x, r.cpu_range.1)],
+                        BLACK.stroke_width(1),
+                    )
+                }),
+        )?;
     }
     chart
         .configure_series_labels()
@@ -301,7 +331,10 @@ fn with_id(svg: &str, id: &str) -> String {
 
 /// Every chart the results have data for.
 pub fn charts(results: &Results) -> anyhow::Result<Vec<Chart>> {
-    let rows = summary::rows(results);
+    let rows: Vec<Row> = summary::rows(results)
+        .into_iter()
+        .filter(|r| !r.aa)
+        .collect();
     let mut out = Vec::new();
     for p in [loadgen::Protocol::Http, loadgen::Protocol::Fcgi] {
         let pr: Vec<&Row> = rows.iter().filter(|r| r.protocol == p).collect();
@@ -377,18 +410,23 @@ fn machine_md(r: &Results) -> String {
     )
 }
 
-const HOW_TO_READ: &str = "How to read: **req/s** verified responses per second (refusals such as 503 and wrong bodies count as errors, not throughput; open loop: the achieved rate); \
-**×epoll** the same figure over epoll-server's in this run (steadier than raw req/s on a shared machine); \
-**p50/p99** latency; **CPU µs/req** what the server's whole process tree spent per request \
-(reaped children included); **csw/req** context switches per request; **RSS/PSS** peak resident and \
-proportional memory summed over the tree; **procs/thr** processes and threads; **gen CPU** the load \
-generator's share of its core — **GEN** marks a run where it reached 90 % and may have set the pace.\n";
+const HOW_TO_READ: &str = "How to read: figures are medians over the repetitions, **±x%** is half their range (smallest to largest) over the median. \
+**req/s** verified responses per second (refusals such as 503 and wrong bodies count as errors, not throughput; open loop: the achieved rate); \
+**×epoll** each repetition's req/s over epoll-server's in the same round (steadier than raw req/s on a shared machine); \
+**p50/p99** latency; **CPU µs/req** what the server's whole process tree spent per request, exited threads and \
+reaped children included, from a cgroup (exact; **ticks** marks the /proc fallback, counted in 10 ms clock ticks); \
+**csw/req** context switches per request, every thread and child counted by an inherited perf counter \
+(**live** marks the /proc fallback, which misses threads that exited); **r+w calls/req** read(2)- and \
+write(2)-family system calls per request from /proc/PID/io (syscr + syscw, no cost to the server; recv/send and \
+io_uring operations are not in it); **RSS/PSS** peak resident and proportional memory summed over the tree; \
+**cgroup peak** the server's cgroup memory peak (page cache and kernel memory included); **procs/thr** processes and \
+threads; **gen CPU** the load generator's share of its core — **GEN** marks a run where it reached 90 % and may have set the pace.\n";
 
 fn syscalls_md(r: &Results) -> String {
     if r.syscalls.is_empty() {
         return String::new();
     }
-    let mut s = String::from("\n## System calls per request (`strace -f -c`, /hello)\n\n| model | proto | requests | calls/req | by name |\n|---|---|---:|---:|---|\n");
+    let mut s = String::from("\n## System calls per request under strace (batching changes)\n\n`strace -f -c`, /hello. strace stops the server at every system call, which slows it many times over and changes how many requests each call handles: an edge-triggered loop shows ~1 read per request under strace and ~2 without. Read the names; the table above has the read+write counts measured without strace.\n\n| model | proto | requests | calls/req | by name |\n|---|---|---:|---:|---|\n");
     for sc in &r.syscalls {
         let total: f64 = sc.per_request.iter().map(|x| x.1).sum();
         let names: Vec<String> = sc
@@ -409,6 +447,18 @@ fn syscalls_md(r: &Results) -> String {
     s
 }
 
+fn aa_md(rows: &[Row]) -> String {
+    match crate::noise::floor(rows) {
+        Some(nf) => format!(
+            "\n## A/A check: the noise floor of this run\n\n{} ran twice in every round; its copies differ only by noise. \
+             `compare` gates wall-clock figures (CPU µs/request, ×epoll) only beyond this floor.\n\n{}",
+            rows.iter().find(|r| r.aa).map_or("", |r| r.model.as_str()),
+            crate::noise::markdown(&nf)
+        ),
+        None => String::new(),
+    }
+}
+
 /// The Markdown report.
 pub fn markdown(r: &Results) -> String {
     let rows = summary::rows(r);
@@ -422,6 +472,12 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(s, "Not built (skipped): {}.\n", r.config.missing.join(", "));
     }
     s.push_str(&summary::table(&rows));
+    let _ = write!(
+        s,
+        "\n**User and system time.** {}\n",
+        crate::accounting::CPU_SPLIT_NOTE
+    );
+    s.push_str(&aa_md(&rows));
     s.push_str(&syscalls_md(r));
     s.push_str("\nCharts: see report.html beside this file.\n");
     s
@@ -477,9 +533,30 @@ td:first-child,td:nth-child(2),td:nth-child(3){{text-align:left}}figure{{margin:
     }
     s.push_str("<h2>All runs</h2>\n");
     s.push_str(&md_table_html(&summary::table(&rows)));
+    let _ = writeln!(
+        s,
+        "<p><b>User and system time.</b> {}</p>",
+        escape(crate::accounting::CPU_SPLIT_NOTE)
+    );
+    let aa = aa_md(&rows);
+    if !aa.is_empty() {
+        s.push_str("<h2>A/A check: the noise floor of this run</h2>\n");
+        for l in aa
+            .lines()
+            .filter(|l| !l.starts_with('|') && !l.starts_with('#') && !l.is_empty())
+        {
+            let _ = writeln!(s, "<p>{}</p>", escape(l).replace('`', ""));
+        }
+        let table: String = aa
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        s.push_str(&md_table_html(&table));
+    }
     let sys = syscalls_md(r);
     if !sys.is_empty() {
-        s.push_str("<h2>System calls per request</h2>\n");
+        s.push_str("<h2>System calls per request under strace (batching changes)</h2>\n");
         let table: String = sys
             .lines()
             .filter(|l| l.starts_with('|'))

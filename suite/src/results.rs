@@ -98,6 +98,10 @@ pub struct RunRecord {
     pub generator_limited: bool,
     /// A failure (server did not start, generator error).
     pub error: Option<String>,
+    /// The A/A copy: the same model run a second time in the same rounds,
+    /// whose difference from the first is the run's noise floor.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aa: bool,
 }
 
 impl RunRecord {
@@ -116,6 +120,9 @@ impl RunRecord {
         );
         if self.scenario == Scenario::Idle {
             k.push_str(&format!("/idle={}", self.load.idle));
+        }
+        if self.aa {
+            k.push_str("/aa");
         }
         k
     }

@@ -12,6 +12,7 @@ use loadgen::{Protocol, Target};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::accounting;
 use crate::procfs::{self, Cost};
 use crate::results::{RunRecord, Syscalls};
 use crate::scenarios::{self, Load, Scenario};
@@ -42,6 +43,8 @@ pub struct Plan {
     pub idle_levels: Vec<usize>,
     /// Models the sweep runs for (`None`: all).
     pub idle_models: Option<Vec<String>>,
+    /// The model run twice in every round (the A/A check), if any.
+    pub aa: Option<String>,
 }
 
 impl Plan {
@@ -64,10 +67,23 @@ impl Plan {
                 })
                 .sum::<usize>()
         };
-        self.models.iter().map(|m| per_model(m)).sum::<usize>()
+        (self.models.iter().map(|m| per_model(m)).sum::<usize>()
+            + self.aa.as_deref().map_or(0, per_model))
             * self.protocols.len()
             * self.repeat as usize
     }
+}
+
+/// The exact counters attached to a server started by
+/// [`Server::start_accounted`].
+#[derive(Debug)]
+pub struct Accounting {
+    /// Its cgroup (CPU, peak memory), when one could be made and joined.
+    pub cgroup: Option<accounting::Cgroup>,
+    /// Its inherited context-switch counter, when perf allows it.
+    pub csw: Option<accounting::CswCounter>,
+    /// What could not be attached, and why.
+    pub problems: Vec<String>,
 }
 
 /// A started server, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -84,18 +100,45 @@ impl Server {
     }
 
     /// Starts the server `cmd` runs (a wrapper such as strace may come first).
-    pub fn start_with(
+    pub fn start_with(cmd: Command, protocol: Protocol, workers: usize) -> anyhow::Result<Server> {
+        Server::launch(cmd, protocol, workers, |c| Ok((c.spawn()?, ()))).map(|(s, ())| s)
+    }
+
+    /// Starts `bin` inside a fresh cgroup and under an inherited
+    /// context-switch counter (see [`accounting`]), attached before its
+    /// first instruction. What could not be attached is `None` in the
+    /// returned [`Accounting`], with the reason in its `problems`.
+    pub fn start_accounted(
+        bin: &Path,
+        protocol: Protocol,
+        workers: usize,
+    ) -> anyhow::Result<(Server, Accounting)> {
+        let cgroup = accounting::Cgroup::create();
+        Server::launch(Command::new(bin), protocol, workers, move |c| {
+            let (child, csw, problems) = accounting::spawn(c, cgroup.as_ref())?;
+            Ok((
+                child,
+                Accounting {
+                    cgroup: cgroup.filter(|_| !problems.iter().any(|p| p.starts_with("cgroup"))),
+                    csw,
+                    problems,
+                },
+            ))
+        })
+    }
+
+    fn launch<T>(
         mut cmd: Command,
         protocol: Protocol,
         workers: usize,
-    ) -> anyhow::Result<Server> {
+        spawn: impl FnOnce(&mut Command) -> std::io::Result<(Child, T)>,
+    ) -> anyhow::Result<(Server, T)> {
         cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
             .args(["--workers", &workers.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        let mut child = cmd
-            .spawn()
+        let (mut child, extra) = spawn(&mut cmd)
             .map_err(|e| anyhow::anyhow!("cannot start {:?}: {e}", cmd.get_program()))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
@@ -118,7 +161,7 @@ impl Server {
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(addr) => {
                 server.addr = addr;
-                Ok(server)
+                Ok((server, extra))
             }
             Err(_) => anyhow::bail!("{:?} printed no ready line within 10 s", cmd.get_program()),
         }
@@ -186,6 +229,7 @@ pub fn run_one(
         server: None,
         generator_limited: false,
         error: None,
+        aa: false,
     };
     let q = crate::models::quirks(model);
     if q.fd_setsize && load.idle + load.connections + 16 > 1024 {
@@ -217,7 +261,8 @@ fn measure(
     protocol: Protocol,
     load: &Load,
 ) -> anyhow::Result<(loadgen::Report, Cost)> {
-    let mut server = Server::start(&server_bin(&plan.bin_dir, model), protocol, plan.workers)?;
+    let (mut server, acct) =
+        Server::start_accounted(&server_bin(&plan.bin_dir, model), protocol, plan.workers)?;
     let t = target(&server.addr, protocol)?;
     if plan.warmup_s > 0.0 {
         // Warm-up without the idle connections (they are opened by the
@@ -238,70 +283,134 @@ fn measure(
     // Run::new connects once and opens nothing else: the snapshot taken
     // after it brackets the idle connections and the measured load.
     let run = loadgen::Run::new(&c).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cg = acct.cgroup.as_ref();
+    let cpu_before = cg.and_then(|g| g.cpu());
+    let csw_before = acct.csw.as_ref().and_then(|c| c.read());
     let before = procfs::snapshot(server.pid());
     let t0 = Instant::now();
     let report = run.start().map_err(|e| anyhow::anyhow!("{e}"))?;
     let wall = t0.elapsed().as_secs_f64();
     let after = procfs::snapshot(server.pid());
-    server.stop();
+    let csw_after = acct.csw.as_ref().and_then(|c| c.read());
+    let cpu_after = cg.and_then(|g| g.cpu());
     let attempts = report.requests + report.errors.transport();
-    Ok((report, Cost::between(&before, &after, attempts, wall)))
+    let mut cost = Cost::between(&before, &after, attempts, wall);
+    if let (Some(g), Some(b), Some(a)) = (cg, cpu_before, cpu_after) {
+        cost = cost.with_cgroup_cpu(g.cpu_source(), b, a, attempts, wall);
+    }
+    if let (Some(b), Some(a)) = (csw_before, csw_after) {
+        cost = cost.with_csw_count(b, a, attempts);
+    }
+    cost.cgroup_peak_kib = cg.and_then(|g| g.memory_peak_kib());
+    server.stop();
+    drop(acct);
+    Ok((report, cost))
 }
 
-/// Runs the whole plan; `progress` draws a line on stderr (only when it is
-/// a terminal).
+/// Runs the whole plan, round by round: every round runs each scenario
+/// (and idle level) for every model before the next scenario, so the
+/// models compared in a scenario run seconds apart and share the machine's
+/// noise; `--repeat N` makes N such rounds (A B C, A B C, …), never A A A.
+/// The A/A model runs twice in each cell, right after itself.
+///
+/// `progress`: on a terminal, one line redrawn on stderr; otherwise (a CI
+/// log) one line per finished run with the elapsed time.
 pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
     let total = plan.count();
-    let tty = progress && std::io::stderr().is_terminal();
+    let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut done = 0usize;
     let mut out = Vec::new();
     let mut scenarios = plan.scenarios.clone();
     scenarios.sort();
     scenarios.dedup();
+    let mut entrants: Vec<(&str, bool)> = Vec::new();
+    for m in &plan.models {
+        entrants.push((m, false));
+        if plan.aa.as_deref() == Some(m.as_str()) {
+            entrants.push((m, true));
+        }
+    }
+    if let Some(m) = plan
+        .aa
+        .as_deref()
+        .filter(|m| !plan.models.iter().any(|x| x == m))
+    {
+        entrants.push((m, false));
+        entrants.push((m, true));
+    }
     for rep in 0..plan.repeat {
-        for model in &plan.models {
-            for &protocol in &plan.protocols {
-                let mut hello_rps = None;
-                for &scenario in &scenarios {
-                    let levels: Vec<usize> = match scenario {
-                        Scenario::Idle if plan.sweeps(model) => plan.idle_levels.clone(),
-                        Scenario::Idle => continue,
-                        _ => vec![0],
-                    };
-                    for idle in levels {
-                        if tty {
+        // (model, protocol, A/A copy) -> this round's hello requests/s.
+        let mut hello_rps: std::collections::HashMap<(&str, &str, bool), f64> = Default::default();
+        for &protocol in &plan.protocols {
+            for &scenario in &scenarios {
+                let mut levels: Vec<usize> = match scenario {
+                    Scenario::Idle => plan.idle_levels.clone(),
+                    _ => vec![0],
+                };
+                levels.dedup();
+                for idle in levels {
+                    for &(model, aa) in &entrants {
+                        if scenario == Scenario::Idle && !plan.sweeps(model) {
+                            continue;
+                        }
+                        let what = format!(
+                            "{model}{} {} {}{}",
+                            if aa { " (A/A)" } else { "" },
+                            scenario.name(),
+                            protocol.name(),
+                            if scenario == Scenario::Idle {
+                                format!(" idle={idle}")
+                            } else {
+                                String::new()
+                            }
+                        );
+                        if progress && tty {
                             let mut e = std::io::stderr();
                             let _ = write!(
                                 e,
-                                "\r\x1b[2K[{}/{}] {:.0}s {model} {} {}{}",
+                                "\r\x1b[2K[{}/{}] {:.0}s round {}/{} {what}",
                                 done + 1,
                                 total,
                                 started.elapsed().as_secs_f64(),
-                                scenario.name(),
-                                protocol.name(),
-                                if scenario == Scenario::Idle {
-                                    format!(" idle={idle}")
-                                } else {
-                                    String::new()
-                                }
+                                rep + 1,
+                                plan.repeat
                             );
                             let _ = e.flush();
                         }
-                        let rate = hello_rps.map(|r: f64| r * scenarios::OPEN_FRACTION);
+                        let rate = hello_rps
+                            .get(&(model, protocol.name(), aa))
+                            .map(|r| r * scenarios::OPEN_FRACTION);
                         let load = scenarios::load(scenario, model, idle, rate);
-                        let rec = run_one(plan, model, scenario, protocol, rep, load);
+                        let mut rec = run_one(plan, model, scenario, protocol, rep, load);
+                        rec.aa = aa;
                         if scenario == Scenario::Hello {
-                            hello_rps = rec.report.as_ref().map(|r| r.rps);
+                            if let Some(r) = &rec.report {
+                                hello_rps.insert((model, protocol.name(), aa), r.rps);
+                            }
+                        }
+                        done += 1;
+                        if progress && !tty {
+                            let outcome = match (&rec.report, &rec.skipped, &rec.error) {
+                                (Some(r), _, _) => format!("{:.0} req/s", r.rps),
+                                (_, Some(s), _) => format!("skipped: {s}"),
+                                (_, _, Some(e)) => format!("failed: {e}"),
+                                _ => String::new(),
+                            };
+                            eprintln!(
+                                "iomodels: [{done}/{total}] {:.0} s  round {}/{}  {what}: {outcome}",
+                                started.elapsed().as_secs_f64(),
+                                rep + 1,
+                                plan.repeat
+                            );
                         }
                         out.push(rec);
-                        done += 1;
                     }
                 }
             }
         }
     }
-    if tty {
+    if progress && tty {
         eprint!("\r\x1b[2K");
     }
     out
@@ -398,7 +507,13 @@ mod tests {
             workers: 2,
             idle_levels: vec![0, 10],
             idle_models: Some(vec!["epoll".into()]),
+            aa: None,
         };
         assert_eq!(plan.count(), (3 + 1) * 2 * 2);
+        let aa = Plan {
+            aa: Some("epoll".into()),
+            ..plan
+        };
+        assert_eq!(aa.count(), (3 + 1 + 3) * 2 * 2);
     }
 }

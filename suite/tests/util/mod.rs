@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use iomodels_suite::accounting::{CpuSource, CswSource};
 use iomodels_suite::procfs::Cost;
 use iomodels_suite::results::{Machine, Results, RunConfig, RunRecord, SCHEMA_VERSION};
 use iomodels_suite::scenarios::{self, Scenario};
@@ -124,9 +125,16 @@ pub fn fixture() -> Results {
                         threads: 1,
                         peak_rss_kib: 4096,
                         pss_kib: 2048,
+                        cpu_source: CpuSource::CgroupV1,
+                        csw_per_request: Some(0.25),
+                        csw_source: Some(CswSource::Perf),
+                        syscr_per_request: Some(1.0),
+                        syscw_per_request: Some(1.0),
+                        cgroup_peak_kib: Some(3072),
                     }),
                     generator_limited: false,
                     error: None,
+                    aa: false,
                 });
             }
         }
