@@ -2,12 +2,12 @@
 # Installs the Debian packages the tests and benchmarks use, when missing:
 # curl, cgi-fcgi (libfcgi-bin: an independent FastCGI client), nginx
 # (nginx-light), wrk, strace, hyperfine, chromium (headless, for the
-# report test). Runs `apt-get update` once, only
+# report test), valgrind (`iomodels cost`: instructions per request). Runs `apt-get update` once, only
 # if something is missing. Needs root (or sudo).
 set -euo pipefail
 
 need=()
-for pair in curl:curl libfcgi-bin:cgi-fcgi nginx-light:nginx wrk:wrk strace:strace hyperfine:hyperfine chromium:chromium; do
+for pair in curl:curl libfcgi-bin:cgi-fcgi nginx-light:nginx wrk:wrk strace:strace hyperfine:hyperfine chromium:chromium valgrind:valgrind; do
   pkg=${pair%%:*} cmd=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

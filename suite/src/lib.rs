@@ -10,10 +10,12 @@
 //! [`runner`] (start, load, measure, stop), [`procfs`] (process-tree
 //! accounting), [`results`] (the JSON file), [`summary`] (medians and the
 //! table), [`report`] (Markdown, HTML and SVG charts), [`compare`] (the
-//! regression gate and Bencher Metric Format).
+//! regression gate and Bencher Metric Format), [`cost`] (instructions per
+//! request under valgrind).
 
 pub mod accounting;
 pub mod compare;
+pub mod cost;
 pub mod models;
 pub mod noise;
 pub mod procfs;

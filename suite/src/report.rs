@@ -1,8 +1,8 @@
 //! Reports rebuilt from a results file: `report.md` (tables) and a
 //! self-contained `report.html` whose charts are inline SVG drawn with
 //! plotters' SVG backend. Every chart's `<svg>` has a stable id:
-//! `chart-rps-P`, `chart-latency-P`, `chart-idle-P`, `chart-cpu-P` for each
-//! protocol P present.
+//! `chart-rps-P`, `chart-latency-P`, `chart-idle-P`, `chart-cpu-P` and
+//! `chart-instructions-P` for each protocol P present.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -321,6 +321,81 @@ fn cpu_chart(rows: &[&Row], out: &mut String) -> DrawResult {
     Ok(())
 }
 
+/// Instructions per request under valgrind, one bar per model and
+/// scenario (error bars: the repetitions' range).
+fn instructions_chart(costs: &[&crate::cost::InstrCost], out: &mut String) -> DrawResult {
+    let mut models: Vec<String> = Vec::new();
+    let mut scen: Vec<Scenario> = Vec::new();
+    for c in costs {
+        if !models.contains(&c.model) {
+            models.push(c.model.clone());
+        }
+        if !scen.contains(&c.scenario) {
+            scen.push(c.scenario);
+        }
+    }
+    let ymax = costs
+        .iter()
+        .flat_map(|c| c.samples.iter().copied().chain(c.per_request))
+        .fold(100.0, f64::max)
+        * 1.15;
+    let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..models.len().max(1) as f64, 0f64..ymax)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(models.len() * 2 + 1)
+        .x_label_formatter(&|x| category_label(*x, &models))
+        .y_desc("user-space instructions per request")
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
+    let w = 0.8 / scen.len().max(1) as f64;
+    for (si, sc) in scen.iter().enumerate() {
+        let c = color(si);
+        let bar = |x: &crate::cost::InstrCost| -> Option<(f64, f64, (f64, f64))> {
+            let mi = models.iter().position(|m| *m == x.model)? as f64;
+            Some((
+                mi + 0.1 + w * si as f64,
+                x.per_request?,
+                summary::range(&x.samples),
+            ))
+        };
+        chart
+            .draw_series(costs.iter().filter(|x| x.scenario == *sc).filter_map(|x| {
+                let (x0, v, _) = bar(x)?;
+                Some(Rectangle::new([(x0, 0.0), (x0 + w * 0.95, v)], c.filled()))
+            }))?
+            .label(sc.name())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
+        chart.draw_series(
+            costs
+                .iter()
+                .filter(|x| x.scenario == *sc && x.samples.len() > 1)
+                .filter_map(|x| {
+                    let (x0, _, (lo, hi)) = bar(x)?;
+                    let xm = x0 + w * 0.475;
+                    Some(PathElement::new(
+                        vec![(xm, lo), (xm, hi)],
+                        BLACK.stroke_width(1),
+                    ))
+                }),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 /// Gives the SVG document's root element an id.
 fn with_id(svg: &str, id: &str) -> String {
     match svg.find("<svg") {
@@ -373,6 +448,19 @@ pub fn charts(results: &Results) -> anyhow::Result<Vec<Chart>> {
                 Box::new(|s: &mut String| cpu_chart(&pr, s)),
             ),
         ];
+        let costs: Vec<&crate::cost::InstrCost> = results
+            .cost
+            .iter()
+            .filter(|c| c.protocol == p && c.per_request.is_some())
+            .collect();
+        let mut specs = specs;
+        specs.push((
+            "instructions",
+            format!("Instructions per request under valgrind ({n})"),
+            "User-space instructions the server executed per request (valgrind, two request counts subtracted so start-up cancels): deterministic, unlike anything timed, and blind to the kernel's work (system calls).",
+            !costs.is_empty(),
+            Box::new(move |s: &mut String| instructions_chart(&costs, s)),
+        ));
         for (kind, title, caption, has, draw) in specs {
             if !has {
                 continue;
@@ -447,6 +535,16 @@ fn syscalls_md(r: &Results) -> String {
     s
 }
 
+fn cost_md(r: &Results) -> String {
+    if r.cost.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n## Instructions per request (valgrind)\n\n`iomodels cost`: each server under valgrind (cachegrind, no cache simulation) for two request counts; the difference of their instruction totals over the difference of requests prices one request, start-up and stop cancel. User space only: the kernel's work is in the CPU and system-call figures.\n\n{}",
+        crate::cost::table(&r.cost)
+    )
+}
+
 fn aa_md(rows: &[Row]) -> String {
     match crate::noise::floor(rows) {
         Some(nf) => format!(
@@ -478,6 +576,7 @@ pub fn markdown(r: &Results) -> String {
         crate::accounting::CPU_SPLIT_NOTE
     );
     s.push_str(&aa_md(&rows));
+    s.push_str(&cost_md(r));
     s.push_str(&syscalls_md(r));
     s.push_str("\nCharts: see report.html beside this file.\n");
     s
@@ -553,6 +652,10 @@ td:first-child,td:nth-child(2),td:nth-child(3){{text-align:left}}figure{{margin:
             .collect::<Vec<_>>()
             .join("\n");
         s.push_str(&md_table_html(&table));
+    }
+    if !r.cost.is_empty() {
+        s.push_str("<h2>Instructions per request (valgrind)</h2>\n");
+        s.push_str(&md_table_html(&crate::cost::table(&r.cost)));
     }
     let sys = syscalls_md(r);
     if !sys.is_empty() {

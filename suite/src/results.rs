@@ -30,6 +30,9 @@ pub struct Results {
     /// `--syscalls`: system calls per request for each model.
     #[serde(default)]
     pub syscalls: Vec<Syscalls>,
+    /// `iomodels cost` (or `run --cost`): instructions per request under valgrind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cost: Vec<crate::cost::InstrCost>,
 }
 
 /// Facts about the machine and build.

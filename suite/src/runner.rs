@@ -174,11 +174,16 @@ impl Server {
 
     /// SIGTERM, wait up to 3 s, then SIGKILL.
     pub fn stop(&mut self) {
+        self.stop_within(Duration::from_secs(3));
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL.
+    pub fn stop_within(&mut self, grace: Duration) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let end = Instant::now() + Duration::from_secs(3);
+        let end = Instant::now() + grace;
         while Instant::now() < end {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
@@ -196,7 +201,8 @@ impl Drop for Server {
     }
 }
 
-fn target(addr: &str, protocol: Protocol) -> anyhow::Result<Target> {
+/// The loadgen target of a server's ready-line address.
+pub fn target(addr: &str, protocol: Protocol) -> anyhow::Result<Target> {
     let scheme = match protocol {
         Protocol::Http => "http",
         Protocol::Fcgi => "fcgi",
