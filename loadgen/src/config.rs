@@ -11,25 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-/// The wire protocol spoken to the target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// HTTP/1.1.
-    Http,
-    /// FastCGI 1.0, responder role.
-    Fcgi,
-}
-
-impl Protocol {
-    /// `http` or `fcgi`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Http => "http",
-            Protocol::Fcgi => "fcgi",
-        }
-    }
-}
+/// The wire protocol spoken to the target: the workload's one type.
+pub use iomodels_workload::Protocol;
 
 /// Where the target listens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,6 +233,28 @@ pub enum Stop {
     Requests(u64),
 }
 
+/// How an open loop spaces its requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arrivals {
+    /// A fixed schedule, `t0 + k / rate` (wrk2).
+    #[default]
+    Fixed,
+    /// A Poisson process: independent exponential gaps of mean `1 / rate`,
+    /// as many independent users would send (seeded, so a run repeats).
+    Poisson,
+}
+
+impl Arrivals {
+    /// `fixed` or `poisson`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arrivals::Fixed => "fixed",
+            Arrivals::Poisson => "poisson",
+        }
+    }
+}
+
 /// How connections are used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -289,6 +294,9 @@ pub struct Config {
     pub warmup_s: f64,
     /// Open loop at this many requests/s overall; `None` is a closed loop.
     pub rate: Option<f64>,
+    /// The open loop's schedule: fixed or Poisson.
+    #[serde(default)]
+    pub arrivals: Arrivals,
     /// Keep-alive or a new connection per request.
     pub conn_mode: ConnMode,
     /// Requests in flight per connection (HTTP pipelining), at least 1.
@@ -319,6 +327,7 @@ impl Config {
             stop: Stop::DurationS(10.0),
             warmup_s: 0.0,
             rate: None,
+            arrivals: Arrivals::Fixed,
             conn_mode: ConnMode::KeepAlive,
             pipeline: 1,
             idle: 0,
@@ -366,6 +375,9 @@ impl Config {
             if !(r > 0.0 && r.is_finite()) {
                 return bad("rate (-R) must be positive");
             }
+        }
+        if self.arrivals == Arrivals::Poisson && self.rate.is_none() {
+            return bad("--arrivals poisson needs an open loop: give a rate (-R)");
         }
         if let Some(m) = &self.method {
             if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {

@@ -29,6 +29,21 @@
 //! (wrk2's correction for coordinated omission). A timerfd wakes the loop at
 //! the next due time with microsecond precision (`epoll_wait` alone only
 //! knows milliseconds).
+//!
+//! The schedule is fixed (`t0 + k / rate`) or Poisson (exponential gaps of
+//! mean `1 / rate`, drawn from a seeded generator, so a run repeats). Two
+//! histograms tell how well it was kept: the *send lag* of each request
+//! (its actual send against its intended time, waiting for a free
+//! connection included) and the *generator lag* (the part of it when a
+//! connection was already free: the generator's own delay, the figure that
+//! says the generator, not the server, fell behind).
+//!
+//! # Requests in flight
+//!
+//! Each thread integrates the number of requests written and not yet
+//! answered over the measured window, so the report can state the mean
+//! concurrency the load really had (Little's law: it equals the achieved
+//! rate × the mean uncorrected latency in a steady state).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -46,7 +61,7 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
-use crate::config::{Addr, Protocol};
+use crate::config::{Addr, Arrivals, Protocol};
 use crate::report::Errors;
 
 /// Timeouts are checked, failed connections retried and progress published
@@ -93,6 +108,8 @@ pub(crate) struct Plan {
     pub end: Option<Instant>,
     /// Open loop (a rate was asked).
     pub open_loop: bool,
+    /// The open loop's schedule.
+    pub arrivals: Arrivals,
     /// Send one histogram per second for the interval log.
     pub intervals: bool,
 }
@@ -138,6 +155,12 @@ pub(crate) struct Stats {
     pub lag_max: Duration,
     pub lag_sum: Duration,
     pub lag_count: u64,
+    /// Open loop: intended time → actual send, µs.
+    pub send_lag: Histogram<u64>,
+    /// Open loop: the part of the send lag when a connection was free, µs.
+    pub generator_lag: Histogram<u64>,
+    /// Requests in flight integrated over the measured window, request·s.
+    pub in_flight_area: f64,
     pub unsent: u64,
     /// When the last measured request finished (`-n` mode).
     pub finished_at: Option<Instant>,
@@ -159,6 +182,9 @@ impl Stats {
             lag_max: Duration::ZERO,
             lag_sum: Duration::ZERO,
             lag_count: 0,
+            send_lag: new_histogram(),
+            generator_lag: new_histogram(),
+            in_flight_area: 0.0,
             unsent: 0,
             finished_at: None,
         }
@@ -324,6 +350,8 @@ struct Slot {
     fcgi: ResponseReader,
     /// On the ready stack.
     ready: bool,
+    /// When it last went on the ready stack.
+    ready_at: Instant,
     /// Failed: reconnect at the next tick, not at once.
     retry: bool,
 }
@@ -341,6 +369,7 @@ impl Slot {
             inflight: VecDeque::with_capacity(pipeline),
             fcgi: ResponseReader::new(),
             ready: false,
+            ready_at: Instant::now(),
             retry: false,
         }
     }
@@ -410,9 +439,17 @@ struct Worker<'p> {
     /// Measured requests issued and finished (answered or failed).
     issued: u64,
     finished: u64,
-    /// Open loop: the next request's number, the schedule's step, the timer.
+    /// Open loop: the next request's number and intended time, the
+    /// schedule's mean step, the timer.
     next_k: u64,
+    next_due: Instant,
     step_ns: f64,
+    /// Poisson arrivals: the generator state of the gaps (splitmix64).
+    poisson: Option<u64>,
+    /// Requests written (or queued on a connecting slot) and not finished,
+    /// and when that count last changed.
+    in_flight: u64,
+    in_flight_since: Instant,
     timer: Option<TimerFd>,
     armed_for: Option<Instant>,
     schedule_done: bool,
@@ -450,11 +487,19 @@ pub(crate) fn run_thread(
         issued: 0,
         finished: 0,
         next_k: 0,
+        next_due: plan.t0,
         step_ns: spec.rate.map_or(0.0, |r| 1e9 / r),
+        poisson: (plan.arrivals == Arrivals::Poisson)
+            .then_some(0x243F_6A88_85A3_08D3 ^ (spec.index as u64 + 1)),
+        in_flight: 0,
+        in_flight_since: plan.t0,
         timer,
         armed_for: None,
         schedule_done: false,
     };
+    if w.poisson.is_some() {
+        w.next_due = w.plan.t0 + w.gap();
+    }
     if let Some(p) = preconnected {
         // The probe connection becomes slot 0's first connection.
         let mut s = Stream::from_probe(p)?;
@@ -540,14 +585,15 @@ impl Worker<'_> {
         if self.plan.open_loop && !self.schedule_done {
             // Requests the schedule asked for before the end but never sent.
             if let Some(end) = self.plan.end {
-                let due = (end
-                    .saturating_duration_since(self.plan.measure_start)
-                    .as_nanos() as f64
-                    / self.step_ns) as u64;
-                let sent = self.issued;
-                self.stats.unsent = due.saturating_sub(sent);
+                while self.next_due < end {
+                    if self.next_due >= self.plan.measure_start {
+                        self.stats.unsent += 1;
+                    }
+                    self.advance();
+                }
             }
         }
+        self.count_in_flight(now, 0);
         if let (Some(tx), Some(h)) = (intervals, self.stats.interval.take()) {
             let _ = tx.send(Interval {
                 index: interval_index,
@@ -594,14 +640,49 @@ impl Worker<'_> {
         }
     }
 
-    fn due(&self, k: u64) -> Instant {
-        self.plan.t0 + Duration::from_nanos((k as f64 * self.step_ns) as u64)
+    /// Moves the schedule to the next request: `t0 + k / rate` (fixed), or
+    /// an exponential gap after the last one (Poisson).
+    fn advance(&mut self) {
+        self.next_k += 1;
+        self.next_due = if self.poisson.is_some() {
+            self.next_due + self.gap()
+        } else {
+            self.plan.t0 + Duration::from_nanos((self.next_k as f64 * self.step_ns) as u64)
+        };
+    }
+
+    /// One exponential gap of mean `step_ns` (inverse transform sampling).
+    fn gap(&mut self) -> Duration {
+        let Some(state) = self.poisson.as_mut() else {
+            return Duration::from_nanos(self.step_ns as u64);
+        };
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // u in (0, 1]: 53 random bits, never 0, so ln(u) is finite.
+        let u = ((z >> 11) + 1) as f64 / (1u64 << 53) as f64;
+        Duration::from_nanos((-u.ln() * self.step_ns) as u64)
+    }
+
+    /// Adds `delta` to the requests in flight at `now`, integrating the
+    /// count so far over the part of the measured window it covered.
+    fn count_in_flight(&mut self, now: Instant, delta: i64) {
+        let from = self.in_flight_since.max(self.plan.measure_start);
+        let to = self.plan.end.map_or(now, |end| now.min(end));
+        if to > from && self.in_flight > 0 {
+            self.stats.in_flight_area += self.in_flight as f64 * (to - from).as_secs_f64();
+        }
+        self.in_flight = self.in_flight.saturating_add_signed(delta);
+        self.in_flight_since = now;
     }
 
     fn make_ready(&mut self, i: usize) {
         let slot = &mut self.slots[i];
         if !slot.ready {
             slot.ready = true;
+            slot.ready_at = Instant::now();
             self.ready.push_back(i);
         }
     }
@@ -611,7 +692,7 @@ impl Worker<'_> {
     fn dispatch(&mut self) {
         if self.plan.open_loop {
             while !self.schedule_done {
-                let due = self.due(self.next_k);
+                let due = self.next_due;
                 let now = Instant::now();
                 if due > now {
                     break;
@@ -629,8 +710,13 @@ impl Worker<'_> {
                     self.stats.lag_max = self.stats.lag_max.max(lag);
                     self.stats.lag_sum += lag;
                     self.stats.lag_count += 1;
+                    self.stats.send_lag.saturating_record(micros(lag));
+                    // The generator's own delay: since the request was due
+                    // or since the connection was free, whichever is later.
+                    let own = now.saturating_duration_since(due.max(self.slots[i].ready_at));
+                    self.stats.generator_lag.saturating_record(micros(own));
                 }
-                self.next_k += 1;
+                self.advance();
                 self.issue(i, due, now);
                 self.start(i, now);
                 let slot = &self.slots[i];
@@ -664,6 +750,7 @@ impl Worker<'_> {
         if counted {
             self.issued += 1;
         }
+        self.count_in_flight(now, 1);
         let slot = &mut self.slots[i];
         slot.wbuf
             .extend_from_slice(&self.plan.routes[route as usize].bytes);
@@ -708,6 +795,8 @@ impl Worker<'_> {
     /// on it fails with `class`; it reconnects at the next tick.
     fn fail(&mut self, i: usize, class: Class, now: Instant) {
         let measuring = now >= self.plan.measure_start;
+        let dropped = self.slots[i].inflight.len() as i64;
+        self.count_in_flight(now, -dropped);
         let slot = &mut self.slots[i];
         let mut failed = 0;
         for f in slot.inflight.drain(..) {
@@ -740,6 +829,10 @@ impl Worker<'_> {
     /// connection per request is done): requests still in flight on it
     /// were lost and are read errors; the slot is ready again at once.
     fn close_clean(&mut self, i: usize) {
+        let dropped = self.slots[i].inflight.len() as i64;
+        if dropped > 0 {
+            self.count_in_flight(Instant::now(), -dropped);
+        }
         let slot = &mut self.slots[i];
         let lost = slot.inflight.drain(..).filter(|f| f.counted).count() as u64;
         self.stats.errors.read += lost;
@@ -789,7 +882,7 @@ impl Worker<'_> {
         if self.schedule_done || self.ready.is_empty() {
             return;
         }
-        let due = self.due(self.next_k);
+        let due = self.next_due;
         if due <= now || self.armed_for == Some(due) {
             return;
         }
@@ -935,6 +1028,7 @@ impl Worker<'_> {
             if front.counted {
                 self.finished += 1;
             }
+            self.count_in_flight(now, -1);
             let slot = &mut self.slots[i];
             slot.rstart += len;
             slot.inflight.pop_front();

@@ -44,7 +44,9 @@ use std::time::{Duration, Instant, SystemTime};
 use iomodels_workload::{fcgi, http, routes, Expectation};
 use nix::sys::resource::{getrlimit, getrusage, setrlimit, Resource, UsageWho};
 
-pub use config::{parse_duration, Config, ConnMode, Endpoint, Protocol, RouteSpec, Stop, Target};
+pub use config::{
+    parse_duration, Arrivals, Config, ConnMode, Endpoint, Protocol, RouteSpec, Stop, Target,
+};
 pub use report::{Cpu, Errors, HistogramSummary, Idle, OpenLoop, Report, SCHEMA_VERSION};
 
 use engine::{Interval, Plan, Prepared, Progress, ThreadSpec};
@@ -91,6 +93,32 @@ pub fn run(config: &Config) -> Result<Report, Error> {
     Run::new(config)?.start()
 }
 
+/// A report with its histograms already decoded (the report carries them
+/// serialized): what a caller that goes on computing with them wants.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// The report, as [`run`] returns it.
+    pub report: Report,
+    /// Latency, µs (from the intended send time in an open loop).
+    pub latency: hdrhistogram::Histogram<u64>,
+    /// Open loop: intended send time → actual send, µs (empty in a closed loop).
+    pub send_lag: hdrhistogram::Histogram<u64>,
+    /// Open loop: the generator's own part of the send lag, µs.
+    pub generator_lag: hdrhistogram::Histogram<u64>,
+}
+
+/// Runs one open-loop step — `config` at its `rate` — and returns the
+/// report with its histograms: the building block of a rate sweep (the
+/// orchestrator's `iomodels sweep` calls it once per rate).
+pub fn step(config: &Config) -> Result<Measured, Error> {
+    if config.rate.is_none() {
+        return Err(Error::Config(
+            "a step is an open loop: give it a rate".to_string(),
+        ));
+    }
+    Run::new(config)?.measure()
+}
+
 /// A run whose target was found reachable, ready to start.
 pub struct Run {
     config: Config,
@@ -117,6 +145,11 @@ impl Run {
 
     /// Applies the load and returns what was measured.
     pub fn start(self) -> Result<Report, Error> {
+        self.measure().map(|m| m.report)
+    }
+
+    /// Applies the load and returns the report with its histograms decoded.
+    pub fn measure(self) -> Result<Measured, Error> {
         let Run {
             config,
             addr,
@@ -126,7 +159,7 @@ impl Run {
     }
 }
 
-fn measure(config: &Config, addr: config::Addr, probe: engine::Probe) -> Result<Report, Error> {
+fn measure(config: &Config, addr: config::Addr, probe: engine::Probe) -> Result<Measured, Error> {
     let routes = prepare(config);
     let mix = mix(&config.route_specs());
 
@@ -160,6 +193,7 @@ fn measure(config: &Config, addr: config::Addr, probe: engine::Probe) -> Result<
         measure_start,
         end,
         open_loop: config.rate.is_some(),
+        arrivals: config.arrivals,
         intervals: config.hdr_log.is_some(),
     };
     let mut log = match &config.hdr_log {
@@ -244,6 +278,9 @@ fn measure(config: &Config, addr: config::Addr, probe: engine::Probe) -> Result<
     let mut latency = engine::new_histogram();
     let mut uncorrected = engine::new_histogram();
     let mut connect = engine::new_histogram();
+    let mut send_lag = engine::new_histogram();
+    let mut generator_lag = engine::new_histogram();
+    let mut in_flight_area = 0.0;
     let mut errors = Errors::default();
     let (mut requests, mut bytes, mut opened, mut unsent) = (0, 0, 0, 0);
     let (mut lag_max, mut lag_sum, mut lag_n) = (Duration::ZERO, Duration::ZERO, 0);
@@ -257,6 +294,9 @@ fn measure(config: &Config, addr: config::Addr, probe: engine::Probe) -> Result<
         merge(&mut latency, &s.latency)?;
         merge(&mut uncorrected, &s.uncorrected)?;
         merge(&mut connect, &s.connect)?;
+        merge(&mut send_lag, &s.send_lag)?;
+        merge(&mut generator_lag, &s.generator_lag)?;
+        in_flight_area += s.in_flight_area;
         errors.add(&s.errors);
         requests += s.responses;
         bytes += s.bytes;
@@ -290,7 +330,7 @@ fn measure(config: &Config, addr: config::Addr, probe: engine::Probe) -> Result<
     let (user_s, sys_s) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
     let attempts = requests + errors.transport();
     let wall = t0.elapsed().as_secs_f64().max(1e-6);
-    Ok(Report {
+    let report = Report {
         schema_version: SCHEMA_VERSION,
         target: config.target.to_string(),
         protocol: config.target.protocol,
@@ -323,7 +363,11 @@ fn measure(config: &Config, addr: config::Addr, probe: engine::Probe) -> Result<
                 lag_sum.as_secs_f64() * 1e3 / lag_n as f64
             },
             unsent,
+            arrivals: config.arrivals,
+            send_lag: Some(HistogramSummary::new(&send_lag)),
+            generator_lag: Some(HistogramSummary::new(&generator_lag)),
         }),
+        in_flight_mean: in_flight_area / duration_s,
         idle: Idle {
             asked: config.idle as u64,
             held: idle_held,
@@ -339,6 +383,12 @@ fn measure(config: &Config, addr: config::Addr, probe: engine::Probe) -> Result<
             },
             utilization: (user_s + sys_s) / wall / threads as f64,
         },
+    };
+    Ok(Measured {
+        report,
+        latency,
+        send_lag,
+        generator_lag,
     })
 }
 

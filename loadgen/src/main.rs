@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use loadgen::{parse_duration, Config, ConnMode, Error, Protocol, RouteSpec, Stop, Target};
+use loadgen::{
+    parse_duration, Arrivals, Config, ConnMode, Error, Protocol, RouteSpec, Stop, Target,
+};
 
 /// An HTTP and FastCGI load generator for the iomodels workload: closed loop
 /// (wrk) or open loop with coordinated-omission correction (wrk2),
@@ -37,6 +39,10 @@ struct Cli {
     /// request's intended send time (coordinated-omission corrected).
     #[arg(short = 'R', long)]
     rate: Option<f64>,
+    /// Open loop: how requests are spaced — `fixed` (t0 + k/R, as wrk2) or
+    /// `poisson` (exponential gaps of mean 1/R, as independent users send).
+    #[arg(long, value_enum, default_value = "fixed", requires = "rate")]
+    arrivals: ArrivalsArg,
     /// Open loop: also print the uncorrected latency (from the actual send).
     #[arg(short = 'U', long = "u-latency")]
     uncorrected: bool,
@@ -80,7 +86,7 @@ struct Cli {
     unix: Option<PathBuf>,
     /// Protocol [default: from the URL's scheme].
     #[arg(long, value_enum)]
-    protocol: Option<ProtocolArg>,
+    protocol: Option<Protocol>,
     /// Write the report as JSON to this file (schema in loadgen/README.md).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -90,18 +96,14 @@ struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum ProtocolArg {
-    Http,
-    Fcgi,
+enum ArrivalsArg {
+    Fixed,
+    Poisson,
 }
 
 impl Cli {
     fn config(&self) -> Result<Config, Error> {
-        let protocol = self.protocol.map(|p| match p {
-            ProtocolArg::Http => Protocol::Http,
-            ProtocolArg::Fcgi => Protocol::Fcgi,
-        });
-        let target = Target::parse(&self.url, self.unix.clone(), protocol)?;
+        let target = Target::parse(&self.url, self.unix.clone(), self.protocol)?;
         let mut c = Config::new(target);
         c.routes = self
             .routes
@@ -121,6 +123,10 @@ impl Cli {
         };
         c.warmup_s = self.warmup.as_secs_f64();
         c.rate = self.rate;
+        c.arrivals = match self.arrivals {
+            ArrivalsArg::Fixed => Arrivals::Fixed,
+            ArrivalsArg::Poisson => Arrivals::Poisson,
+        };
         c.conn_mode = if self.new_conn {
             ConnMode::NewConn
         } else {
@@ -169,7 +175,10 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Stop::Requests(n) => format!("{n} requests"),
     };
     let mut mode = vec![match config.rate {
-        Some(r) => format!("open loop at {r} req/s"),
+        Some(r) => format!(
+            "open loop at {r} req/s ({} arrivals)",
+            config.arrivals.name()
+        ),
         None => "closed loop".to_string(),
     }];
     mode.push(match config.conn_mode {
@@ -240,6 +249,18 @@ mod tests {
         assert_eq!(c.stop, Stop::Requests(100));
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.rate, Some(50.0));
+        assert_eq!(c.arrivals, Arrivals::Fixed);
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "-R",
+            "50",
+            "--arrivals",
+            "poisson",
+            "http://127.0.0.1:9/hello",
+        ])
+        .unwrap();
+        assert_eq!(cli.config().unwrap().arrivals, Arrivals::Poisson);
+        assert!(Cli::try_parse_from(["loadgen", "--arrivals", "poisson", "http://h:1/"]).is_err());
         assert!(Cli::try_parse_from(["loadgen", "-d", "1s", "-n", "5", "http://h:1/"]).is_err());
         let cli = Cli::try_parse_from(["loadgen", "-t", "4", "-c", "2", "http://h:1/"]).unwrap();
         assert!(cli.config().is_err());

@@ -9,7 +9,7 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer}
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConnMode, Protocol};
+use crate::config::{Arrivals, ConnMode, Protocol};
 use crate::Error;
 
 /// Version of the JSON schema; bumped on any incompatible change.
@@ -130,6 +130,18 @@ pub struct OpenLoop {
     pub mean_lag_ms: f64,
     /// Requests due before the end that were never sent (no free connection).
     pub unsent: u64,
+    /// The schedule: `fixed` or `poisson`.
+    #[serde(default)]
+    pub arrivals: Arrivals,
+    /// Each measured request's actual send against its intended time, µs
+    /// (waiting for a free connection included).
+    #[serde(default)]
+    pub send_lag: Option<HistogramSummary>,
+    /// The part of the send lag when a connection was already free: the
+    /// generator's own delay, µs. Large values mean the generator, not the
+    /// server, fell behind.
+    #[serde(default)]
+    pub generator_lag: Option<HistogramSummary>,
 }
 
 /// Extra connections held open, silent, during the run (`--idle`).
@@ -199,6 +211,11 @@ pub struct Report {
     pub connections_opened: u64,
     /// Open loop only: the schedule kept.
     pub open_loop: Option<OpenLoop>,
+    /// Mean number of requests written and not yet answered over the
+    /// measured time (a time integral): by Little's law it equals `rps` ×
+    /// the mean latency from the actual send in a steady state.
+    #[serde(default)]
+    pub in_flight_mean: f64,
     /// `--idle` connections.
     pub idle: Idle,
     /// Responses per `X-Worker` value (fairness across a server's workers).
@@ -315,6 +332,26 @@ impl Report {
                 o,
                 "Open loop: asked {:.1} req/s, achieved {:.1} req/s; sending fell behind by up to {:.3}ms (mean {:.3}ms), {} due requests not sent",
                 ol.asked_rps, ol.achieved_rps, ol.max_lag_ms, ol.mean_lag_ms, ol.unsent
+            );
+            if let (Some(s), Some(g)) = (&ol.send_lag, &ol.generator_lag) {
+                let _ = writeln!(
+                    o,
+                    "Send lag ({} arrivals): p50 {}, p99 {}, p99.9 {}, max {}; the generator's own (a connection was free): p99 {}, max {}",
+                    ol.arrivals.name(),
+                    fmt_us(s.p50_us as f64),
+                    fmt_us(s.p99_us as f64),
+                    fmt_us(s.p999_us as f64),
+                    fmt_us(s.max_us as f64),
+                    fmt_us(g.p99_us as f64),
+                    fmt_us(g.max_us as f64),
+                );
+            }
+        }
+        if self.in_flight_mean > 0.0 {
+            let _ = writeln!(
+                o,
+                "In flight: {:.2} requests on average over {} connections",
+                self.in_flight_mean, self.connections
             );
         }
         let _ = writeln!(

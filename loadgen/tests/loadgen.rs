@@ -257,6 +257,52 @@ fn json_report_and_hdr_log() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn a_step_returns_histograms_send_lag_and_concurrency() {
+    // /wait?us=5000 at 300 req/s: ~1.5 requests in flight on average
+    // (Little's law), well within 8 connections, so nothing queues.
+    let server = TestServer::start(Options::default());
+    for arrivals in [loadgen::Arrivals::Fixed, loadgen::Arrivals::Poisson] {
+        let mut c = config(&server.url("/wait?us=5000"));
+        c.connections = 8;
+        c.rate = Some(300.0);
+        c.arrivals = arrivals;
+        c.warmup_s = 0.2;
+        c.stop = Stop::DurationS(1.5);
+        let m = loadgen::step(&c).expect("step");
+        let r = &m.report;
+        let ol = r.open_loop.as_ref().expect("open loop");
+        assert_eq!(ol.arrivals, arrivals);
+        assert!(
+            (250.0..=320.0).contains(&r.rps),
+            "{arrivals:?}: {} req/s",
+            r.rps
+        );
+        assert_eq!(m.latency.len(), r.requests);
+        assert!(m.latency.min() >= 5000, "{arrivals:?}");
+        // Every measured request that was sent has a send lag; the
+        // generator's own lag is a part of it.
+        assert!(m.send_lag.len() >= r.requests, "{arrivals:?}");
+        assert_eq!(m.generator_lag.len(), m.send_lag.len());
+        assert!(m.generator_lag.mean() <= m.send_lag.mean() + 1.0);
+        let summary = ol.send_lag.as_ref().expect("send lag in the report");
+        assert_eq!(summary.count, m.send_lag.len());
+        // Little's law: in flight = rate × mean latency from the send.
+        let w = r.latency_uncorrected.as_ref().unwrap().mean_us / 1e6;
+        let little = r.rps * w;
+        assert!(
+            (r.in_flight_mean - little).abs() <= 0.2 * little,
+            "{arrivals:?}: in flight {} vs rate × latency {little}",
+            r.in_flight_mean
+        );
+    }
+    let mut closed = config(&server.url("/hello"));
+    closed.stop = Stop::Requests(10);
+    assert!(matches!(loadgen::step(&closed), Err(Error::Config(_))));
+    closed.arrivals = loadgen::Arrivals::Poisson;
+    assert!(matches!(loadgen::run(&closed), Err(Error::Config(_))));
+}
+
 fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
@@ -335,6 +381,7 @@ fn binary_prints_a_wrk_like_summary() {
         "Detailed Percentile spectrum",
         "300 requests in",
         "Requests/sec:",
+        "In flight:",
     ] {
         assert!(text.contains(line), "{line} missing in\n{text}");
     }

@@ -8,17 +8,25 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use iomodels_workload::{Conn, Host, Protocol};
+use iomodels_workload::Host;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::socket::{self, sockopt, MsgFlags, SockFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{self, MsgFlags, SockFlag};
 
-use crate::host::ServerHost;
-use crate::net;
+use crate::host::{self, ServerHost, Shared};
+use crate::net::{self, Accepted};
 use crate::signals;
 
 /// How often a blocked worker wakes to look at deadlines and the stop flag.
 pub const TICK: Duration = Duration::from_secs(1);
+
+/// When the stop was first seen by this process (the grace of connections
+/// that arrived before it counts from here).
+fn stopped_at() -> Instant {
+    static AT: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *AT.get_or_init(Instant::now)
+}
 
 /// How a connection came to this worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,19 +40,20 @@ pub enum Origin {
     Single,
 }
 
-/// The host a blocking worker serves with: the workload's [`Host`], the
-/// protocol, and a hook for models that show what their workers do.
+/// The host a blocking worker serves with: the workload's [`Host`], what
+/// the server's workers share, and a hook for models that show what their
+/// workers do.
 pub trait ServeHost: Host {
-    /// The protocol spoken.
-    fn protocol(&self) -> Protocol;
+    /// What every worker shares (protocol, timeouts, data dir).
+    fn shared(&self) -> &Shared;
     /// The worker is about to block reading its connection (waiting for a
     /// request or the rest of one). A scoreboard marks "reading" here.
     fn reading(&mut self) {}
 }
 
 impl ServeHost for ServerHost {
-    fn protocol(&self) -> Protocol {
-        self.shared().protocol
+    fn shared(&self) -> &Shared {
+        ServerHost::shared(self)
     }
 }
 
@@ -53,24 +62,35 @@ impl ServeHost for ServerHost {
 /// `buf` is the worker's read buffer.
 pub fn serve<H: ServeHost>(fd: OwnedFd, host: &mut H, buf: &mut [u8], origin: Origin) {
     let start = Instant::now();
-    let timeouts = host.timeouts();
-    let mut conn = Conn::new(host.protocol(), start);
+    let timeouts = host.shared().timeouts;
+    let mut conn = host.shared().new_conn(start);
+    // The file a /file request of this connection is reading.
+    let mut file = None;
     if origin == Origin::Single {
         conn.single_request();
     }
     net::set_recv_timeout(&fd, TICK);
-    let tv = nix::sys::time::TimeVal::new(
-        timeouts.idle.as_secs() as _,
-        timeouts.idle.subsec_micros() as _,
-    );
-    let _ = socket::setsockopt(&fd, sockopt::SendTimeout, &tv);
     loop {
-        // 1. Write everything there is to write.
+        // 1. Write everything there is to write. A peer that reads nothing
+        // for a whole idle timeout is a stuck writer: the worker lets go.
+        let mut progress = Instant::now();
         while !conn.output().is_empty() {
-            match nix::unistd::write(&fd, conn.output()) {
-                Ok(n) => conn.advance_output(n, Instant::now(), host),
+            match socket::send(fd.as_raw_fd(), conn.output(), MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => {
+                    progress = Instant::now();
+                    conn.advance_output(n, progress, host);
+                }
                 Err(Errno::EINTR) => continue,
-                // EAGAIN here is SO_SNDTIMEO: the peer stopped reading.
+                Err(e) if net::would_block(e) => {
+                    let left = (progress + timeouts.idle).saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return host.on_write_timeout();
+                    }
+                    // Block until the peer makes room (or the time is up).
+                    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+                    let ms = left.as_millis().clamp(1, 60_000) as u16;
+                    let _ = poll(&mut fds, PollTimeout::from(ms));
+                }
                 Err(_) => return,
             }
         }
@@ -78,15 +98,23 @@ pub fn serve<H: ServeHost>(fd: OwnedFd, host: &mut H, buf: &mut [u8], origin: Or
             return;
         }
         // 2. A parked /wait: the worker sleeps, which is this model's lesson.
+        // A parked /file: the worker reads it, blocking too.
         if let Some(until) = conn.parked_until() {
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
             conn.handle_timeout(Instant::now(), host);
             continue;
         }
+        if let Some(request) = conn.take_file_request() {
+            let dir = host.shared().data_dir.clone();
+            host::serve_file(&dir, request, &mut conn, &mut file, host, Instant::now());
+            continue;
+        }
         // 3. A stop: answer what already arrived, then close. A connection
         // that has not sent its first request yet (taken from the backlog,
-        // or accepted just before the stop) gets up to a tick for it.
-        if signals::stop_requested() && !(conn.requests() == 0 && start.elapsed() < TICK) {
+        // or accepted just before the stop) gets the stop grace for it.
+        if signals::stop_requested()
+            && signals::may_close(conn.requests(), start.max(stopped_at()), Instant::now())
+        {
             if conn.wants_read() {
                 if let Ok(n) = socket::recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
                     let now = Instant::now();
@@ -103,7 +131,7 @@ pub fn serve<H: ServeHost>(fd: OwnedFd, host: &mut H, buf: &mut [u8], origin: Or
         }
         // 4. A deadline (slow head, idle keep-alive) that has passed.
         let now = Instant::now();
-        if conn.poll_timeout(timeouts).is_some_and(|d| now >= d) {
+        if conn.poll_timeout().is_some_and(|d| now >= d) {
             conn.handle_timeout(now, host);
             continue;
         }
@@ -149,34 +177,30 @@ pub fn accept_until(
     accept_with(
         listener,
         retire,
-        || net::accept(listener, SockFlag::empty()),
+        || net::accept_next(listener, SockFlag::empty()),
         on_conn,
     )
 }
 
 /// [`accept_until`] with the accept itself given: `accept()` waits for and
 /// takes one connection of `listener` in the worker's own way (under a
-/// lock, after an epoll wake-up, …), returning `EAGAIN` or `EINTR` when it
-/// woke without one. The backlog after a stop is taken with plain accepts.
+/// lock, after an epoll wake-up, …) through [`net::accept_next`], the one
+/// accept-error ladder. The backlog after a stop is taken with plain accepts.
 pub fn accept_with(
     listener: &OwnedFd,
     mut retire: impl FnMut() -> bool,
-    mut accept: impl FnMut() -> nix::Result<OwnedFd>,
+    mut accept: impl FnMut() -> anyhow::Result<Accepted>,
     mut on_conn: impl FnMut(OwnedFd, Origin),
 ) -> anyhow::Result<()> {
     while !signals::stop_requested() {
         if retire() {
             return Ok(());
         }
-        match accept() {
-            Ok(fd) => on_conn(fd, Origin::Accepted),
+        match accept()? {
+            Accepted::Conn(fd) => on_conn(fd, Origin::Accepted),
             // The tick (SO_RCVTIMEO) or a signal: look at the stop flag.
-            Err(e) if net::would_block(e) || e == Errno::EINTR => {}
-            Err(e) if net::accept_error_is_transient(e) => {}
-            Err(e) if net::accept_error_is_exhaustion(e) => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => anyhow::bail!("accept: {e}"),
+            Accepted::Nothing => {}
+            Accepted::Exhausted => std::thread::sleep(net::ACCEPT_PAUSE),
         }
     }
     let _ = fcntl(listener.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));

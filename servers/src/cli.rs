@@ -6,28 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser};
 use iomodels_workload::{Protocol, Timeouts};
 
 use crate::net::ListenAddr;
-
-/// The wire protocol, as a command-line choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProtocolArg {
-    /// HTTP/1.1 (and 1.0), keep-alive and pipelining.
-    Http,
-    /// FastCGI 1.0 responder, as behind nginx's fastcgi_pass.
-    Fcgi,
-}
-
-impl From<ProtocolArg> for Protocol {
-    fn from(p: ProtocolArg) -> Protocol {
-        match p {
-            ProtocolArg::Http => Protocol::Http,
-            ProtocolArg::Fcgi => Protocol::Fcgi,
-        }
-    }
-}
 
 /// Flags every server takes, with the same defaults.
 #[derive(Debug, Clone, Args)]
@@ -37,8 +19,8 @@ pub struct Common {
     pub listen: ListenAddr,
 
     /// Protocol spoken on the listening socket
-    #[arg(long, value_name = "P", value_enum, default_value_t = ProtocolArg::Http)]
-    pub protocol: ProtocolArg,
+    #[arg(long, value_name = "P", value_enum, default_value_t = Protocol::Http)]
+    pub protocol: Protocol,
 
     /// Worker processes or threads, for models that have them [default: number of CPUs]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -68,7 +50,7 @@ pub struct Common {
 impl Common {
     /// The protocol to speak.
     pub fn protocol(&self) -> Protocol {
-        self.protocol.into()
+        self.protocol
     }
 
     /// `--workers`, or the number of CPUs.

@@ -10,20 +10,17 @@
 //! connection has now (or `None`: it was closed).
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use iomodels_workload::{Conn, Host};
+use iomodels_workload::Conn;
 use nix::errno::Errno;
 use nix::sys::socket::SockFlag;
 use slab::Slab;
 
-use crate::host::{ServerHost, Shared};
-use crate::net;
+use crate::host::{Admitted, ServerHost};
+use crate::net::{self, Accepted};
+use crate::signals;
 use crate::timers::Timers;
-
-/// A connection taken from the backlog after a stop gets this long to send
-/// its request.
-pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// How far to read once a socket is readable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,14 +63,20 @@ pub struct Connection {
     /// Bumped on every read or write that moved bytes (a sweeping model
     /// tells from it whether a sweep did anything).
     pub moved: u64,
+    /// The file a `/file` request of it is reading.
+    pub file: Option<std::fs::File>,
+    /// Its place under `--max-conns`, freed with the connection.
+    _admitted: Admitted,
 }
 
 impl Connection {
-    /// A freshly accepted connection.
-    pub fn new(fd: OwnedFd, host: &ServerHost, now: Instant) -> Connection {
+    /// A freshly accepted connection, admitted under `--max-conns`.
+    pub fn new(fd: OwnedFd, host: &ServerHost, admitted: Admitted, now: Instant) -> Connection {
         Connection {
+            _admitted: admitted,
+            file: None,
             fd,
-            conn: Conn::new(host.shared().protocol, now),
+            conn: host.shared().new_conn(now),
             timer: None,
             readable: false,
             registered: 0,
@@ -120,6 +123,12 @@ impl Connection {
                     Err(Errno::EINTR) => {}
                     Err(_) => return None,
                 }
+                progress = true;
+            }
+            // A parked /file: read it now (a disk read blocks this loop,
+            // which is what these models do; uring-server reads
+            // asynchronously instead).
+            if host.serve_file(&mut self.conn, &mut self.file, now) {
                 progress = true;
             }
             // Write whatever the state machine produced.
@@ -176,24 +185,16 @@ pub struct Reactor {
     /// Deadlines.
     pub timers: Timers,
     buf: Vec<u8>,
-    refusal: Vec<u8>,
-    max_conns: usize,
     until: ReadUntil,
     blocking_wait: bool,
     stopping_since: Option<Instant>,
+    accept_paused_until: Option<Instant>,
 }
 
 impl Reactor {
-    /// A loop of `shared`'s server, answering as `host`.
-    pub fn new(
-        shared: &Shared,
-        host: ServerHost,
-        until: ReadUntil,
-        blocking_wait: bool,
-    ) -> Reactor {
+    /// A loop answering as `host`.
+    pub fn new(host: ServerHost, until: ReadUntil, blocking_wait: bool) -> Reactor {
         Reactor {
-            refusal: net::refusal(shared.protocol, &shared.server_name()),
-            max_conns: shared.max_conns as usize,
             host,
             conns: Slab::new(),
             timers: Timers::new(),
@@ -201,14 +202,15 @@ impl Reactor {
             until,
             blocking_wait,
             stopping_since: None,
+            accept_paused_until: None,
         }
     }
 
-    /// Accepts every pending connection (until EAGAIN). Each new one is
-    /// offered to `register` with its token, which returns what it
-    /// registered (kept in [`Connection::registered`]) or `None` on failure
-    /// (the connection is then closed).
-    /// Connections over `--max-conns` get the refusal and are closed.
+    /// Accepts every pending connection (until EAGAIN), through the one
+    /// accept-error ladder ([`net::accept_next`]). Each new one is
+    /// [adopted](Reactor::adopt). On exhaustion (out of descriptors or
+    /// memory) accepting pauses for [`net::ACCEPT_PAUSE`]: the model stops
+    /// watching its listener while [`Reactor::accept_paused`] says so.
     pub fn accept(
         &mut self,
         listener: &impl AsFd,
@@ -216,49 +218,65 @@ impl Reactor {
         mut register: impl FnMut(usize, &OwnedFd) -> Option<u32>,
     ) -> AcceptEnd {
         loop {
-            let fd = match net::accept(listener, SockFlag::SOCK_NONBLOCK) {
-                Ok(fd) => fd,
-                Err(e) if net::would_block(e) => return AcceptEnd::Drained,
-                Err(Errno::EINTR) => continue,
-                Err(e) if net::accept_error_is_transient(e) => continue,
-                Err(e) => {
-                    eprintln!(
-                        "{}: accept: {e}; pausing accepts for 100 ms",
-                        self.host.shared().server_name()
-                    );
+            match net::accept_next(listener, SockFlag::SOCK_NONBLOCK) {
+                Ok(Accepted::Conn(fd)) => {
+                    self.adopt(fd, now, &mut register);
+                }
+                Ok(Accepted::Nothing) => return AcceptEnd::Drained,
+                // A listener in a broken state (EBADF, EINVAL) is a bug;
+                // it was logged; treat it like exhaustion, not a spin.
+                Ok(Accepted::Exhausted) | Err(_) => {
+                    self.accept_paused_until = Some(now + net::ACCEPT_PAUSE);
                     return AcceptEnd::Exhausted;
                 }
-            };
-            if self.conns.len() >= self.max_conns {
-                self.host.stats().refused();
-                net::refuse(fd, &self.refusal);
-                continue;
             }
-            self.adopt(fd, now, &mut register);
+        }
+    }
+
+    /// Whether accepting is paused after exhaustion (until
+    /// [`net::ACCEPT_PAUSE`] has passed): the model leaves its listener out
+    /// of what it waits for meanwhile, and [`Reactor::wait_ms`] wakes it
+    /// when the pause ends.
+    pub fn accept_paused(&mut self, now: Instant) -> bool {
+        match self.accept_paused_until {
+            Some(t) if now < t => true,
+            Some(_) => {
+                self.accept_paused_until = None;
+                false
+            }
+            None => false,
         }
     }
 
     /// Takes in a connection accepted elsewhere (an acceptor thread, a
-    /// model's own accept). Returns its token, or `None` if `register`
-    /// refused it (it is then closed).
+    /// model's own accept) or by [`Reactor::accept`]. Over `--max-conns`
+    /// (the one rule, [`Shared::admit`]) it is refused and closed. Returns
+    /// its token, or `None` if it was refused, also when `register` could
+    /// not watch it.
     pub fn adopt(
         &mut self,
         fd: OwnedFd,
         now: Instant,
         register: &mut impl FnMut(usize, &OwnedFd) -> Option<u32>,
     ) -> Option<usize> {
+        let Some(admitted) = self.host.shared().admit() else {
+            self.host.shared().refuse(fd);
+            return None;
+        };
         net::set_nodelay(&fd);
         let entry = self.conns.vacant_entry();
         let token = entry.key();
-        let registered = register(token, &fd)?;
+        let Some(registered) = register(token, &fd) else {
+            // A connection the model cannot watch (select: a descriptor past
+            // FD_SETSIZE) is refused like one over the limit.
+            self.host.shared().refuse(fd);
+            return None;
+        };
         self.host.stats().opened();
-        let mut c = Connection::new(fd, &self.host, now);
+        let mut c = Connection::new(fd, &self.host, admitted, now);
         c.registered = registered;
-        self.timers.schedule(
-            &mut c.timer,
-            token,
-            c.conn.poll_timeout(self.host.timeouts()),
-        );
+        self.timers
+            .schedule(&mut c.timer, token, c.conn.poll_timeout());
         entry.insert(c);
         Some(token)
     }
@@ -277,7 +295,7 @@ impl Reactor {
         ) {
             Some(interest) => {
                 c.interest = interest;
-                let deadline = c.conn.poll_timeout(self.host.timeouts());
+                let deadline = c.conn.poll_timeout();
                 self.timers.schedule(&mut c.timer, token, deadline);
                 Some(interest)
             }
@@ -297,19 +315,27 @@ impl Reactor {
     }
 
     /// How long the loop may sleep: until the next deadline (whole
-    /// milliseconds, rounded up), at most 100 ms while stopping, or forever.
+    /// milliseconds, rounded up), at most 100 ms while stopping or while
+    /// accepting is paused, or forever.
     pub fn wait_ms(&self, now: Instant) -> Option<u64> {
         let ms = self.timers.wait_ms(now);
-        match self.stopping_since {
-            Some(_) => Some(ms.map_or(100, |ms| ms.min(100))),
-            None => ms,
+        if self.stopping_since.is_some() || self.accept_paused_until.is_some() {
+            return Some(ms.map_or(100, |ms| ms.min(100)));
         }
+        ms
     }
 
     /// Fires due deadlines (a parked `/wait` is answered, a slow or idle
-    /// peer timed out); `changed` hears each connection's new interest
+    /// peer timed out). For models that rebuild what they wait for from
+    /// [`Connection::interest`] each time (poll, select, …); an API that
+    /// keeps registrations (epoll) uses [`Reactor::expire_with`].
+    pub fn expire(&mut self) {
+        self.expire_with(|_, _, _| {});
+    }
+
+    /// [`Reactor::expire`], telling `changed` each connection's new interest
     /// (`None`: closed). Stale heap entries are skipped.
-    pub fn expire(&mut self, mut changed: impl FnMut(usize, Option<Interest>, &mut Reactor)) {
+    pub fn expire_with(&mut self, mut changed: impl FnMut(usize, Option<Interest>, &mut Reactor)) {
         let now = Instant::now();
         while let Some((when, token)) = self.timers.pop_due(now) {
             let Some(c) = self.conns.get_mut(token) else {
@@ -343,9 +369,15 @@ impl Reactor {
     }
 
     /// While stopping: tells connections that have answered a request (or
-    /// whose grace ran out) to close once idle, and pumps them. Returns true
-    /// when none is left.
-    pub fn drain_step(
+    /// whose grace ran out, [`signals::may_close`]) to close once idle, and
+    /// pumps them. Returns true when none is left.
+    pub fn drain_step(&mut self) -> bool {
+        self.drain_step_with(|_, _, _| {})
+    }
+
+    /// [`Reactor::drain_step`], telling `changed` each connection's new
+    /// interest (`None`: closed).
+    pub fn drain_step_with(
         &mut self,
         mut changed: impl FnMut(usize, Option<Interest>, &mut Reactor),
     ) -> bool {
@@ -356,7 +388,7 @@ impl Reactor {
         let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
         for token in tokens {
             let c = &mut self.conns[token];
-            if c.conn.requests() > 0 || now >= since + STOP_GRACE {
+            if signals::may_close(c.conn.requests(), since, now) {
                 c.conn.drain();
             }
             let interest = self.ready(token, false, now);

@@ -2,10 +2,12 @@
 //! `Server` and `X-Worker` headers), the data dir `/file` reads from, and
 //! `/status` from the shared [`Stats`].
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use iomodels_workload::routes::{self, Status};
-use iomodels_workload::{FileRead, Host, Protocol, Timeouts};
+use iomodels_workload::{identity_headers, Conn, FileRequest, Host, Protocol, Timeouts};
 
 use crate::cli::Common;
 use crate::stats::Stats;
@@ -105,6 +107,88 @@ impl Shared {
     pub fn server_name(&self) -> String {
         format!("iomodels-{}", self.model)
     }
+
+    /// A new connection's protocol state, with this server's timeouts.
+    pub fn new_conn(&self, now: std::time::Instant) -> Conn {
+        Conn::new(self.protocol, self.timeouts, now)
+    }
+
+    /// Where file `name` of the data dir is (the workload already checked
+    /// that it is a plain file name, never a path).
+    pub fn file_path(&self, name: &str) -> PathBuf {
+        self.data_dir.join(name)
+    }
+
+    /// The one `--max-conns` rule: this process takes one more connection if
+    /// it holds fewer than `--max-conns` (a per-process limit, so for
+    /// multi-process models it applies to each process). The place is
+    /// freed when the returned [`Admitted`] is dropped, with the connection.
+    /// `None`: refuse it with [`Shared::refuse`].
+    pub fn admit(&self) -> Option<Admitted> {
+        let held = HELD.fetch_add(1, Ordering::AcqRel);
+        if held >= self.max_conns {
+            HELD.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admitted(()))
+    }
+
+    /// Refuses a connection over `--max-conns`: counts it, writes the
+    /// workload's refusal (HTTP 503, FastCGI END_REQUEST(OVERLOADED)) and
+    /// shuts the socket down.
+    pub fn refuse(&self, fd: OwnedFd) {
+        self.stats.refused();
+        let headers = identity_headers(self.model, &std::process::id().to_string());
+        let refusal = iomodels_workload::refusal(self.protocol, &headers);
+        let _ = nix::unistd::write(&fd, &refusal);
+        let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+    }
+}
+
+/// Does what a `/file` request of `conn` asked for (`request`, from
+/// `Conn::take_file_request`), synchronously (the models whose lesson is
+/// not asynchronous disk I/O): opens the file of `data_dir` into `file`
+/// (the connection's open file), or reads the next piece of it.
+pub fn serve_file(
+    data_dir: &Path,
+    request: FileRequest,
+    conn: &mut Conn,
+    file: &mut Option<std::fs::File>,
+    host: &mut dyn Host,
+    now: std::time::Instant,
+) {
+    use std::os::unix::fs::FileExt;
+    match request {
+        FileRequest::Open(name) => {
+            let opened = std::fs::File::open(data_dir.join(&*name)).and_then(|f| {
+                let size = f.metadata()?.len();
+                *file = Some(f);
+                Ok(size)
+            });
+            conn.file_opened(opened, now, host);
+        }
+        FileRequest::Read { offset, len } => {
+            let mut buf = vec![0u8; len];
+            let read = match file.as_ref() {
+                Some(f) => f.read_at(&mut buf, offset).map(|n| &buf[..n]),
+                None => Err(std::io::ErrorKind::NotFound.into()),
+            };
+            conn.file_read(read, now, host);
+        }
+    }
+}
+
+/// Connections this process holds, against `--max-conns`.
+static HELD: AtomicU64 = AtomicU64::new(0);
+
+/// A connection's place under `--max-conns` (see [`Shared::admit`]).
+#[derive(Debug)]
+pub struct Admitted(());
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        HELD.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One worker's host (a process or a thread): `worker` is its `X-Worker`
@@ -128,11 +212,7 @@ impl ServerHost {
     }
 
     fn with_worker(shared: &Shared, worker: String) -> ServerHost {
-        let headers = format!(
-            "Server: iomodels-{}\r\nX-Worker: {worker}\r\n",
-            shared.model
-        )
-        .into_bytes();
+        let headers = identity_headers(shared.model, &worker);
         ServerHost {
             shared: shared.clone(),
             worker,
@@ -149,6 +229,26 @@ impl ServerHost {
     pub fn stats(&self) -> Stats {
         self.shared.stats
     }
+
+    /// The timeouts connections apply.
+    pub fn timeouts(&self) -> Timeouts {
+        self.shared.timeouts
+    }
+
+    /// Serves what a `/file` request of `conn` needs now ([`serve_file`]).
+    pub fn serve_file(
+        &mut self,
+        conn: &mut Conn,
+        file: &mut Option<std::fs::File>,
+        now: std::time::Instant,
+    ) -> bool {
+        let Some(request) = conn.take_file_request() else {
+            return false;
+        };
+        let dir = self.shared.data_dir.clone();
+        serve_file(&dir, request, conn, file, self, now);
+        true
+    }
 }
 
 impl Host for ServerHost {
@@ -156,16 +256,8 @@ impl Host for ServerHost {
         &self.headers
     }
 
-    fn timeouts(&self) -> Timeouts {
-        self.shared.timeouts
-    }
-
     fn max_conns(&self) -> u64 {
         self.shared.max_conns
-    }
-
-    fn read_file(&mut self, name: &str) -> FileRead {
-        FileRead::Done(std::fs::read(self.shared.data_dir.join(name)))
     }
 
     fn status(&mut self) -> Status {
@@ -181,6 +273,7 @@ impl Host for ServerHost {
             accepted: c.accepted.load(Relaxed),
             connections: c.open.load(Relaxed),
             refused: c.refused.load(Relaxed),
+            write_timeouts: c.write_timeouts.load(Relaxed),
             uptime_s: self.shared.stats.started().elapsed().as_secs_f64(),
             protocol: self.shared.protocol.name().to_string(),
         }
@@ -188,5 +281,9 @@ impl Host for ServerHost {
 
     fn on_request(&mut self) {
         self.shared.stats.request();
+    }
+
+    fn on_write_timeout(&mut self) {
+        self.shared.stats.write_timeout();
     }
 }

@@ -16,20 +16,32 @@
 //! * [`stats`] — counters shared by every process and thread of a server.
 //! * [`host`] — the workload's `Host`: response headers, the data dir,
 //!   `/status`.
+//! * [`ipc`] — frames over the unix socket pairs between a front end and
+//!   its worker processes (swoole-server).
 //! * [`blocking`] — the serve loop of the blocking models.
 //! * [`event`] — what every event-driven model shares: the non-blocking
 //!   read/write pump, the connection slab, deadlines, graceful stop.
 //! * [`scoreboard`] — a process manager's shared-memory table of its
 //!   workers and pool counters (fpm-server).
 //! * [`timers`] — deadlines for the event-driven models.
+//! * [`supervisor`] — a master's forked children: fork, forward the stop,
+//!   reap, respawn with back-off (prefork, fpm, swoole's manager).
+//! * [`reload`] — listening sockets inherited across a re-exec (fpm's
+//!   SIGUSR2).
+//! * [`ring`] — io_uring for uring-server: set-up and probing, the requests
+//!   in flight, the provided-buffer ring; every io_uring `unsafe` block.
 
 pub mod blocking;
 pub mod cli;
 pub mod event;
 pub mod host;
+pub mod ipc;
 pub mod net;
+pub mod reload;
+pub mod ring;
 pub mod scoreboard;
 pub mod signals;
 pub mod startup;
 pub mod stats;
+pub mod supervisor;
 pub mod timers;

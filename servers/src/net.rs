@@ -6,7 +6,6 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use anyhow::Context;
-use iomodels_workload::{fcgi, Protocol};
 use nix::errno::Errno;
 use nix::sys::socket::{
     self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, UnixAddr,
@@ -54,14 +53,48 @@ pub struct ListenOptions {
     pub reuseport: bool,
     /// O_NONBLOCK on the listening socket (event-driven models).
     pub nonblocking: bool,
+    /// With `reuseport`: one socket per worker, all on the same address
+    /// (the kernel spreads connections over them by a hash).
+    pub per_worker: bool,
 }
 
 impl ListenOptions {
+    /// A blocking listener, nothing else.
+    pub const BLOCKING: ListenOptions = ListenOptions {
+        reuseport: false,
+        nonblocking: false,
+        per_worker: false,
+    };
     /// A non-blocking listener (event-driven models), nothing else.
     pub const NONBLOCKING: ListenOptions = ListenOptions {
         reuseport: false,
         nonblocking: true,
+        per_worker: false,
     };
+}
+
+/// `count` listening sockets on one address: the first as [`listen`] makes
+/// it, the others bound to the address it got (the real port when port 0
+/// was asked), which needs `opts.reuseport` when `count > 1`.
+pub fn listen_many(
+    addr: &ListenAddr,
+    backlog: i32,
+    opts: ListenOptions,
+    count: u32,
+) -> anyhow::Result<(Vec<OwnedFd>, String)> {
+    anyhow::ensure!(
+        count <= 1 || (opts.reuseport && matches!(addr, ListenAddr::Tcp(_))),
+        "several listening sockets on one address need SO_REUSEPORT and a TCP address"
+    );
+    let (first, shown) = listen(addr, backlog, opts)?;
+    let mut all = vec![first];
+    if count > 1 {
+        let again = ListenAddr::parse(&shown).map_err(anyhow::Error::msg)?;
+        for _ in 1..count {
+            all.push(listen(&again, backlog, opts)?.0);
+        }
+    }
+    Ok((all, shown))
 }
 
 /// Creates, binds and listens; returns the socket and the address to print
@@ -145,33 +178,6 @@ pub fn set_recv_timeout(fd: &impl AsFd, d: std::time::Duration) {
     let _ = socket::setsockopt(fd, sockopt::ReceiveTimeout, &tv);
 }
 
-/// What a server over `--max-conns` writes before closing: 503 over HTTP,
-/// END_REQUEST(OVERLOADED) for request id 1 (the id web servers use on a
-/// fresh connection) over FastCGI.
-pub fn refusal(protocol: Protocol, server: &str) -> Vec<u8> {
-    match protocol {
-        Protocol::Http => {
-            let body = "server busy: too many connections";
-            format!(
-                "HTTP/1.1 503 Service Unavailable\r\nServer: {server}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .into_bytes()
-        }
-        Protocol::Fcgi => {
-            let mut v = Vec::new();
-            fcgi::push_end_request(&mut v, 1, 0, fcgi::ProtocolStatus::Overloaded);
-            v
-        }
-    }
-}
-
-/// Refuses a connection cleanly: the refusal, a shutdown, a close.
-pub fn refuse(fd: OwnedFd, refusal: &[u8]) {
-    let _ = nix::unistd::write(&fd, refusal);
-    let _ = socket::shutdown(fd.as_raw_fd(), socket::Shutdown::Write);
-}
-
 /// Raises the soft open-file limit to the hard one (C10K needs more than
 /// the usual 1024) and returns it.
 pub fn raise_fd_limit() -> u64 {
@@ -186,6 +192,73 @@ pub fn raise_fd_limit() -> u64 {
         }
         Err(_) => 1024,
     }
+}
+
+/// How long a server stops accepting after it ran out of descriptors or
+/// memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): long enough not to spin on a
+/// listener that stays ready, short enough to recover within a second once
+/// descriptors are free again. Every model uses this one value.
+pub const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What one call of [`accept_next`] gave.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A connection.
+    Conn(OwnedFd),
+    /// None now: the backlog is empty (EAGAIN), the receive timeout of a
+    /// blocking listener passed, or a signal came (EINTR): look at the stop
+    /// flag and call again.
+    Nothing,
+    /// Out of descriptors or memory: stop accepting for [`ACCEPT_PAUSE`]
+    /// (the error was logged, naming what failed).
+    Exhausted,
+}
+
+/// The one accept-error ladder every model climbs: accepts one connection
+/// (`flags` for it, `SOCK_CLOEXEC` always added), skips connections that
+/// died in the backlog (ECONNABORTED, EPROTO, …: only that connection is
+/// lost), reports exhaustion once per pause, and fails on anything else
+/// ("accept4: EBADF"), which is a bug, not a load.
+pub fn accept_next(listener: &impl AsFd, flags: SockFlag) -> anyhow::Result<Accepted> {
+    loop {
+        match accept(listener, flags) {
+            Err(e) if accept_error_is_transient(e) => continue,
+            attempt => return accept_ladder(attempt),
+        }
+    }
+}
+
+/// The ladder of [`accept_next`] applied to an accept a model made its own
+/// way (under a lock, after an epoll wake-up): a connection that died in
+/// the backlog counts as [`Accepted::Nothing`].
+pub fn accept_ladder(attempt: nix::Result<OwnedFd>) -> anyhow::Result<Accepted> {
+    match attempt {
+        Ok(fd) => Ok(Accepted::Conn(fd)),
+        Err(e) if would_block(e) || e == Errno::EINTR || accept_error_is_transient(e) => {
+            Ok(Accepted::Nothing)
+        }
+        Err(e) if accept_error_is_exhaustion(e) => {
+            eprintln!(
+                "{}: accept4: {e}; pausing accepts for {} ms",
+                program(),
+                ACCEPT_PAUSE.as_millis()
+            );
+            Ok(Accepted::Exhausted)
+        }
+        Err(e) => anyhow::bail!("accept4: {e}"),
+    }
+}
+
+/// This program's name, for log lines.
+pub fn program() -> String {
+    std::env::args()
+        .next()
+        .and_then(|p| {
+            std::path::Path::new(&p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "server".into())
 }
 
 /// True for the errors that mean "try again later" on a non-blocking socket.
@@ -243,14 +316,14 @@ mod tests {
         let (fd, shown) = listen(
             &ListenAddr::parse("127.0.0.1:0").unwrap(),
             16,
-            ListenOptions::default(),
+            ListenOptions::BLOCKING,
         )
         .unwrap();
         assert!(!shown.ends_with(":0"));
         let again = listen(
             &ListenAddr::parse(&shown).unwrap(),
             16,
-            ListenOptions::default(),
+            ListenOptions::BLOCKING,
         );
         let msg = format!("{:#}", again.unwrap_err());
         assert!(

@@ -6,12 +6,26 @@
 //! non-blocking pipe the handler writes one byte to) with their readiness
 //! API, the classic self-pipe trick: the signal becomes just another event.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+/// After a stop, a connection that has not sent a whole request yet (taken
+/// from the backlog, or accepted just before the stop) gets this long to
+/// send one; connections that already answered close once idle. The one
+/// graceful-stop rule every model applies, through [`may_close`].
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// While stopping: may a connection that has answered `answered` requests
+/// be told to close once idle? `since` is when the stop was asked (or when
+/// the connection arrived, if later).
+pub fn may_close(answered: u64, since: Instant, now: Instant) -> bool {
+    answered > 0 || now >= since + STOP_GRACE
+}
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
@@ -79,15 +93,15 @@ pub fn wake_on_child_exit() -> anyhow::Result<()> {
 /// Re-arms the handler in a forked child: a pipe of its own (the parent's
 /// is shared with every sibling), the default SIGCHLD, and SIGTERM when the
 /// parent dies (PR_SET_PDEATHSIG), so workers never outlive a killed master.
-/// `parent` is the pid of the process that forked.
+/// `parent` is the pid of the process that forked. A child that forks
+/// children of its own (swoole-server's manager) calls it again in each.
 pub fn reinstall_in_child(parent: nix::unistd::Pid) -> anyhow::Result<()> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
     let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-    PIPE_WRITE.store(w.as_raw_fd(), Ordering::SeqCst);
-    // The child keeps its new pipe for its whole life.
-    CHILD_PIPE
-        .set((r, w))
-        .map_err(|_| anyhow::anyhow!("reinstall_in_child called twice"))?;
+    // The child keeps its new pipe for its whole life: both ends are
+    // leaked on purpose, so the borrowed descriptor of `stop_fd` stays valid.
+    PIPE_WRITE.store(w.into_raw_fd(), Ordering::SeqCst);
+    CHILD_READ.store(r.into_raw_fd(), Ordering::SeqCst);
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     // SAFETY: restoring the default disposition installs no handler code.
     unsafe { signal::sigaction(Signal::SIGCHLD, &default)? };
@@ -98,7 +112,8 @@ pub fn reinstall_in_child(parent: nix::unistd::Pid) -> anyhow::Result<()> {
     Ok(())
 }
 
-static CHILD_PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
+/// The read end of a forked child's own self-pipe (-1: not a child).
+static CHILD_READ: AtomicI32 = AtomicI32::new(-1);
 
 /// Whether SIGTERM or SIGINT arrived.
 pub fn stop_requested() -> bool {
@@ -114,7 +129,13 @@ pub fn request_stop() {
 /// The read end of the self-pipe: readable once a stop was asked.
 pub fn stop_fd() -> BorrowedFd<'static> {
     use std::os::fd::AsFd;
-    match CHILD_PIPE.get().or(PIPE.get()) {
+    let child = CHILD_READ.load(Ordering::SeqCst);
+    if child >= 0 {
+        // SAFETY: `reinstall_in_child` leaked this descriptor: it stays
+        // open for the rest of the process's life.
+        return unsafe { BorrowedFd::borrow_raw(child) };
+    }
+    match PIPE.get() {
         Some((r, _)) => r.as_fd(),
         None => panic!("signals::install was not called"),
     }

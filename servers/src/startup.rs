@@ -19,27 +19,54 @@ pub struct Startup {
     pub shared: Shared,
     /// The listening socket.
     pub listener: OwnedFd,
+    /// More sockets bound to the same address with SO_REUSEPORT, one per
+    /// worker after the first, when [`ListenOptions::per_worker`] asked for
+    /// them (empty otherwise).
+    pub more: Vec<OwnedFd>,
     /// The address for the ready line (with the real port when port 0 was asked).
     pub shown: String,
+    /// The workers the model runs: `--workers`, or the number of CPUs for
+    /// models that have workers (the one place that default is decided).
+    pub workers: u32,
+}
+
+/// How many workers a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// `--workers N`, by default the number of CPUs.
+    FromFlag,
+    /// A fixed number the model decides (one loop, one thread, a pool
+    /// sized by its own flags).
+    Fixed(u32),
 }
 
 impl Startup {
-    /// Sets up model `model` with `workers` workers from the common flags.
+    /// Sets up model `model` from the common flags: installs the stop
+    /// signals, prepares the data dir, maps the shared counters and binds
+    /// the listener (or one SO_REUSEPORT listener per worker).
     pub fn begin(
         model: &'static str,
         common: &Common,
-        workers: u32,
+        workers: Workers,
         opts: ListenOptions,
     ) -> anyhow::Result<Startup> {
+        let workers = match workers {
+            Workers::FromFlag => common.workers(),
+            Workers::Fixed(n) => n,
+        };
         signals::install()?;
         let data = DataDir::prepare(common.data_dir.as_deref())?;
         let shared = Shared::new(model, common, &data, workers)?;
-        let (listener, shown) = net::listen(&common.listen, common.backlog, opts)?;
+        let count = if opts.per_worker { workers.max(1) } else { 1 };
+        let (mut listeners, shown) = net::listen_many(&common.listen, common.backlog, opts, count)?;
+        let listener = listeners.remove(0);
         Ok(Startup {
             data,
             shared,
             listener,
+            more: listeners,
             shown,
+            workers,
         })
     }
 }

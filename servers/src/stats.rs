@@ -20,6 +20,9 @@ pub struct Counters {
     pub open: AtomicU64,
     /// Connections refused at `--max-conns`.
     pub refused: AtomicU64,
+    /// Connections dropped because the peer read nothing for a whole idle
+    /// timeout while output was pending.
+    pub write_timeouts: AtomicU64,
 }
 
 /// A handle to the shared counters and the server's start time.
@@ -77,6 +80,11 @@ impl Stats {
     /// A connection was closed.
     pub fn closed(&self) {
         self.counters.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A connection was dropped as a stuck writer.
+    pub fn write_timeout(&self) {
+        self.counters.write_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection was refused at `--max-conns`.

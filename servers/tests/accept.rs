@@ -1,7 +1,8 @@
-//! prefork-server's accept strategies (UNP ch.30 designs 2–4, and
-//! EPOLLEXCLUSIVE): each serves every request, and the per-worker request
-//! counts (from `X-Worker`) show how each spreads connections over 4
-//! workers.
+//! prefork-server's accept strategies (UNP ch.30's design 2, its design 3
+//! with flock(2) in place of fcntl(2) locks, and the Linux-only SO_REUSEPORT
+//! and EPOLLEXCLUSIVE): each serves every request, and the per-worker
+//! request counts (from `X-Worker`) show how each spreads connections over
+//! 4 workers.
 
 mod util;
 

@@ -1,5 +1,6 @@
 //! The conformance suite: every server binary × {http, fcgi} goes through
-//! the same cases. Adding a model is one line in [`SERVERS`].
+//! the same cases. Adding a model is one line in [`SERVERS`]. Set
+//! `IOMODELS_ONLY=bin,bin` to run the cases for some binaries only.
 
 mod util;
 
@@ -79,8 +80,16 @@ const PROTOCOLS: [Protocol; 2] = [Protocol::Http, Protocol::Fcgi];
 /// Runs `case` against every server and protocol, each with a fresh server
 /// started with `extra` flags added. A model that cannot run here (io_uring
 /// disabled by sysctl or seccomp) is skipped with a message.
+/// `IOMODELS_ONLY=uring-server,epoll-server` runs the cases for those
+/// binaries only (for working on one model; CI runs them all).
+fn chosen(bin: &str) -> bool {
+    let only = std::env::var("IOMODELS_ONLY").ok();
+    only.as_deref()
+        .is_none_or(|o| o.split(',').any(|b| b == bin))
+}
+
 fn each(extra: &[&str], case: impl Fn(&mut Server, &Model)) {
-    for m in SERVERS {
+    for m in SERVERS.iter().filter(|m| chosen(m.bin)) {
         for protocol in PROTOCOLS {
             let args: Vec<&str> = m.flags.iter().chain(extra).copied().collect();
             let Some(mut server) = Server::start_or_skip(m.bin, protocol, &args) else {
@@ -520,4 +529,104 @@ fn sigterm_during_load_loses_no_accepted_request() {
             .expect("server did not exit after SIGTERM");
         assert!(status.success(), "{status:?}");
     });
+}
+
+/// `--max-conns 10` with 20 keep-alive connections each asking once: at
+/// most 10 are served at once, and a model that holds connections itself
+/// (an event loop, a thread per connection, a queue) refuses the rest with
+/// 503 / END_REQUEST(OVERLOADED) at once. Models whose workers hold one
+/// connection each (iterative, prefork, fpm: `--max-conns` is per process)
+/// leave the others waiting in the listen backlog instead, and fork-server
+/// ends each connection after one request, so only the "at most 10" part
+/// applies to them.
+#[test]
+fn max_conns_refuses_beyond_the_limit() {
+    each(&["--max-conns", "10"], |s, m| {
+        let one_per_worker = ["iterative-server", "prefork-server", "fpm-server"].contains(&m.bin);
+        let mut clients: Vec<Client> = (0..20).map(|_| s.connect()).collect();
+        for c in &mut clients {
+            let wire = c.encode("GET", "/hello", b"");
+            c.send(&wire).unwrap();
+        }
+        // One shared deadline: those waiting in a backlog cost it once.
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let (mut served, mut refused) = (0, 0);
+        for c in &mut clients {
+            let left = deadline.saturating_duration_since(Instant::now());
+            c.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(20))))
+                .unwrap();
+            match c.read_response(false) {
+                Ok(r) if r.status == 200 => served += 1,
+                Ok(r) if r.status == 503 => refused += 1,
+                Ok(r) if r.fcgi_status == Some(ProtocolStatus::Overloaded) => refused += 1,
+                Ok(r) => panic!("{}: unexpected answer {}", m.bin, r.status),
+                // Waiting in the backlog, or refused without a whole answer.
+                Err(_) => {}
+            }
+        }
+        if !m.keep_alive {
+            // fork-server: a child per connection, gone after its one
+            // answer, so "at once" cannot be seen from the answers.
+        } else if one_per_worker {
+            assert!(served <= 10, "{}: {served} served at once", m.bin);
+        } else {
+            // threadpool-server admits 10 too, but its 4 workers hold 4 of
+            // them (keep-alive) while 6 wait in its queue.
+            let expect = if m.bin == "threadpool-server" { 4 } else { 10 };
+            assert_eq!(
+                (served, refused),
+                (expect, 10),
+                "{}: served and refused",
+                m.bin
+            );
+        }
+        drop(clients);
+        // The places are free again once those connections are gone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut c = s.connect();
+            let wire = c.encode("GET", "/hello", b"");
+            c.send(&wire).unwrap();
+            match c.read_response(false) {
+                Ok(r) if r.status == 200 => break,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                other => panic!("{}: not served after the others left: {other:?}", m.bin),
+            }
+        }
+    });
+}
+
+/// 240 KB of FastCGI PARAMS and never the empty PARAMS record: past the
+/// 64 KiB cap the request is ended (or the connection closed) within a
+/// second, and the server still serves others.
+#[test]
+fn fastcgi_params_past_the_cap_end_the_request_at_once() {
+    for m in SERVERS.iter().filter(|m| chosen(m.bin)) {
+        let Some(s) = Server::start_or_skip(m.bin, Protocol::Fcgi, m.flags) else {
+            continue;
+        };
+        let mut c = s.connect();
+        let mut wire = Vec::new();
+        fcgi::push_begin_request(&mut wire, 1, true);
+        let mut params = Vec::new();
+        fcgi::push_name_value(&mut params, b"HTTP_X_FILL", &vec![b'x'; 60_000]);
+        for _ in 0..4 {
+            fcgi::push_stream(&mut wire, fcgi::PARAMS, 1, &params);
+        }
+        let started = Instant::now();
+        // The server may stop reading once it has answered.
+        let _ = c.send(&wire);
+        let (bytes, closed) = c.read_to_eof(Duration::from_secs(1));
+        let ended = records(&bytes)
+            .iter()
+            .any(|(kind, id, _)| *kind == fcgi::END_REQUEST && *id == 1);
+        assert!(
+            ended || closed,
+            "{}: no END_REQUEST and no close within {:?}",
+            m.bin,
+            started.elapsed()
+        );
+        s.connect().request("GET", "/hello", b"");
+    }
 }

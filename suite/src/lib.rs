@@ -2,7 +2,7 @@
 //!
 //! The orchestrator behind the `iomodels` binary: it runs a matrix of
 //! server models × scenarios × protocols against fresh servers, measures
-//! each server's own costs from /proc, writes `results/<run-id>/`, renders
+//! each server's own costs (cgroup, perf, /proc, valgrind), writes `results/<run-id>/`, renders
 //! reports and compares result sets for CI.
 //!
 //! Modules: [`accounting`] (cgroup CPU and memory, perf context
@@ -11,11 +11,16 @@
 //! accounting), [`results`] (the JSON file), [`summary`] (medians and the
 //! table), [`report`] (Markdown, HTML and SVG charts), [`compare`] (the
 //! regression gate and Bencher Metric Format), [`cost`] (instructions per
-//! request under valgrind).
+//! request under valgrind), [`sweep`] (rate sweeps:
+//! load–latency curves and capacity at an SLO), [`charts`] (the palette,
+//! legends and small multiples the report draws with), [`curves`] (the
+//! sweeps' charts and tables).
 
 pub mod accounting;
+pub mod charts;
 pub mod compare;
 pub mod cost;
+pub mod curves;
 pub mod models;
 pub mod noise;
 pub mod procfs;
@@ -24,3 +29,4 @@ pub mod results;
 pub mod runner;
 pub mod scenarios;
 pub mod summary;
+pub mod sweep;

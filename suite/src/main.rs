@@ -4,6 +4,8 @@
 //!   beside this executable × the core scenarios × both protocols, a table,
 //!   `results/<run-id>/results.json` and a report;
 //! * `run` — the same with chosen models, scenarios, protocols, durations;
+//! * `sweep` — open-loop rate sweeps: load–latency curves and each model's
+//!   capacity at a p99 SLO;
 //! * `report RESULTS` — rebuilds report.md and report.html from a results file;
 //! * `compare BASE NEW` — the regression gate (exit 1 on a regression);
 //! * `models` — the models known and the binaries found.
@@ -19,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use iomodels_suite::results::{Machine, RunConfig, SCHEMA_VERSION};
 use iomodels_suite::runner::Plan;
 use iomodels_suite::scenarios::{self, Scenario};
-use iomodels_suite::{compare, cost, models, report, results, runner, summary};
+use iomodels_suite::{compare, cost, models, report, results, runner, summary, sweep};
 use loadgen::Protocol;
 
 /// Benchmark suite for server I/O models: runs every server model through
@@ -37,6 +39,8 @@ struct Cli {
 enum Cmd {
     /// Run a matrix of models × scenarios × protocols (defaults: the quick matrix).
     Run(RunArgs),
+    /// Sweep open-loop rates per model: load–latency curves, capacity at an SLO.
+    Sweep(SweepArgs),
     /// Render report.md and report.html from a results.json.
     Report {
         /// The results file.
@@ -185,6 +189,100 @@ struct RunArgs {
     /// Directory holding the server binaries [default: beside iomodels].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Open-loop rate of the `open` scenario, the same for every model
+    /// [default: from the sweep when it runs, else half the lowest hello
+    /// maximum among the models that serve concurrently].
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct SweepArgs {
+    /// Models to sweep, comma-separated [default: every `*-server` beside iomodels].
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+    /// Routes to sweep, comma-separated or repeated: /hello, '/wait?us=10000', '/cpu?n=2000'.
+    #[arg(long = "route", value_delimiter = ',', default_value = "/hello")]
+    routes: Vec<String>,
+    /// Protocols to sweep.
+    #[arg(long, value_enum, default_value = "http")]
+    protocol: ProtocolArg,
+    /// Server --workers.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// p99 allowed above the route's own wait (/wait?us=D: D + SLO): 1ms, 500us.
+    #[arg(long, default_value = "1ms", value_parser = loadgen::parse_duration)]
+    slo: std::time::Duration,
+    /// p99 above the route's own wait that counts as saturated (ends the sweep).
+    #[arg(long, default_value = "100ms", value_parser = loadgen::parse_duration)]
+    cap: std::time::Duration,
+    /// First rate, requests/s.
+    #[arg(long, default_value_t = 100.0)]
+    from: f64,
+    /// Ratio between consecutive rates (geometric steps).
+    #[arg(long, default_value_t = 1.5)]
+    factor: f64,
+    /// At most this many steps per model.
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// No step above this rate, requests/s.
+    #[arg(long, default_value_t = 1_000_000.0)]
+    max_rate: f64,
+    /// Measured time per step: 800ms, 2s.
+    #[arg(short = 'd', long, default_value = "800ms", value_parser = loadgen::parse_duration)]
+    duration: std::time::Duration,
+    /// Load at the step's rate before measuring it.
+    #[arg(long, default_value = "200ms", value_parser = loadgen::parse_duration)]
+    warmup: std::time::Duration,
+    /// Connections for models that do not pin one per worker [default: 50,
+    /// more on routes that wait].
+    #[arg(short = 'c', long)]
+    connections: Option<usize>,
+    /// Arrivals of the open loop: fixed schedule or Poisson.
+    #[arg(long, value_enum, default_value = "fixed")]
+    arrivals: ArrivalsArg,
+    /// Count every step as first measured (by default a step that misses
+    /// the SLO or saturates is measured once more before it counts).
+    #[arg(long)]
+    no_retry: bool,
+    /// Directory that receives `<run-id>/`.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// Directory holding the server binaries [default: beside iomodels].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+/// Arrivals choice on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ArrivalsArg {
+    /// A fixed schedule, t0 + k/R (wrk2).
+    Fixed,
+    /// Exponential gaps of mean 1/R.
+    Poisson,
+}
+
+impl SweepArgs {
+    fn spec(&self) -> sweep::SweepSpec {
+        sweep::SweepSpec {
+            routes: self.routes.clone(),
+            from_rps: self.from,
+            factor: self.factor,
+            max_steps: self.steps,
+            max_rps: self.max_rate,
+            step_s: self.duration.as_secs_f64(),
+            warmup_s: self.warmup.as_secs_f64(),
+            slo_us: self.slo.as_secs_f64() * 1e6,
+            cap_us: self.cap.as_secs_f64() * 1e6,
+            connections: self.connections,
+            arrivals: match self.arrivals {
+                ArrivalsArg::Fixed => loadgen::Arrivals::Fixed,
+                ArrivalsArg::Poisson => loadgen::Arrivals::Poisson,
+            },
+            workers: self.workers,
+            retries: u32::from(!self.no_retry),
+        }
+    }
 }
 
 /// A mistake of the user's: exit status 2.
@@ -249,6 +347,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Run(args) => run_matrix(args),
         Cmd::Cost(args) => run_cost(args),
+        Cmd::Sweep(args) => run_sweep(args),
         Cmd::Report { results, out } => {
             let r = results::Results::load(&results)?;
             let dir =
@@ -323,61 +422,6 @@ fn write_bmf(r: &results::Results, path: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
-/// The server directory, the models to run (all found, or those asked)
-/// and the known models that are not built.
-fn choose_models(
-    asked: &[String],
-    bin_dir: Option<PathBuf>,
-) -> anyhow::Result<(PathBuf, Vec<String>, Vec<String>)> {
-    let dir = bin_dir.unwrap_or_else(models::bin_dir);
-    let found = models::discover(&dir);
-    let missing_known: Vec<&str> = models::KNOWN
-        .iter()
-        .map(|(m, _)| *m)
-        .filter(|m| !found.iter().any(|f| f == m))
-        .collect();
-    if asked.is_empty() {
-        if found.is_empty() {
-            anyhow::bail!(
-                "no *-server binaries in {}: build them with `cargo build --release --workspace`",
-                dir.display()
-            );
-        }
-        if !missing_known.is_empty() {
-            eprintln!(
-                "iomodels: not found in {} (not built, or not in this checkout): {}",
-                dir.display(),
-                missing_known
-                    .iter()
-                    .map(|m| format!("{m}-server"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        let missing = missing_known
-            .iter()
-            .map(|m| format!("{m}-server"))
-            .collect();
-        Ok((dir, found, missing))
-    } else {
-        let absent: Vec<String> = asked
-            .iter()
-            .filter(|m| !found.contains(m))
-            .map(|m| format!("{m}-server"))
-            .collect();
-        if !absent.is_empty() {
-            return Err(Usage(format!(
-                "not found in {}: {} (found: {})",
-                dir.display(),
-                absent.join(", "),
-                found.join(", ")
-            ))
-            .into());
-        }
-        Ok((dir, asked.to_vec(), Vec::new()))
-    }
-}
-
 fn protocols(p: ProtocolArg) -> Vec<Protocol> {
     match p {
         ProtocolArg::Http => vec![Protocol::Http],
@@ -408,7 +452,8 @@ fn cost_plan(mut plan: cost::CostPlan, requests: &[u64]) -> anyhow::Result<cost:
 }
 
 fn run_cost(args: CostArgs) -> anyhow::Result<ExitCode> {
-    let (dir, models, missing) = choose_models(&args.models, args.bin_dir.clone())?;
+    let dir = args.bin_dir.clone().unwrap_or_else(models::bin_dir);
+    let (models, missing) = choose_models(&dir, &args.models)?;
     let mut scen = args.scenarios.clone();
     scen.sort();
     scen.dedup();
@@ -456,6 +501,8 @@ fn run_cost(args: CostArgs) -> anyhow::Result<ExitCode> {
         runs: Vec::new(),
         syscalls: Vec::new(),
         cost: costs,
+        sweep: None,
+        sweeps: Vec::new(),
     };
     let (json, html) = save(&r, &args.out, args.bmf.as_deref())?;
     print_out(&cost::table(&r.cost));
@@ -488,20 +535,20 @@ fn save(
 }
 
 fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let (dir, models, missing) = choose_models(&args.models, args.bin_dir.clone())?;
-    if !dir.join("loadgen").exists() {
-        eprintln!(
-            "iomodels: note: no loadgen binary in {} (iomodels drives the loadgen library itself; build the workspace for the standalone tool)",
-            dir.display()
-        );
-    }
+    let dir = args.bin_dir.clone().unwrap_or_else(models::bin_dir);
+    let (models, missing) = choose_models(&dir, &args.models)?;
     let mut scen = if args.scenarios.is_empty() {
         scenarios::DEFAULT.to_vec()
     } else {
         args.scenarios.clone()
     };
-    if scen.contains(&Scenario::Open) && !scen.contains(&Scenario::Hello) {
-        // The open loop's rate is a fraction of the measured hello maximum.
+    let sweeping = scen.contains(&Scenario::Sweep);
+    if scen.contains(&Scenario::Open)
+        && !scen.contains(&Scenario::Hello)
+        && !sweeping
+        && args.rate.is_none()
+    {
+        // The open loop's rate comes from the measured hello maxima.
         scen.push(Scenario::Hello);
     }
     scen.sort();
@@ -527,6 +574,9 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.repeat == 0 || args.workers == 0 {
         return Err(Usage("--repeat and --workers must be at least 1".into()).into());
     }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err(Usage("--rate must be a positive rate".into()).into());
+    }
     let idle_models = if args.idle_models.iter().any(|m| m == "all") {
         None
     } else {
@@ -545,11 +595,42 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         None if models.iter().any(|x| x == "epoll") => Some("epoll".to_string()),
         None => models.first().cloned(),
     };
+    let start = SystemTime::now();
+    let run_id = results::run_id(start);
+    let machine = Machine::current();
+    // The sweep first: its capacities choose the open loop's equal rate.
+    let (spec, curves) = if sweeping {
+        let spec = sweep::SweepSpec {
+            workers: args.workers,
+            step_s: args.duration.as_secs_f64(),
+            warmup_s: args.warmup.as_secs_f64(),
+            ..sweep::SweepSpec::default()
+        };
+        eprintln!(
+            "iomodels: sweeping {} model(s) × {} protocol(s) on /hello",
+            models.len(),
+            protocols.len()
+        );
+        let curves = sweep::sweep_all(&dir, &models, &protocols, &spec);
+        (Some(spec), curves)
+    } else {
+        (None, Vec::new())
+    };
+    let open_rate = args.rate.or_else(|| {
+        protocols
+            .iter()
+            .filter_map(|&p| sweep::equal_rate_from_sweeps(&curves, p))
+            .reduce(f64::min)
+    });
     let plan = Plan {
         aa,
         bin_dir: dir.clone(),
         models: models.clone(),
-        scenarios: scen.clone(),
+        scenarios: scen
+            .iter()
+            .copied()
+            .filter(|s| *s != Scenario::Sweep)
+            .collect(),
         protocols: protocols.clone(),
         duration_s: args.duration.as_secs_f64(),
         warmup_s: args.warmup.as_secs_f64(),
@@ -557,15 +638,13 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         workers: args.workers,
         idle_levels: args.idle_levels.clone(),
         idle_models: idle_models.clone(),
+        open_rate,
     };
-    let start = SystemTime::now();
-    let run_id = results::run_id(start);
-    let machine = Machine::current();
     eprintln!(
         "iomodels: {} runs: {} model(s) × {} scenario(s) × {} protocol(s), {:.1} s each",
         plan.count(),
         models.len(),
-        scen.len(),
+        plan.scenarios.len(),
         protocols.len(),
         plan.duration_s + plan.warmup_s
     );
@@ -603,11 +682,16 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|p| cost::run(p, true))
             .unwrap_or_default(),
+        sweep: spec,
+        sweeps: curves,
     };
     let (json, html) = save(&results, &args.out, args.bmf.as_deref())?;
     print_out(&summary::table(&summary::rows(&results)));
     if !results.cost.is_empty() {
         print_out(&format!("\n{}", cost::table(&results.cost)));
+    }
+    if !results.sweeps.is_empty() {
+        print_out(&format!("\n{}", sweep::capacity_table(&results.sweeps)));
     }
     let took = start.elapsed().map_or(0.0, |d| d.as_secs_f64());
     print_out(&format!(
@@ -616,6 +700,129 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         html.display()
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `iomodels sweep`: the curves alone, in a result set of their own.
+fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.bin_dir.clone().unwrap_or_else(models::bin_dir);
+    let spec = args.spec();
+    spec.validate().map_err(Usage)?;
+    let (models, missing) = choose_models(&dir, &args.models)?;
+    let protocols = match args.protocol {
+        ProtocolArg::Http => vec![Protocol::Http],
+        ProtocolArg::Fcgi => vec![Protocol::Fcgi],
+        ProtocolArg::Both => vec![Protocol::Http, Protocol::Fcgi],
+    };
+    let start = SystemTime::now();
+    let run_id = results::run_id(start);
+    let machine = Machine::current();
+    eprintln!(
+        "iomodels: sweeping {} model(s) × {} route(s) × {} protocol(s): from {} req/s ×{} per step, {:.1} s a step, SLO p99 ≤ route's wait + {}",
+        models.len(),
+        spec.routes.len(),
+        protocols.len(),
+        spec.from_rps,
+        spec.factor,
+        spec.step_s + spec.warmup_s,
+        sweep::fmt_ms(spec.slo_us)
+    );
+    let curves = sweep::sweep_all(&dir, &models, &protocols, &spec);
+    let results = results::Results {
+        schema_version: SCHEMA_VERSION,
+        run_id: run_id.clone(),
+        machine,
+        config: RunConfig {
+            models,
+            scenarios: vec![Scenario::Sweep],
+            protocols,
+            duration_s: spec.step_s,
+            warmup_s: spec.warmup_s,
+            repeat: 1,
+            workers: spec.workers,
+            idle_levels: Vec::new(),
+            idle_models: Vec::new(),
+            missing,
+        },
+        runs: Vec::new(),
+        syscalls: Vec::new(),
+        cost: Vec::new(),
+        sweep: Some(spec),
+        sweeps: curves,
+    };
+    let out_dir = args.out.join(&run_id);
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
+    let json = out_dir.join("results.json");
+    results.save(&json)?;
+    let html = report::write(&results, &out_dir)?;
+    print_out(&sweep::capacity_table(&results.sweeps));
+    let took = start.elapsed().map_or(0.0, |d| d.as_secs_f64());
+    print_out(&format!(
+        "\nresults: {}\nreport:  {} (and report.md), {took:.0} s\n",
+        json.display(),
+        html.display()
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The models to run: those asked for (each must be built in `dir`), or
+/// every one found there; and the known models that are missing.
+fn choose_models(dir: &Path, asked: &[String]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let found = models::discover(dir);
+    let missing_known: Vec<&str> = models::KNOWN
+        .iter()
+        .map(|(m, _)| *m)
+        .filter(|m| !found.iter().any(|f| f == m))
+        .collect();
+    let (models, missing) = if asked.is_empty() {
+        if found.is_empty() {
+            anyhow::bail!(
+                "no *-server binaries in {}: build them with `cargo build --release --workspace`",
+                dir.display()
+            );
+        }
+        if !missing_known.is_empty() {
+            eprintln!(
+                "iomodels: not found in {} (not built, or not in this checkout): {}",
+                dir.display(),
+                missing_known
+                    .iter()
+                    .map(|m| format!("{m}-server"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        (
+            found.clone(),
+            missing_known
+                .iter()
+                .map(|m| format!("{m}-server"))
+                .collect(),
+        )
+    } else {
+        let absent: Vec<String> = asked
+            .iter()
+            .filter(|m| !found.contains(m))
+            .map(|m| format!("{m}-server"))
+            .collect();
+        if !absent.is_empty() {
+            return Err(Usage(format!(
+                "not found in {}: {} (found: {})",
+                dir.display(),
+                absent.join(", "),
+                found.join(", ")
+            ))
+            .into());
+        }
+        (asked.to_vec(), Vec::new())
+    };
+    if !dir.join("loadgen").exists() {
+        eprintln!(
+            "iomodels: note: no loadgen binary in {} (iomodels drives the loadgen library itself; build the workspace for the standalone tool)",
+            dir.display()
+        );
+    }
+    Ok((models, missing))
 }
 
 #[cfg(test)]

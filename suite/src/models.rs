@@ -89,6 +89,9 @@ pub struct Quirks {
     pub closes_each_request: bool,
     /// Refuses fds >= FD_SETSIZE, so it cannot hold 10,000 idle connections.
     pub fd_setsize: bool,
+    /// Each worker serves one keep-alive connection until it closes: more
+    /// connections than workers wait unserved (an open loop uses `--workers`).
+    pub pins_connection: bool,
 }
 
 /// The quirks of `model` (none for models not named here).
@@ -97,6 +100,7 @@ pub fn quirks(model: &str) -> Quirks {
         one_connection: model == "iterative",
         closes_each_request: model == "fork",
         fd_setsize: model == "select",
+        pins_connection: matches!(model, "prefork" | "threadpool" | "fpm"),
     }
 }
 
@@ -119,5 +123,36 @@ mod tests {
         assert_eq!(discover(dir.path()), ["prefork", "epoll", "zeta"]);
         assert!(describe("epoll").contains("epoll"));
         assert!(describe("zeta").contains("no description"));
+    }
+
+    /// The one list of models (`KNOWN`) and every place that lists them
+    /// agree: a binary in servers/Cargo.toml, a row in the model index and
+    /// in the README's server table, and a line in the conformance suite.
+    #[test]
+    fn every_list_of_models_agrees_with_known() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+        let (cargo, index, readme, conformance) = (
+            read("servers/Cargo.toml"),
+            read("docs/models/README.md"),
+            read("README.md"),
+            read("servers/tests/conformance.rs"),
+        );
+        for (model, _) in KNOWN {
+            let bin = format!("{model}-server");
+            assert!(
+                cargo.contains(&format!("name = \"{bin}\"")),
+                "{bin} in servers/Cargo.toml"
+            );
+            assert!(
+                index.contains(&format!("| {model} |")),
+                "{model} in docs/models/README.md"
+            );
+            assert!(readme.contains(&format!("`{bin}`")), "{bin} in README.md");
+            assert!(
+                conformance.contains(&format!("\"{bin}\"")),
+                "{bin} in conformance.rs"
+            );
+        }
     }
 }

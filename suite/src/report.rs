@@ -2,7 +2,10 @@
 //! self-contained `report.html` whose charts are inline SVG drawn with
 //! plotters' SVG backend. Every chart's `<svg>` has a stable id:
 //! `chart-rps-P`, `chart-latency-P`, `chart-idle-P`, `chart-cpu-P` and
-//! `chart-instructions-P` for each protocol P present.
+//! `chart-instructions-P` for each protocol P present, and for each swept route R (slugged: `hello`,
+//! `wait-us-10000`) `chart-sweep-R-P` and `chart-capacity-R-P`. Models keep
+//! one style across charts ([`crate::charts`]); legends sit right of the
+//! plots.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -26,25 +29,7 @@ pub struct Chart {
     pub svg: String,
 }
 
-type DrawResult = Result<(), Box<dyn std::error::Error>>;
-
-fn color(i: usize) -> RGBColor {
-    const C: [RGBColor; 12] = [
-        RGBColor(31, 119, 180),
-        RGBColor(255, 127, 14),
-        RGBColor(44, 160, 44),
-        RGBColor(214, 39, 40),
-        RGBColor(148, 103, 189),
-        RGBColor(140, 86, 75),
-        RGBColor(227, 119, 194),
-        RGBColor(127, 127, 127),
-        RGBColor(188, 189, 34),
-        RGBColor(23, 190, 207),
-        RGBColor(0, 0, 128),
-        RGBColor(128, 0, 0),
-    ];
-    C[i % C.len()]
-}
+use crate::charts::{self, DrawResult, Swatch};
 
 fn models(rows: &[&Row]) -> Vec<String> {
     let mut m: Vec<String> = Vec::new();
@@ -70,7 +55,8 @@ fn rps_chart(rows: &[&Row], out: &mut String) -> DrawResult {
     let max = rows.iter().map(|r| r.rps).fold(10.0, f64::max) * 2.0;
     let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    let (plot, leg) = charts::with_legend(&root, 170);
+    let mut chart = ChartBuilder::on(&plot)
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(70)
@@ -85,23 +71,33 @@ fn rps_chart(rows: &[&Row], out: &mut String) -> DrawResult {
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
     let w = 0.9 / models.len().max(1) as f64;
+    let x_of = |r: &Row, mi: usize| {
+        let si = scen.iter().position(|s| *s == r.scenario).unwrap_or(0) as f64;
+        si + 0.05 + w * mi as f64
+    };
     for (mi, m) in models.iter().enumerate() {
-        let c = color(mi);
-        chart
-            .draw_series(rows.iter().filter(|r| &r.model == m).map(|r| {
-                let si = scen.iter().position(|s| *s == r.scenario).unwrap_or(0) as f64;
-                let x0 = si + 0.05 + w * mi as f64;
-                Rectangle::new([(x0, 1.0), (x0 + w, r.rps.max(1.0))], c.filled())
-            }))?
-            .label(m.as_str())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
+        let s = charts::style(m);
+        let st = if s.peer {
+            s.color.stroke_width(1)
+        } else {
+            s.color.filled()
+        };
+        chart.draw_series(rows.iter().filter(|r| &r.model == m).map(|r| {
+            let x0 = x_of(r, mi);
+            Rectangle::new([(x0, 1.0), (x0 + w, r.rps.max(1.0))], st)
+        }))?;
+        let gen: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| &r.model == m && r.generator_limited)
+            .map(|r| (x_of(r, mi) + w / 2.0, r.rps.max(1.0)))
+            .collect();
+        charts::gen_mark(&mut chart, &gen)?;
         // Error bars: the smallest and largest repetition.
         chart.draw_series(
             rows.iter()
                 .filter(|r| &r.model == m && r.reps > 1)
                 .map(|r| {
-                    let si = scen.iter().position(|s| *s == r.scenario).unwrap_or(0) as f64;
-                    let x = si + 0.05 + w * (mi as f64 + 0.5);
+                    let x = x_of(r, mi) + w / 2.0;
                     PathElement::new(
                         vec![(x, r.rps_range.0.max(1.0)), (x, r.rps_range.1.max(1.0))],
                         BLACK.stroke_width(1),
@@ -109,86 +105,16 @@ fn rps_chart(rows: &[&Row], out: &mut String) -> DrawResult {
                 }),
         )?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
-}
-
-/// Latency by percentile, x = 1/(1 − p) on a log axis (HistogramLogAnalyzer).
-fn latency_chart(results: &Results, rows: &[&Row], out: &mut String) -> DrawResult {
-    let pick: Vec<&Row> = {
-        let open: Vec<&Row> = rows
-            .iter()
-            .copied()
-            .filter(|r| r.scenario == Scenario::Open && r.reps > 0)
-            .collect();
-        if open.is_empty() {
-            rows.iter()
-                .copied()
-                .filter(|r| r.scenario == Scenario::Hello && r.reps > 0)
-                .collect()
-        } else {
-            open
-        }
-    };
-    let mut curves = Vec::new();
-    for r in &pick {
-        if let Some(h) = summary::histogram(results, &r.key) {
-            let pts: Vec<(f64, f64)> = (0..=100)
-                .map(|i| {
-                    let x = 10f64.powf(i as f64 / 20.0); // up to 1e5 = 99.999 %
-                    let q = 1.0 - 1.0 / x;
-                    (x, (h.value_at_quantile(q) as f64).max(1.0))
-                })
-                .collect();
-            curves.push((r.model.clone(), pts));
-        }
-    }
-    let ymax = curves
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|v| v.1))
-        .fold(10.0, f64::max)
-        * 2.0;
-    let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .margin(25)
-        .x_label_area_size(35)
-        .y_label_area_size(70)
-        .build_cartesian_2d((1f64..1e5).log_scale(), (1f64..ymax).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("percentile")
-        .y_desc("latency µs")
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .x_label_formatter(&|x| {
-            let nines = x.log10().round() as i32;
-            match nines {
-                0 => "0%".into(),
-                1 => "90%".into(),
-                2 => "99%".into(),
-                n => format!("99.{}%", "9".repeat((n - 2) as usize)),
-            }
-        })
-        .draw()?;
-    for (i, (m, pts)) in curves.into_iter().enumerate() {
-        let c = color(i);
-        chart
-            .draw_series(LineSeries::new(pts, c.stroke_width(2)))?
-            .label(m)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], c.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    charts::legend(
+        &leg,
+        &models,
+        Swatch::Bar,
+        &[
+            charts::GEN_NOTE,
+            charts::GEN_NOTE2,
+            "| the repetitions' range",
+        ],
+    )?;
     root.present()?;
     Ok(())
 }
@@ -205,7 +131,8 @@ fn idle_chart(rows: &[&Row], out: &mut String) -> DrawResult {
     let ymax = rows.iter().map(|r| r.rps).fold(10.0, f64::max) * 1.15;
     let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    let (plot, leg) = charts::with_legend(&root, 170);
+    let mut chart = ChartBuilder::on(&plot)
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(70)
@@ -216,26 +143,29 @@ fn idle_chart(rows: &[&Row], out: &mut String) -> DrawResult {
         .y_desc("requests/s")
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
-    for (i, m) in models.iter().enumerate() {
-        let c = color(i);
+    for m in &models {
+        let s = charts::style(m);
         let mut pts: Vec<(f64, f64)> = rows
             .iter()
             .filter(|r| &r.model == m)
             .map(|r| (r.idle as f64, r.rps))
             .collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
-            .label(m.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], c.stroke_width(2)));
-        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
+        charts::line(&mut chart, &pts, s.color, s.dash, 2)?;
+        charts::markers(&mut chart, &pts, s, 4, false)?;
+        let gen: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| &r.model == m && r.generator_limited)
+            .map(|r| (r.idle as f64, r.rps))
+            .collect();
+        charts::gen_mark(&mut chart, &gen)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    charts::legend(
+        &leg,
+        &models,
+        Swatch::Line,
+        &[charts::GEN_NOTE, charts::GEN_NOTE2],
+    )?;
     root.present()?;
     Ok(())
 }
@@ -254,84 +184,87 @@ fn cpu_chart(rows: &[&Row], out: &mut String) -> DrawResult {
         .iter()
         .map(|r| r.cpu_us.max(r.cpu_range.1))
         .fold(1.0, f64::max)
-        * 1.15;
+        * 3.0;
+    let ymin = 0.5;
     let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    let (plot, leg) = charts::with_legend(&root, 190);
+    let mut chart = ChartBuilder::on(&plot)
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..models.len().max(1) as f64, 0f64..ymax)?;
+        .build_cartesian_2d(0f64..models.len().max(1) as f64, (ymin..ymax).log_scale())?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(models.len() * 2 + 1)
         .x_label_formatter(&|x| category_label(*x, models))
-        .y_desc("server CPU µs per request")
+        .y_desc("server CPU µs per request (log)")
+        .y_label_formatter(&|y| format!("{y}"))
         .draw()?;
-    for (si, s) in scen.iter().enumerate() {
-        let (cu, cs) = (color(si * 2), color(si * 2 + 1));
-        let bars = |user: bool| -> Vec<Rectangle<(f64, f64)>> {
-            rows.iter()
-                .filter(|r| r.scenario == *s)
-                .map(|r| {
-                    let mi = models.iter().position(|m| *m == r.model).unwrap_or(0) as f64;
-                    let x0 = mi + 0.1 + 0.4 * si as f64;
-                    let (lo, hi) = if user {
-                        (0.0, r.user_us)
-                    } else {
-                        (r.user_us, r.user_us + r.sys_us)
-                    };
-                    Rectangle::new(
-                        [(x0, lo), (x0 + 0.38, hi)],
-                        if user { cu.filled() } else { cs.filled() },
-                    )
-                })
-                .collect()
-        };
-        chart
-            .draw_series(bars(true))?
-            .label(format!("{} user", s.name()))
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], cu.filled()));
-        chart
-            .draw_series(bars(false))?
-            .label(format!("{} system", s.name()))
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], cs.filled()));
-        // Error bars on the total: the smallest and largest repetition.
-        chart.draw_series(
-            rows.iter()
-                .filter(|r| r.scenario == *s && r.reps > 1)
-                .map(|r| {
-                    let mi = models.iter().position(|m| *m == r.model).unwrap_or(0) as f64;
-                    let x = mi + 0.1 + 0.4 * si as f64 + 0.19;
-                    PathElement::new(
-                        vec![(x, r.cpu_range.0), (x, r.cpu_range.1)],
-                        BLACK.stroke_width(1),
-                    )
-                }),
-        )?;
+    for (si, sc) in scen.iter().enumerate() {
+        for r in rows.iter().filter(|r| r.scenario == *sc) {
+            let s = charts::style(&r.model);
+            let mi = models.iter().position(|m| *m == r.model).unwrap_or(0) as f64;
+            let x0 = mi + 0.1 + 0.4 * si as f64;
+            let user = r.user_us.max(ymin);
+            let total = (r.user_us + r.sys_us).max(ymin);
+            let (ust, sst) = if s.peer {
+                (s.color.stroke_width(2), s.color.mix(0.5).stroke_width(1))
+            } else {
+                (s.color.filled(), s.color.mix(0.45).filled())
+            };
+            chart.draw_series([
+                Rectangle::new([(x0, ymin), (x0 + 0.38, user)], ust),
+                Rectangle::new([(x0, user), (x0 + 0.38, total)], sst),
+            ])?;
+            if si == 1 {
+                // The new-connection bar: outlined, to tell it from hello's.
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(x0, ymin), (x0 + 0.38, total)],
+                    BLACK.stroke_width(1),
+                )))?;
+            }
+            if r.generator_limited {
+                charts::gen_mark(&mut chart, &[(x0 + 0.19, total)])?;
+            }
+            if r.reps > 1 {
+                // Error bar on the total: the repetitions' range.
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![
+                        (x0 + 0.19, r.cpu_range.0.max(ymin)),
+                        (x0 + 0.19, r.cpu_range.1.max(ymin)),
+                    ],
+                    BLACK.stroke_width(1),
+                )))?;
+            }
+        }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    charts::legend(
+        &leg,
+        models,
+        Swatch::Bar,
+        &[
+            "left bar: hello (keep-alive)",
+            "right, outlined: a new",
+            "   connection per request",
+            "dark: user · light: system",
+            charts::GEN_NOTE,
+            charts::GEN_NOTE2,
+        ],
+    )?;
     root.present()?;
     Ok(())
 }
 
-/// Instructions per request under valgrind, one bar per model and
-/// scenario (error bars: the repetitions' range).
+/// Instructions per request under valgrind per model: hello (left) and a
+/// new connection per request (right, outlined); error bars: the
+/// repetitions' range.
 fn instructions_chart(costs: &[&crate::cost::InstrCost], out: &mut String) -> DrawResult {
     let mut models: Vec<String> = Vec::new();
-    let mut scen: Vec<Scenario> = Vec::new();
     for c in costs {
         if !models.contains(&c.model) {
             models.push(c.model.clone());
-        }
-        if !scen.contains(&c.scenario) {
-            scen.push(c.scenario);
         }
     }
     let ymax = costs
@@ -341,7 +274,8 @@ fn instructions_chart(costs: &[&crate::cost::InstrCost], out: &mut String) -> Dr
         * 1.15;
     let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    let (plot, leg) = charts::with_legend(&root, 190);
+    let mut chart = ChartBuilder::on(&plot)
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(80)
@@ -354,44 +288,41 @@ fn instructions_chart(costs: &[&crate::cost::InstrCost], out: &mut String) -> Dr
         .y_desc("user-space instructions per request")
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
-    let w = 0.8 / scen.len().max(1) as f64;
-    for (si, sc) in scen.iter().enumerate() {
-        let c = color(si);
-        let bar = |x: &crate::cost::InstrCost| -> Option<(f64, f64, (f64, f64))> {
-            let mi = models.iter().position(|m| *m == x.model)? as f64;
-            Some((
-                mi + 0.1 + w * si as f64,
-                x.per_request?,
-                summary::range(&x.samples),
-            ))
-        };
-        chart
-            .draw_series(costs.iter().filter(|x| x.scenario == *sc).filter_map(|x| {
-                let (x0, v, _) = bar(x)?;
-                Some(Rectangle::new([(x0, 0.0), (x0 + w * 0.95, v)], c.filled()))
-            }))?
-            .label(sc.name())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
-        chart.draw_series(
-            costs
-                .iter()
-                .filter(|x| x.scenario == *sc && x.samples.len() > 1)
-                .filter_map(|x| {
-                    let (x0, _, (lo, hi)) = bar(x)?;
-                    let xm = x0 + w * 0.475;
-                    Some(PathElement::new(
-                        vec![(xm, lo), (xm, hi)],
-                        BLACK.stroke_width(1),
-                    ))
-                }),
-        )?;
+    for c in costs {
+        let Some(v) = c.per_request else { continue };
+        let s = charts::style(&c.model);
+        let mi = models.iter().position(|m| *m == c.model).unwrap_or(0) as f64;
+        let right = c.scenario != Scenario::Hello;
+        let x0 = mi + 0.1 + if right { 0.4 } else { 0.0 };
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(x0, 0.0), (x0 + 0.38, v)],
+            s.color.filled(),
+        )))?;
+        if right {
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(x0, 0.0), (x0 + 0.38, v)],
+                BLACK.stroke_width(1),
+            )))?;
+        }
+        if c.samples.len() > 1 {
+            let (lo, hi) = summary::range(&c.samples);
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(x0 + 0.19, lo), (x0 + 0.19, hi)],
+                BLACK.stroke_width(1),
+            )))?;
+        }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    charts::legend(
+        &leg,
+        &models,
+        Swatch::Bar,
+        &[
+            "left bar: hello (keep-alive)",
+            "right, outlined: a new",
+            "   connection per request",
+            "| the repetitions' range",
+        ],
+    )?;
     root.present()?;
     Ok(())
 }
@@ -406,75 +337,133 @@ fn with_id(svg: &str, id: &str) -> String {
 
 /// Every chart the results have data for.
 pub fn charts(results: &Results) -> anyhow::Result<Vec<Chart>> {
+    // A/A copies stay out of the charts (the report's A/A table has them).
     let rows: Vec<Row> = summary::rows(results)
         .into_iter()
         .filter(|r| !r.aa)
         .collect();
     let mut out = Vec::new();
+    type Draw<'a> = Box<dyn Fn(&mut String) -> DrawResult + 'a>;
+    let mut push =
+        |kind: String, title: String, caption: String, draw: Draw| -> anyhow::Result<()> {
+            let mut svg = String::new();
+            draw(&mut svg).map_err(|e| anyhow::anyhow!("drawing {kind} chart: {e}"))?;
+            let id = format!("chart-{kind}");
+            out.push(Chart {
+                svg: with_id(&svg, &id),
+                id,
+                title,
+                caption,
+            });
+            Ok(())
+        };
     for p in [loadgen::Protocol::Http, loadgen::Protocol::Fcgi] {
         let pr: Vec<&Row> = rows.iter().filter(|r| r.protocol == p).collect();
         if pr.iter().all(|r| r.reps == 0) {
             continue;
         }
         let n = p.name();
-        type Draw<'a> = Box<dyn Fn(&mut String) -> DrawResult + 'a>;
-        let specs: Vec<(&str, String, &str, bool, Draw)> = vec![
+        // The open loop at one rate for every model; without it, the
+        // closed-loop hello runs (each at its own pace).
+        let open: Vec<&Row> = pr
+            .iter()
+            .copied()
+            .filter(|r| r.scenario == Scenario::Open && r.reps > 0)
+            .collect();
+        let rate = crate::curves::open_rate(results, p);
+        let (lat_rows, lat_title, lat_caption) = if open.is_empty() {
+            (
+                pr.iter()
+                    .copied()
+                    .filter(|r| r.scenario == Scenario::Hello && r.reps > 0)
+                    .collect::<Vec<_>>(),
+                format!("Latency by percentile, closed loop hello ({n})"),
+                "HdrHistogram percentile curves (x: 1/(1−p), log scale) of the closed-loop hello runs — each model at its own pace, so compare shapes, not heights; run the open scenario for an equal load.".to_string(),
+            )
+        } else {
+            (
+                open,
+                format!(
+                    "Latency by percentile at {} req/s, the same load for every model ({n})",
+                    rate.map_or("?".into(), crate::sweep::thousands)
+                ),
+                "Open loop on /hello at one rate for every model (one that every model serving concurrently sustains), latency from each request's intended send time (coordinated omission corrected); x: 1/(1−p), log scale, as HistogramLogAnalyzer draws it. One panel per model family, the other families in grey behind. Flat and low is good; the tail is on the right.".to_string(),
+            )
+        };
+        let specs: Vec<(&str, String, String, bool, Draw)> = vec![
             (
                 "rps",
                 format!("Requests/s per scenario ({n})"),
-                "Closed-loop throughput of each model in each scenario (log scale). Compare models within a group; the open loop runs at half the hello maximum by design.",
+                "Throughput of each model in each scenario (log scale), one colour family per model family. Compare models within a group; the open loop runs at one rate for every model by design.".to_string(),
                 pr.iter().any(|r| r.reps > 0 && r.idle == 0),
                 Box::new(|s: &mut String| rps_chart(&pr, s)),
             ),
             (
                 "latency",
-                format!("Latency by percentile ({n})"),
-                "HdrHistogram percentile curves (x: 1/(1−p), log scale) of the open-loop run at 50 % of each model's hello maximum, corrected for coordinated omission; flat and low is good, the tail is on the right.",
-                pr.iter().any(|r| matches!(r.scenario, Scenario::Open | Scenario::Hello) && r.reps > 0),
-                Box::new(|s: &mut String| latency_chart(results, &pr, s)),
+                lat_title,
+                lat_caption,
+                !lat_rows.is_empty(),
+                Box::new(|s: &mut String| crate::curves::latency_chart(results, &lat_rows, rate, s)),
             ),
             (
                 "idle",
                 format!("Requests/s against idle connections ({n})"),
-                "A few active connections while 0, 1,000 and 10,000 idle ones are held: select and poll pass every fd to the kernel on each call, epoll only the ready ones.",
+                "A few active connections while 0, 1,000 and 10,000 idle ones are held: select and poll pass every fd to the kernel on each call, epoll only the ready ones.".to_string(),
                 pr.iter().any(|r| r.scenario == Scenario::Idle && r.reps > 0),
                 Box::new(|s: &mut String| idle_chart(&pr, s)),
             ),
             (
                 "cpu",
                 format!("Server CPU µs per request ({n})"),
-                "CPU the whole server process tree spent per request (user below, system above), keep-alive hello and a new connection per request: the UNP ch.30 comparison, measured.",
+                "CPU the whole server process tree spent per request (user dark, system light above it) on a log axis, so that fork's hundreds of µs do not flatten the rest: keep-alive hello (left) and a new connection per request (right, outlined), the UNP ch.30 comparison, measured.".to_string(),
                 pr.iter().any(|r| matches!(r.scenario, Scenario::Hello | Scenario::NewConn) && r.reps > 0),
                 Box::new(|s: &mut String| cpu_chart(&pr, s)),
             ),
         ];
+        for (kind, title, caption, has, draw) in specs {
+            if has {
+                push(format!("{kind}-{n}"), title, caption, draw)?;
+            }
+        }
+    }
+    for p in [loadgen::Protocol::Http, loadgen::Protocol::Fcgi] {
         let costs: Vec<&crate::cost::InstrCost> = results
             .cost
             .iter()
             .filter(|c| c.protocol == p && c.per_request.is_some())
             .collect();
-        let mut specs = specs;
-        specs.push((
-            "instructions",
-            format!("Instructions per request under valgrind ({n})"),
-            "User-space instructions the server executed per request (valgrind, two request counts subtracted so start-up cancels): deterministic, unlike anything timed, and blind to the kernel's work (system calls).",
-            !costs.is_empty(),
-            Box::new(move |s: &mut String| instructions_chart(&costs, s)),
-        ));
-        for (kind, title, caption, has, draw) in specs {
-            if !has {
-                continue;
-            }
-            let mut svg = String::new();
-            draw(&mut svg).map_err(|e| anyhow::anyhow!("drawing {kind} chart: {e}"))?;
-            let id = format!("chart-{kind}-{n}");
-            out.push(Chart {
-                svg: with_id(&svg, &id),
-                id,
-                title,
-                caption: caption.to_string(),
-            });
+        if !costs.is_empty() {
+            push(
+                format!("instructions-{}", p.name()),
+                format!("Instructions per request under valgrind ({})", p.name()),
+                "User-space instructions the server executed per request (valgrind, two request counts subtracted so start-up cancels): deterministic, unlike anything timed, and blind to the kernel's work (system calls).".to_string(),
+                Box::new(move |s: &mut String| instructions_chart(&costs, s)),
+            )?;
         }
+    }
+    for (route, p) in crate::curves::groups(results) {
+        let curves: Vec<&crate::sweep::Curve> = results
+            .sweeps
+            .iter()
+            .filter(|c| c.route == route && c.protocol == p && !c.steps.is_empty())
+            .collect();
+        if curves.is_empty() {
+            continue;
+        }
+        let (n, slug) = (p.name(), crate::curves::slug(&route));
+        let bound = crate::sweep::fmt_ms(curves[0].slo_bound_us());
+        push(
+            format!("sweep-{slug}-{n}"),
+            format!("Load–latency curves on {route}: p99 against offered rate ({n})"),
+            format!("Each model driven open loop at rising rates (geometric steps) until it saturates; p99 from the intended send time. The curve stays flat while the model keeps up and turns up at its knee — the ring marks its capacity, the highest rate with p99 ≤ {bound} (dashed line). Hollow markers: over the SLO; ▼: the generator's fault (it saturated, or sent late), not the server's. One panel per model family; the other families in grey behind."),
+            Box::new(|s: &mut String| crate::curves::sweep_chart(&curves, s)),
+        )?;
+        push(
+            format!("capacity-{slug}-{n}"),
+            format!("Capacity at p99 ≤ {bound} on {route} ({n})"),
+            "Each model's capacity (bar, log scale): the highest swept rate whose p99 stayed within the SLO; the black tick is the rate at which it saturated; ▲: a lower bound (the generator saturated, or the sweep reached --max-rate first).".to_string(),
+            Box::new(|s: &mut String| crate::curves::capacity_chart(&curves, s)),
+        )?;
     }
     Ok(out)
 }
@@ -510,6 +499,28 @@ io_uring operations are not in it); **RSS/PSS** peak resident and proportional m
 **cgroup peak** the server's cgroup memory peak (page cache and kernel memory included); **procs/thr** processes and \
 threads; **gen CPU** the load generator's share of its core — **GEN** marks a run where it reached 90 % and may have set the pace.\n";
 
+fn cost_md(r: &Results) -> String {
+    if r.cost.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n## Instructions per request (valgrind)\n\n`iomodels cost`: each server under valgrind (cachegrind, no cache simulation) for two request counts; the difference of their instruction totals over the difference of requests prices one request, start-up and stop cancel. User space only: the kernel's work is in the CPU and system-call figures.\n\n{}",
+        crate::cost::table(&r.cost)
+    )
+}
+
+fn aa_md(rows: &[Row]) -> String {
+    match crate::noise::floor(rows) {
+        Some(nf) => format!(
+            "\n## A/A check: the noise floor of this run\n\n{} ran twice in every round; its copies differ only by noise. \
+             `compare` gates wall-clock figures (CPU µs/request, ×epoll) only beyond this floor.\n\n{}",
+            rows.iter().find(|r| r.aa).map_or("", |r| r.model.as_str()),
+            crate::noise::markdown(&nf)
+        ),
+        None => String::new(),
+    }
+}
+
 fn syscalls_md(r: &Results) -> String {
     if r.syscalls.is_empty() {
         return String::new();
@@ -535,28 +546,6 @@ fn syscalls_md(r: &Results) -> String {
     s
 }
 
-fn cost_md(r: &Results) -> String {
-    if r.cost.is_empty() {
-        return String::new();
-    }
-    format!(
-        "\n## Instructions per request (valgrind)\n\n`iomodels cost`: each server under valgrind (cachegrind, no cache simulation) for two request counts; the difference of their instruction totals over the difference of requests prices one request, start-up and stop cancel. User space only: the kernel's work is in the CPU and system-call figures.\n\n{}",
-        crate::cost::table(&r.cost)
-    )
-}
-
-fn aa_md(rows: &[Row]) -> String {
-    match crate::noise::floor(rows) {
-        Some(nf) => format!(
-            "\n## A/A check: the noise floor of this run\n\n{} ran twice in every round; its copies differ only by noise. \
-             `compare` gates wall-clock figures (CPU µs/request, ×epoll) only beyond this floor.\n\n{}",
-            rows.iter().find(|r| r.aa).map_or("", |r| r.model.as_str()),
-            crate::noise::markdown(&nf)
-        ),
-        None => String::new(),
-    }
-}
-
 /// The Markdown report.
 pub fn markdown(r: &Results) -> String {
     let rows = summary::rows(r);
@@ -569,15 +558,18 @@ pub fn markdown(r: &Results) -> String {
     if !r.config.missing.is_empty() {
         let _ = writeln!(s, "Not built (skipped): {}.\n", r.config.missing.join(", "));
     }
-    s.push_str(&summary::table(&rows));
-    let _ = write!(
-        s,
-        "\n**User and system time.** {}\n",
-        crate::accounting::CPU_SPLIT_NOTE
-    );
+    if !r.runs.is_empty() {
+        s.push_str(&summary::table(&rows));
+        let _ = write!(
+            s,
+            "\n**User and system time.** {}\n",
+            crate::accounting::CPU_SPLIT_NOTE
+        );
+    }
     s.push_str(&aa_md(&rows));
     s.push_str(&cost_md(r));
     s.push_str(&syscalls_md(r));
+    s.push_str(&crate::curves::markdown(r));
     s.push_str("\nCharts: see report.html beside this file.\n");
     s
 }
@@ -630,13 +622,15 @@ td:first-child,td:nth-child(2),td:nth-child(3){{text-align:left}}figure{{margin:
             escape(&c.caption)
         );
     }
-    s.push_str("<h2>All runs</h2>\n");
-    s.push_str(&md_table_html(&summary::table(&rows)));
-    let _ = writeln!(
-        s,
-        "<p><b>User and system time.</b> {}</p>",
-        escape(crate::accounting::CPU_SPLIT_NOTE)
-    );
+    if !r.runs.is_empty() {
+        s.push_str("<h2>All runs</h2>\n");
+        s.push_str(&md_table_html(&summary::table(&rows)));
+        let _ = writeln!(
+            s,
+            "<p><b>User and system time.</b> {}</p>",
+            escape(crate::accounting::CPU_SPLIT_NOTE)
+        );
+    }
     let aa = aa_md(&rows);
     if !aa.is_empty() {
         s.push_str("<h2>A/A check: the noise floor of this run</h2>\n");
@@ -656,6 +650,17 @@ td:first-child,td:nth-child(2),td:nth-child(3){{text-align:left}}figure{{margin:
     if !r.cost.is_empty() {
         s.push_str("<h2>Instructions per request (valgrind)</h2>\n");
         s.push_str(&md_table_html(&crate::cost::table(&r.cost)));
+    }
+    if !r.sweeps.is_empty() {
+        s.push_str("<h2>Rate sweeps: capacity at the SLO</h2>\n");
+        let _ = writeln!(
+            s,
+            "<p>{}</p>",
+            escape(crate::curves::LITTLE).replace("**", "")
+        );
+        s.push_str(&md_table_html(&crate::sweep::capacity_table(&r.sweeps)));
+        s.push_str("<h3>Every step (Little's law beside the connections)</h3>\n");
+        s.push_str(&md_table_html(&crate::sweep::steps_table(&r.sweeps)));
     }
     let sys = syscalls_md(r);
     if !sys.is_empty() {
@@ -686,7 +691,7 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<std::path::PathBuf> {
 
 /// The label of a category axis whose category `i` spans `i..i+1`: its name
 /// at the middle tick `i + 0.5`, nothing at the other ticks.
-fn category_label(x: f64, names: &[impl AsRef<str>]) -> String {
+pub fn category_label(x: f64, names: &[impl AsRef<str>]) -> String {
     let i = x.floor() as usize;
     match names.get(i) {
         Some(name) if (x - x.floor() - 0.5).abs() < 0.01 => name.as_ref().to_string(),

@@ -33,6 +33,13 @@ pub struct Results {
     /// `iomodels cost` (or `run --cost`): instructions per request under valgrind.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cost: Vec<crate::cost::InstrCost>,
+    /// Rate sweeps (`iomodels sweep`, or the `sweep` scenario): how they
+    /// were made, and one load–latency curve per model, route and protocol.
+    #[serde(default)]
+    pub sweep: Option<crate::sweep::SweepSpec>,
+    /// The curves.
+    #[serde(default)]
+    pub sweeps: Vec<crate::sweep::Curve>,
 }
 
 /// Facts about the machine and build.

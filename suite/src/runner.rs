@@ -45,6 +45,9 @@ pub struct Plan {
     pub idle_models: Option<Vec<String>>,
     /// The model run twice in every round (the A/A check), if any.
     pub aa: Option<String>,
+    /// The open loop's rate for every model (`None`: half the lowest
+    /// `hello` maximum among the models that set the equal load).
+    pub open_rate: Option<f64>,
 }
 
 impl Plan {
@@ -62,7 +65,7 @@ impl Plan {
                 .iter()
                 .map(|&s| match s {
                     Scenario::Idle if self.sweeps(m) => self.idle_levels.len(),
-                    Scenario::Idle => 0,
+                    Scenario::Idle | Scenario::Sweep => 0,
                     _ => 1,
                 })
                 .sum::<usize>()
@@ -246,7 +249,7 @@ pub fn run_one(
         return rec;
     }
     if scenario == Scenario::Open && load.rate.is_none_or(|r| r < 1.0) {
-        rec.skipped = Some("no hello maximum to derive the open-loop rate from".into());
+        rec.skipped = Some("no rate for the open loop: give --rate, or run hello or sweep".into());
         return rec;
     }
     match measure(plan, model, scenario, protocol, &load) {
@@ -330,6 +333,10 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
     let mut scenarios = plan.scenarios.clone();
     scenarios.sort();
     scenarios.dedup();
+    // The open loop runs last in each round, at one rate for every model
+    // (per protocol): equal load, so its latencies compare.
+    let open = scenarios.contains(&Scenario::Open);
+    scenarios.retain(|s| *s != Scenario::Open && *s != Scenario::Sweep);
     let mut entrants: Vec<(&str, bool)> = Vec::new();
     for m in &plan.models {
         entrants.push((m, false));
@@ -346,71 +353,92 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
         entrants.push((m, true));
     }
     for rep in 0..plan.repeat {
-        // (model, protocol, A/A copy) -> this round's hello requests/s.
-        let mut hello_rps: std::collections::HashMap<(&str, &str, bool), f64> = Default::default();
-        for &protocol in &plan.protocols {
-            for &scenario in &scenarios {
-                let mut levels: Vec<usize> = match scenario {
-                    Scenario::Idle => plan.idle_levels.clone(),
-                    _ => vec![0],
-                };
-                levels.dedup();
-                for idle in levels {
-                    for &(model, aa) in &entrants {
-                        if scenario == Scenario::Idle && !plan.sweeps(model) {
-                            continue;
-                        }
-                        let what = format!(
-                            "{model}{} {} {}{}",
-                            if aa { " (A/A)" } else { "" },
-                            scenario.name(),
-                            protocol.name(),
-                            if scenario == Scenario::Idle {
-                                format!(" idle={idle}")
-                            } else {
-                                String::new()
+        let first = out.len();
+        for pass in [
+            scenarios.clone(),
+            if open { vec![Scenario::Open] } else { vec![] },
+        ] {
+            let rates: Vec<(Protocol, Option<f64>)> = plan
+                .protocols
+                .iter()
+                .map(|&p| {
+                    let hello = out[first..]
+                        .iter()
+                        .filter(|r: &&RunRecord| {
+                            r.scenario == Scenario::Hello && r.protocol == p && !r.aa
+                        })
+                        .map(|r| (r.model.as_str(), r.rps() * scenarios::OPEN_FRACTION));
+                    (
+                        p,
+                        plan.open_rate.or_else(|| crate::sweep::equal_rate(hello)),
+                    )
+                })
+                .collect();
+            for &protocol in &plan.protocols {
+                for &scenario in &pass {
+                    let mut levels: Vec<usize> = match scenario {
+                        Scenario::Idle => plan.idle_levels.clone(),
+                        _ => vec![0],
+                    };
+                    levels.dedup();
+                    for idle in levels {
+                        for &(model, aa) in &entrants {
+                            if scenario == Scenario::Idle && !plan.sweeps(model) {
+                                continue;
                             }
-                        );
-                        if progress && tty {
-                            let mut e = std::io::stderr();
-                            let _ = write!(
-                                e,
-                                "\r\x1b[2K[{}/{}] {:.0}s round {}/{} {what}",
-                                done + 1,
-                                total,
-                                started.elapsed().as_secs_f64(),
-                                rep + 1,
-                                plan.repeat
+                            let what = format!(
+                                "{model}{} {} {}{}",
+                                if aa { " (A/A)" } else { "" },
+                                scenario.name(),
+                                protocol.name(),
+                                if scenario == Scenario::Idle {
+                                    format!(" idle={idle}")
+                                } else {
+                                    String::new()
+                                }
                             );
-                            let _ = e.flush();
-                        }
-                        let rate = hello_rps
-                            .get(&(model, protocol.name(), aa))
-                            .map(|r| r * scenarios::OPEN_FRACTION);
-                        let load = scenarios::load(scenario, model, idle, rate);
-                        let mut rec = run_one(plan, model, scenario, protocol, rep, load);
-                        rec.aa = aa;
-                        if scenario == Scenario::Hello {
-                            if let Some(r) = &rec.report {
-                                hello_rps.insert((model, protocol.name(), aa), r.rps);
+                            if progress && tty {
+                                let mut e = std::io::stderr();
+                                let _ = write!(
+                                    e,
+                                    "\r\x1b[2K[{}/{}] {:.0}s round {}/{} {what}",
+                                    done + 1,
+                                    total,
+                                    started.elapsed().as_secs_f64(),
+                                    rep + 1,
+                                    plan.repeat
+                                );
+                                let _ = e.flush();
                             }
+                            let rate = rates.iter().find(|r| r.0 == protocol).and_then(|r| r.1);
+                            let mut load = scenarios::load(scenario, model, idle, rate);
+                            if scenario == Scenario::Open {
+                                load.connections = crate::sweep::connections(
+                                    model,
+                                    plan.workers,
+                                    Some(load.connections),
+                                    scenario.route(),
+                                );
+                            }
+                            let mut rec = run_one(plan, model, scenario, protocol, rep, load);
+                            rec.aa = aa;
+                            done += 1;
+                            if progress && !tty {
+                                let outcome = match (&rec.report, &rec.skipped, &rec.error) {
+                                    (Some(r), _, _) => format!("{:.0} req/s", r.rps),
+                                    (_, Some(s), _) => format!("skipped: {s}"),
+                                    (_, _, Some(e)) => format!("failed: {e}"),
+                                    _ => String::new(),
+                                };
+                                eprintln!(
+                                    "iomodels: [{done}/{total}] {:.0} s  round {}/{}  {what}: {outcome}",
+                                    started.elapsed().as_secs_f64(),
+                                    rep + 1,
+                                    plan.repeat
+                                );
+                            }
+                            out.push(rec);
                         }
-                        done += 1;
-                        if progress && !tty {
-                            let outcome = match (&rec.report, &rec.skipped, &rec.error) {
-                                (Some(r), _, _) => format!("{:.0} req/s", r.rps),
-                                (_, Some(s), _) => format!("skipped: {s}"),
-                                (_, _, Some(e)) => format!("failed: {e}"),
-                                _ => String::new(),
-                            };
-                            eprintln!(
-                                "iomodels: [{done}/{total}] {:.0} s  round {}/{}  {what}: {outcome}",
-                                started.elapsed().as_secs_f64(),
-                                rep + 1,
-                                plan.repeat
-                            );
-                        }
-                        out.push(rec);
                     }
                 }
             }
@@ -514,6 +542,7 @@ mod tests {
             idle_levels: vec![0, 10],
             idle_models: Some(vec!["epoll".into()]),
             aa: None,
+            open_rate: None,
         };
         assert_eq!(plan.count(), (3 + 1) * 2 * 2);
         let aa = Plan {

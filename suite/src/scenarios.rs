@@ -28,9 +28,14 @@ pub enum Scenario {
     /// 4 active keep-alive connections on `/hello` plus 0, 1,000 and 10,000
     /// idle ones: select and poll scan every fd per call, epoll does not.
     Idle,
-    /// Open loop at 50 % of the model's measured `hello` maximum, 10
-    /// connections: latency percentiles free of coordinated omission.
+    /// Open loop on `/hello` at one rate for every model (`--rate`, or from
+    /// the sweep, or half the lowest `hello` maximum among the models that
+    /// set it), 10 connections: latency percentiles at equal load, free of
+    /// coordinated omission.
     Open,
+    /// A rate sweep on `/hello` (`iomodels sweep` with its defaults): each
+    /// model's load–latency curve and capacity at p99 ≤ 1 ms.
+    Sweep,
 }
 
 /// The core scenarios the default matrix runs.
@@ -65,13 +70,18 @@ impl Scenario {
             Scenario::File => "file",
             Scenario::Idle => "idle",
             Scenario::Open => "open",
+            Scenario::Sweep => "sweep",
         }
     }
 
     /// The request target.
     pub fn route(self) -> &'static str {
         match self {
-            Scenario::Hello | Scenario::NewConn | Scenario::Idle | Scenario::Open => "/hello",
+            Scenario::Hello
+            | Scenario::NewConn
+            | Scenario::Idle
+            | Scenario::Open
+            | Scenario::Sweep => "/hello",
             Scenario::Cpu => "/cpu?n=2000",
             Scenario::Wait => "/wait?us=10000",
             Scenario::File => "/file?name=64k",

@@ -184,3 +184,67 @@ fn a_short_run_against_epoll_writes_results_report_and_compares() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("REGRESSED"));
 }
+
+#[test]
+fn sweep_usage_errors_are_one_line_and_exit_2() {
+    for args in [
+        &["sweep", "--factor", "1"][..],
+        &["sweep", "--route", "hello"],
+        &["sweep", "--slo", "5ms", "--cap", "1ms"],
+    ] {
+        let out = iomodels().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("iomodels: error: "), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn a_run_with_a_sweep_takes_the_open_loop_rate_from_it() {
+    if !util::have_binary("epoll-server") {
+        return;
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = iomodels()
+        .args(["run", "--models", "epoll", "--scenarios", "open,sweep"])
+        .args(["--protocol", "http", "-d", "200ms", "--warmup", "50ms"])
+        .arg("--out")
+        .arg(out_dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| epoll | /hello | http |"), "{stdout}");
+    let run_dir = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    let r = Results::load(&run_dir.join("results.json")).unwrap();
+    assert_eq!(r.sweeps.len(), 1);
+    let cap = r.sweeps[0]
+        .capacity_rps
+        .unwrap_or(r.sweeps[0].max_achieved_rps / 2.0);
+    let open = r
+        .runs
+        .iter()
+        .find(|x| x.key() == "epoll/open/http")
+        .unwrap();
+    let rate = open.load.rate.unwrap();
+    assert!(
+        rate <= cap && rate > cap / 3.0,
+        "rate {rate}, capacity {cap}"
+    );
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(html.contains("id=\"chart-sweep-hello-http\""));
+    assert!(html.contains(&format!(
+        "at {} req/s",
+        iomodels_suite::sweep::thousands(rate)
+    )));
+}

@@ -19,6 +19,8 @@ const CHARTS: &[&str] = &[
     "chart-latency-fcgi",
     "chart-idle-fcgi",
     "chart-cpu-fcgi",
+    "chart-sweep-hello-http",
+    "chart-capacity-hello-http",
 ];
 
 /// The `<svg id=…>…</svg>` element with this id in `dom`.

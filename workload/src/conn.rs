@@ -18,9 +18,24 @@
 //!
 //! A blocking model may instead sleep until [`Conn::parked_until`]; an
 //! event-driven model parks the connection on a timer and serves others.
-//! `/file` reads through [`Host::read_file`]; a model that reads files
-//! asynchronously returns [`FileRead::Pending`] and later calls
-//! [`Conn::file_done`].
+//!
+//! `/file` always parks: [`Conn::take_file_request`] asks the model to open
+//! the file ([`Conn::file_opened`] with its size), then to read it piece by
+//! piece as the window has room ([`Conn::file_read`]); the model does the
+//! I/O, synchronously or not.
+//!
+//! **Bounded memory.** A connection holds at most [`WINDOW`] bytes of
+//! response at a time: larger bodies (`/bytes`, `/echo`, `/file`) are
+//! produced in chunks as the peer reads, and a connection whose window is
+//! full takes no new request.
+//!
+//! **Relay mode** ([`Conn::relay_requests`]): a front end that passes whole
+//! requests to someone else (Swoole's reactors and workers) frames requests
+//! here, then [`Conn::take_relay`] gives each whole request's bytes once,
+//! the connection parks, and [`Conn::relay_done`] takes the finished
+//! response back. The front end keeps every connection-level rule (timeouts,
+//! caps, `100 Continue`, FastCGI management records, keep-alive); the
+//! worker feeds the bytes to an ordinary `Conn` of its own.
 //!
 //! Idle connections are cheap: the input and output buffers are freed as
 //! soon as they are empty, so a connection between requests holds no heap
@@ -33,8 +48,11 @@ use crate::fcgi::{self, ProtocolStatus};
 use crate::http::{self, Parse};
 use crate::routes::{self, Route, Status};
 
-/// The wire protocol a listener speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The wire protocol a listener speaks (servers, load generator and
+/// orchestrator share this one type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Protocol {
     /// HTTP/1.1 (and 1.0).
     Http,
@@ -71,31 +89,53 @@ impl Default for Timeouts {
     }
 }
 
-/// The answer of [`Host::read_file`].
-#[derive(Debug)]
-pub enum FileRead {
-    /// The file's content, or why it could not be read.
-    Done(io::Result<Vec<u8>>),
-    /// The model reads it asynchronously and will call [`Conn::file_done`].
-    Pending,
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Protocol, String> {
+        match s {
+            "http" => Ok(Protocol::Http),
+            "fcgi" | "fastcgi" => Ok(Protocol::Fcgi),
+            _ => Err(format!("unknown protocol '{s}' (http or fcgi)")),
+        }
+    }
 }
 
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One whole request a connection in relay mode hands on (see
+/// [`Conn::take_relay`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// The request in its own protocol: an HTTP request exactly as it came,
+    /// or a FastCGI request re-encoded whole (BEGIN_REQUEST, PARAMS, STDIN).
+    pub bytes: Vec<u8>,
+    /// The request target (`/cpu?n=5`), for a front end that routes by it.
+    pub target: String,
+    /// The connection closes after this response (`Connection: close`, a
+    /// stop): the worker's `Conn` should answer it with
+    /// [`Conn::single_request`] so the response says so.
+    pub last: bool,
+}
 /// What a connection needs from the server around it.
 pub trait Host {
     /// Header lines every response carries, each ending in CRLF:
-    /// `Server: iomodels-<model>` and `X-Worker: <id>`.
+    /// `Server: iomodels-<model>` and `X-Worker: <id>` (made by
+    /// [`identity_headers`]).
     fn response_headers(&self) -> &[u8];
-    /// Timeouts to apply.
-    fn timeouts(&self) -> Timeouts;
     /// FCGI_MAX_CONNS, for GET_VALUES.
     fn max_conns(&self) -> u64;
-    /// Reads file `name` of the data dir (`name` is already checked to be a
-    /// plain file name).
-    fn read_file(&mut self, name: &str) -> FileRead;
     /// The server's state, for `/status`.
     fn status(&mut self) -> Status;
     /// Called once for every request answered.
     fn on_request(&mut self) {}
+    /// Called when a connection is dropped because the peer read none of
+    /// its output for a whole idle timeout (a write timeout).
+    fn on_write_timeout(&mut self) {}
     /// Called when a whole request is about to run, with its method and
     /// target (a process manager's scoreboard shows them). Default: nothing.
     fn on_dispatch(&mut self, _method: &str, _target: &str) {}
@@ -107,9 +147,47 @@ pub trait Host {
     }
 }
 
-/// Output beyond which a connection stops taking new requests until the
-/// peer has read some.
-const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// The header lines that say who answered, for [`Host::response_headers`]:
+/// `Server: iomodels-<model>` and `X-Worker: <worker>` (`<pid>` or
+/// `<pid>.<thread index>`).
+pub fn identity_headers(model: &str, worker: &str) -> Vec<u8> {
+    format!("Server: iomodels-{model}\r\nX-Worker: {worker}\r\n").into_bytes()
+}
+
+/// What a server over its connection limit writes before it closes: HTTP
+/// 503, or FastCGI END_REQUEST(OVERLOADED) for request id 1 (the id web
+/// servers use on a fresh connection). `headers` are the server's
+/// [`identity_headers`].
+pub fn refusal(protocol: Protocol, headers: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match protocol {
+        Protocol::Http => {
+            let body = b"server busy: too many connections";
+            out.extend_from_slice(b"HTTP/1.1 503 Service Unavailable\r\n");
+            out.extend_from_slice(headers);
+            out.extend_from_slice(b"Content-Type: text/plain\r\nContent-Length: ");
+            http::push_decimal(&mut out, body.len() as u64);
+            out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+            out.extend_from_slice(body);
+        }
+        Protocol::Fcgi => fcgi::push_end_request(&mut out, 1, 0, ProtocolStatus::Overloaded),
+    }
+    out
+}
+
+/// A connection's window: the most response bytes it holds at a time.
+/// Bodies larger than [`STREAM_MIN`] are produced in chunks as the peer
+/// reads (the `/bytes` pattern, an `/echo` body, a file read piece by piece
+/// by the model), so a client that asks for 64 MB and never reads pins this
+/// much, not 64 MB. A connection with this much output pending also stops
+/// taking new requests (backpressure).
+pub const WINDOW: usize = 256 * 1024;
+/// Bodies up to this size are written whole; larger ones stream.
+pub const STREAM_MIN: usize = 64 * 1024;
+/// Body bytes produced per step of a stream (within one FastCGI record).
+const CHUNK: usize = 32 * 1024;
+/// Bytes of a file asked for per read.
+pub const FILE_CHUNK: usize = 64 * 1024;
 /// Input held beyond what one request may need is a peer that does not
 /// respect backpressure: the connection is closed.
 const MAX_BUFFERED_INPUT: usize = http::MAX_BODY + http::MAX_HEAD + fcgi::MAX_RECORD;
@@ -128,12 +206,14 @@ struct Meta {
     fcgi_id: u16,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Parked {
     /// `/wait` until this instant, then answer `waited us`.
     Until(Instant, u64, Meta),
-    /// `/file` being read by the model.
-    File(Meta),
+    /// `/file` to be read by the model: the name until it was taken.
+    File(Meta, Option<Box<str>>),
+    /// A whole request handed on (relay mode): its bytes until taken.
+    Relay(Meta, Option<Box<Relay>>),
 }
 
 /// A FastCGI request being received.
@@ -151,32 +231,91 @@ struct FcgiRequest {
 enum Body<'a> {
     Bytes(&'a [u8]),
     Pattern(usize),
+    /// A file of this size, read by the model piece by piece.
+    File(usize),
 }
 
 impl Body<'_> {
     fn len(&self) -> usize {
         match self {
             Body::Bytes(b) => b.len(),
-            Body::Pattern(n) => *n,
+            Body::Pattern(n) | Body::File(n) => *n,
         }
+    }
+
+    /// Whether it is produced in chunks rather than written whole.
+    fn streams(&self) -> bool {
+        matches!(self, Body::File(_)) || self.len() > STREAM_MIN
     }
 
     fn write(&self, out: &mut Vec<u8>) {
         match self {
             Body::Bytes(b) => out.extend_from_slice(b),
             Body::Pattern(n) => routes::extend_pattern(out, *n),
+            Body::File(_) => unreachable!("a file body always streams"),
         }
     }
+
+    fn source(self) -> Source {
+        match self {
+            Body::Bytes(b) => Source::Bytes(b.to_vec()),
+            Body::Pattern(_) => Source::Pattern,
+            Body::File(_) => Source::File { asked: false },
+        }
+    }
+}
+
+/// Where the rest of a streamed body comes from.
+#[derive(Debug)]
+enum Source {
+    /// The `/bytes` pattern.
+    Pattern,
+    /// Bytes held whole (an `/echo` body, at most the 1 MiB request cap).
+    Bytes(Vec<u8>),
+    /// A file the model reads; `asked`: a read is under way.
+    File { asked: bool },
+}
+
+/// A body being produced as the peer reads.
+#[derive(Debug)]
+struct Stream {
+    source: Source,
+    /// Bytes produced so far.
+    pos: usize,
+    /// Bytes still to produce.
+    left: usize,
+    /// FastCGI: the request id its STDOUT records carry.
+    fcgi_id: Option<u16>,
+}
+
+/// What [`Conn::take_file_request`] asks the model to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileRequest {
+    /// Open this file of the data dir (a plain file name, already checked)
+    /// and answer with its size: [`Conn::file_opened`].
+    Open(Box<str>),
+    /// Read at most `len` bytes at `offset` of the file opened for this
+    /// connection and answer with them: [`Conn::file_read`]. After the
+    /// read that reaches the end the model may close the file.
+    Read {
+        /// Where to read.
+        offset: u64,
+        /// At most this many bytes.
+        len: usize,
+    },
 }
 
 /// One connection's protocol state.
 #[derive(Debug)]
 pub struct Conn {
     protocol: Protocol,
+    timeouts: Timeouts,
     pub(crate) input: Vec<u8>,
     pub(crate) out: Vec<u8>,
     out_pos: usize,
     parked: Option<Parked>,
+    /// A body still being produced (the response's head is already out).
+    stream: Option<Stream>,
     fcgi: Option<Box<FcgiRequest>>,
     /// Close once the output is written (an error, `Connection: close`).
     close_after_output: bool,
@@ -186,6 +325,8 @@ pub struct Conn {
     draining: bool,
     /// Answer one request only (CGI style), then close.
     single: bool,
+    /// Hand whole requests on instead of running them.
+    relay: bool,
     peer_closed: bool,
     /// The input holds the start of a request, not a whole one.
     input_partial: bool,
@@ -196,19 +337,22 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A new connection, opened at `now`.
-    pub fn new(protocol: Protocol, now: Instant) -> Conn {
+    /// A new connection, opened at `now`, applying `timeouts` to itself.
+    pub fn new(protocol: Protocol, timeouts: Timeouts, now: Instant) -> Conn {
         Conn {
             protocol,
+            timeouts,
             input: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
             parked: None,
+            stream: None,
             fcgi: None,
             close_after_output: false,
             done: false,
             draining: false,
             single: false,
+            relay: false,
             peer_closed: false,
             input_partial: false,
             partial_since: now,
@@ -277,11 +421,61 @@ impl Conn {
         self.last_activity = now;
         self.out_pos += n;
         debug_assert!(self.out_pos <= self.out.len());
+        if self.stream.is_some() {
+            // Produce more once half the window was read.
+            if self.out.len() - self.out_pos <= WINDOW / 2 {
+                self.fill();
+            }
+            if self.stream.is_some() {
+                return;
+            }
+        }
         if self.out_pos >= self.out.len() {
             // Free the buffer: a connection between requests holds no heap.
             self.out = Vec::new();
             self.out_pos = 0;
             self.resume(now, host);
+        }
+    }
+
+    /// Produces the next chunks of a streamed body while the window has
+    /// room; finishes the response (FastCGI: the end of STDOUT and
+    /// END_REQUEST) when the body is complete.
+    fn fill(&mut self) {
+        let Some(st) = self.stream.as_mut() else {
+            return;
+        };
+        if self.out_pos > 0 {
+            // What the peer has read goes; the buffer stays for the rest.
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        while st.left > 0 && self.out.len() < WINDOW {
+            let n = st.left.min(CHUNK);
+            let start = self.out.len();
+            if let Some(id) = st.fcgi_id {
+                if matches!(st.source, Source::File { .. }) {
+                    break;
+                }
+                fcgi::push_header(&mut self.out, fcgi::STDOUT, id, n, 0);
+            }
+            match &st.source {
+                Source::Pattern => routes::extend_pattern_at(&mut self.out, st.pos, n),
+                Source::Bytes(b) => self.out.extend_from_slice(&b[st.pos..st.pos + n]),
+                Source::File { .. } => {
+                    self.out.truncate(start);
+                    break; // the model reads it: take_file_request
+                }
+            }
+            st.pos += n;
+            st.left -= n;
+        }
+        if st.left == 0 {
+            if let Some(id) = st.fcgi_id {
+                fcgi::push_header(&mut self.out, fcgi::STDOUT, id, 0, 0);
+                fcgi::push_end_request(&mut self.out, id, 0, ProtocolStatus::RequestComplete);
+            }
+            self.stream = None;
         }
     }
 
@@ -295,7 +489,7 @@ impl Conn {
         if self.done {
             return true;
         }
-        let idle = self.output().is_empty() && self.parked.is_none();
+        let idle = self.output().is_empty() && self.parked.is_none() && self.stream.is_none();
         idle && (self.close_after_output
             || (self.peer_closed && (self.input.is_empty() || self.input_partial))
             || (self.draining && self.input.is_empty() && self.fcgi.is_none()))
@@ -310,23 +504,32 @@ impl Conn {
     }
 
     /// When [`Conn::handle_timeout`] must be called next, if ever.
-    pub fn poll_timeout(&self, timeouts: Timeouts) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         if self.done {
             return None;
         }
         match self.parked {
             Some(Parked::Until(t, _, _)) => Some(t),
-            Some(Parked::File(_)) => None,
+            Some(Parked::File(..)) => None,
+            // A request handed on that never comes back (its worker died)
+            // ends the connection at the idle timeout.
+            Some(Parked::Relay(..)) => Some(self.last_activity + self.timeouts.idle),
             None if self.input_partial && self.output().is_empty() => {
-                Some(self.partial_since + timeouts.header)
+                Some(self.partial_since + self.timeouts.header)
             }
-            None => Some(self.last_activity + timeouts.idle),
+            None => Some(self.last_activity + self.timeouts.idle),
         }
     }
 
     /// The time has come (or passed) for the deadline [`Conn::poll_timeout`] gave.
     pub fn handle_timeout(&mut self, now: Instant, host: &mut dyn Host) {
-        let timeouts = host.timeouts();
+        let timeouts = self.timeouts;
+        if let Some(Parked::Relay(..)) = self.parked {
+            if now >= self.last_activity + timeouts.idle {
+                self.done = true;
+            }
+            return;
+        }
         if let Some(Parked::Until(t, us, meta)) = self.parked {
             if now >= t {
                 self.parked = None;
@@ -367,6 +570,11 @@ impl Conn {
                 }
             }
         } else if now >= self.last_activity + timeouts.idle {
+            if !self.output().is_empty() {
+                // Output the peer has not read for a whole idle timeout: a
+                // stuck writer, dropped like an idle connection.
+                host.on_write_timeout();
+            }
             self.done = true;
         }
     }
@@ -383,11 +591,124 @@ impl Conn {
         self.draining = true;
     }
 
-    /// The file a `/file` request asked for was read (see [`FileRead::Pending`]).
-    pub fn file_done(&mut self, result: io::Result<Vec<u8>>, now: Instant, host: &mut dyn Host) {
-        if let Some(Parked::File(meta)) = self.parked {
+    /// Hand whole requests on instead of running them (see the module
+    /// docs): [`Conn::take_relay`] and [`Conn::relay_done`].
+    pub fn relay_requests(&mut self) {
+        self.relay = true;
+    }
+
+    /// What a `/file` request needs from the model now, each step given
+    /// once: open the file, then read it piece by piece as the window has
+    /// room (so a large file never sits whole in memory).
+    pub fn take_file_request(&mut self) -> Option<FileRequest> {
+        if let Some(Parked::File(_, name)) = &mut self.parked {
+            return name.take().map(FileRequest::Open);
+        }
+        let pending = self.out.len() - self.out_pos;
+        match self.stream.as_mut() {
+            Some(Stream {
+                source: Source::File { asked },
+                pos,
+                left,
+                ..
+            }) if !*asked && *left > 0 && pending < WINDOW => {
+                *asked = true;
+                Some(FileRequest::Read {
+                    offset: *pos as u64,
+                    len: (*left).min(FILE_CHUNK),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The file of [`FileRequest::Open`] was opened (its size) or not (a
+    /// missing file answers 404, another error 500).
+    pub fn file_opened(&mut self, result: io::Result<u64>, now: Instant, host: &mut dyn Host) {
+        if let Some(Parked::File(meta, _)) = self.parked {
             self.parked = None;
-            self.reply_file(meta, result, host);
+            match result {
+                Ok(size) => {
+                    let body = Body::File(size as usize);
+                    self.respond(meta, 200, "application/octet-stream", body, None, host);
+                }
+                Err(e) => self.reply_file_error(meta, e, host),
+            }
+            if self.stream.is_none() {
+                self.resume(now, host);
+            }
+        }
+    }
+
+    /// The bytes of [`FileRequest::Read`] (fewer than asked is fine; none,
+    /// or an error, ends the connection: the length was already promised).
+    pub fn file_read(&mut self, result: io::Result<&[u8]>, now: Instant, host: &mut dyn Host) {
+        let Some(st) = self.stream.as_mut() else {
+            return;
+        };
+        let Source::File { asked } = &mut st.source else {
+            return;
+        };
+        *asked = false;
+        match result {
+            Ok(data) if !data.is_empty() && data.len() <= st.left => {
+                if self.out_pos > 0 {
+                    self.out.drain(..self.out_pos);
+                    self.out_pos = 0;
+                }
+                match st.fcgi_id {
+                    Some(id) => fcgi::push_stream(&mut self.out, fcgi::STDOUT, id, data),
+                    None => self.out.extend_from_slice(data),
+                }
+                st.pos += data.len();
+                st.left -= data.len();
+                self.fill();
+                if self.stream.is_none() {
+                    self.resume(now, host);
+                }
+            }
+            _ => {
+                self.stream = None;
+                self.done = true;
+            }
+        }
+    }
+
+    /// Whether a front end in relay mode may hand this connection more
+    /// response bytes now ([`Conn::relay_data`]): its window has room.
+    pub fn relay_room(&self) -> bool {
+        self.out.len() - self.out_pos < WINDOW
+    }
+
+    /// In relay mode: the whole request to hand on, given once. Answer with
+    /// [`Conn::relay_done`].
+    pub fn take_relay(&mut self) -> Option<Box<Relay>> {
+        match &mut self.parked {
+            Some(Parked::Relay(_, relay)) => relay.take(),
+            _ => None,
+        }
+    }
+
+    /// In relay mode: the next piece of the response to the request
+    /// [`Conn::take_relay`] gave, in the connection's protocol; `last`: the
+    /// response is complete. Hand pieces over only while
+    /// [`Conn::relay_room`] says so, and the window bound holds here too.
+    pub fn relay_data(&mut self, piece: &[u8], last: bool, now: Instant, host: &mut dyn Host) {
+        let Some(Parked::Relay(meta, _)) = self.parked else {
+            return;
+        };
+        if self.out_pos > 0 && self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+        self.out.extend_from_slice(piece);
+        self.last_activity = now;
+        if last {
+            self.parked = None;
+            self.requests += 1;
+            if !meta.keep_alive {
+                self.close_after_output = true;
+            }
             self.resume(now, host);
         }
     }
@@ -396,7 +717,8 @@ impl Conn {
         !self.done
             && !self.close_after_output
             && self.parked.is_none()
-            && self.out.len() - self.out_pos < OUTPUT_HIGH_WATER
+            && self.stream.is_none()
+            && self.out.len() - self.out_pos < WINDOW
     }
 
     /// Processes buffered input.
@@ -473,6 +795,15 @@ impl Conn {
                 fcgi_id: 0,
             };
             pos += total;
+            if self.relay {
+                let relay = Relay {
+                    bytes: rest[..total].to_vec(),
+                    target: head.target.to_string(),
+                    last: !meta.keep_alive,
+                };
+                self.parked = Some(Parked::Relay(meta, Some(Box::new(relay))));
+                continue;
+            }
             self.dispatch(
                 head.method,
                 head.target,
@@ -630,6 +961,21 @@ impl Conn {
             fcgi_id: req.id,
         };
         match fcgi::CgiRequest::from_params(&req.params) {
+            Ok(cgi) if self.relay => {
+                // The request, re-encoded whole for the worker's own Conn.
+                let mut bytes = Vec::with_capacity(req.params.len() + req.stdin.len() + 64);
+                fcgi::push_begin_request(&mut bytes, req.id, true);
+                fcgi::push_stream(&mut bytes, fcgi::PARAMS, req.id, &req.params);
+                fcgi::push_header(&mut bytes, fcgi::PARAMS, req.id, 0, 0);
+                fcgi::push_stream(&mut bytes, fcgi::STDIN, req.id, &req.stdin);
+                fcgi::push_header(&mut bytes, fcgi::STDIN, req.id, 0, 0);
+                let relay = Relay {
+                    bytes,
+                    target: cgi.target().into_owned(),
+                    last: !meta.keep_alive,
+                };
+                self.parked = Some(Parked::Relay(meta, Some(Box::new(relay))));
+            }
             Ok(cgi) => {
                 let target = cgi.target();
                 self.dispatch(cgi.method, &target, &req.stdin, meta, now, host);
@@ -670,10 +1016,7 @@ impl Conn {
                 }
             }
             Route::Bytes(n) => self.respond(meta, 200, TEXT, Body::Pattern(n as usize), None, host),
-            Route::File(name) => match host.read_file(name) {
-                FileRead::Done(result) => self.reply_file(meta, result, host),
-                FileRead::Pending => self.parked = Some(Parked::File(meta)),
-            },
+            Route::File(name) => self.parked = Some(Parked::File(meta, Some(name.into()))),
             Route::Echo => self.respond(
                 meta,
                 200,
@@ -697,6 +1040,10 @@ impl Conn {
                     host,
                 )
             }
+            Route::Options => {
+                let allow = Some(("Allow", "GET, HEAD, POST, OPTIONS"));
+                self.respond(meta, 200, TEXT, Body::Bytes(b""), allow, host)
+            }
             Route::MethodNotAllowed(allow) => {
                 let body = Body::Bytes(b"method not allowed");
                 self.respond(meta, 405, TEXT, body, Some(("Allow", allow)), host)
@@ -708,17 +1055,9 @@ impl Conn {
         }
     }
 
-    fn reply_file(&mut self, meta: Meta, result: io::Result<Vec<u8>>, host: &mut dyn Host) {
-        match result {
-            Ok(data) => self.respond(
-                meta,
-                200,
-                "application/octet-stream",
-                Body::Bytes(&data),
-                None,
-                host,
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => self.respond(
+    fn reply_file_error(&mut self, meta: Meta, e: io::Error, host: &mut dyn Host) {
+        match e {
+            e if e.kind() == io::ErrorKind::NotFound => self.respond(
                 meta,
                 404,
                 "text/plain",
@@ -726,7 +1065,7 @@ impl Conn {
                 None,
                 host,
             ),
-            Err(_) => self.respond(
+            _ => self.respond(
                 meta,
                 500,
                 "text/plain",
@@ -749,8 +1088,10 @@ impl Conn {
     ) {
         host.on_request();
         self.requests += 1;
+        let stream = body.streams() && !meta.head_only;
         if self.out.capacity() == 0 {
-            self.out.reserve(256 + body.len().min(1 << 16));
+            let first = if stream { 0 } else { body.len().min(1 << 16) };
+            self.out.reserve(256 + first);
         }
         match self.protocol {
             Protocol::Http => {
@@ -767,7 +1108,9 @@ impl Conn {
                     out.extend_from_slice(b"Connection: keep-alive\r\n");
                 }
                 out.extend_from_slice(b"\r\n");
-                if !meta.head_only {
+                if stream {
+                    self.start_stream(body, None);
+                } else if !meta.head_only {
                     body.write(out);
                 }
             }
@@ -784,6 +1127,19 @@ impl Conn {
                 out.extend_from_slice(b"\r\n");
                 head_fields(out, ctype, body.len(), extra, host);
                 out.extend_from_slice(b"\r\n");
+                if stream {
+                    // The CGI head in a record of its own; the body follows
+                    // in records as it is produced.
+                    let content_len = out.len() - start - fcgi::HEADER_LEN;
+                    let mut header = Vec::with_capacity(fcgi::HEADER_LEN);
+                    fcgi::push_header(&mut header, fcgi::STDOUT, meta.fcgi_id, content_len, 0);
+                    out[start..start + fcgi::HEADER_LEN].copy_from_slice(&header);
+                    self.start_stream(body, Some(meta.fcgi_id));
+                    if !meta.keep_alive {
+                        self.close_after_output = true;
+                    }
+                    return;
+                }
                 body.write(out);
                 let content_len = out.len() - start - fcgi::HEADER_LEN;
                 if content_len <= fcgi::MAX_CONTENT {
@@ -802,6 +1158,22 @@ impl Conn {
         if !meta.keep_alive {
             self.close_after_output = true;
         }
+    }
+
+    /// The response's head is out; its body follows chunk by chunk.
+    fn start_stream(&mut self, body: Body<'_>, fcgi_id: Option<u16>) {
+        let left = body.len();
+        // Room for the window and one more piece (a chunk, a file read and
+        // its FastCGI record headers), once: the buffer never doubles.
+        let most = WINDOW + FILE_CHUNK + 1024;
+        self.out.reserve_exact(most.saturating_sub(self.out.len()));
+        self.stream = Some(Stream {
+            source: body.source(),
+            pos: 0,
+            left,
+            fcgi_id,
+        });
+        self.fill();
     }
 }
 

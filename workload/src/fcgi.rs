@@ -164,6 +164,14 @@ pub fn push_stream(out: &mut Vec<u8>, kind: u8, id: u16, content: &[u8]) {
     }
 }
 
+/// Appends a BEGIN_REQUEST record for the responder role.
+pub fn push_begin_request(out: &mut Vec<u8>, id: u16, keep_conn: bool) {
+    push_header(out, BEGIN_REQUEST, id, 8, 0);
+    let [r0, r1] = ROLE_RESPONDER.to_be_bytes();
+    let flags = if keep_conn { FLAG_KEEP_CONN } else { 0 };
+    out.extend_from_slice(&[r0, r1, flags, 0, 0, 0, 0, 0]);
+}
+
 /// Appends an END_REQUEST record.
 pub fn push_end_request(out: &mut Vec<u8>, id: u16, app_status: u32, status: ProtocolStatus) {
     push_header(out, END_REQUEST, id, 8, 0);
@@ -336,18 +344,7 @@ pub fn encode_request(
     extra: &[(&str, &str)],
     body: &[u8],
 ) {
-    push_header(out, BEGIN_REQUEST, id, 8, 0);
-    let [r0, r1] = ROLE_RESPONDER.to_be_bytes();
-    out.extend_from_slice(&[
-        r0,
-        r1,
-        if keep_conn { FLAG_KEEP_CONN } else { 0 },
-        0,
-        0,
-        0,
-        0,
-        0,
-    ]);
+    push_begin_request(out, id, keep_conn);
     let (path, query) = crate::routes::split_target(target);
     let mut params = Vec::with_capacity(128 + target.len() * 2);
     let len = body.len().to_string();
@@ -382,6 +379,20 @@ pub struct ClientResponse {
     pub app_status: u32,
     /// Bytes of input this response used.
     pub len: usize,
+}
+
+impl ClientResponse {
+    /// The status this response stands for: its `Status:` when the
+    /// application completed the request; 0 (no answer) for any other
+    /// END_REQUEST (overloaded, can't multiplex, unknown role), which a
+    /// client counts as a status error.
+    pub fn answered_status(&self) -> u16 {
+        if self.protocol_status == ProtocolStatus::RequestComplete {
+            self.status
+        } else {
+            0
+        }
+    }
 }
 
 /// Why a FastCGI response could not be read.

@@ -155,10 +155,7 @@ pub fn parse_head(input: &[u8]) -> Result<Parse<'_>, HeadError> {
             expect_continue = has_token(field.value, "100-continue");
         }
     }
-    // Only origin-form targets name a route; anything else is not for us.
-    if !target.starts_with('/') && target != "*" {
-        return Err(HeadError::Malformed);
-    }
+    let target = request_target(method, target).ok_or(HeadError::Malformed)?;
     Ok(Parse::Complete(Head {
         method,
         target,
@@ -168,6 +165,34 @@ pub fn parse_head(input: &[u8]) -> Result<Parse<'_>, HeadError> {
         http10,
         expect_continue,
     }))
+}
+
+/// The path and query a request target names (RFC 9112 §3.2): origin-form
+/// (`/hello?x`) as it is; absolute-form (`http://host/hello?x`), which a
+/// server MUST accept, with its scheme and authority dropped (this is an
+/// origin server, not a proxy: the authority is not checked); asterisk-form
+/// (`*`) for OPTIONS only. Anything else (authority-form, a bare word) is
+/// malformed.
+pub fn request_target<'a>(method: &str, target: &'a str) -> Option<&'a str> {
+    if target.starts_with('/') {
+        return Some(target);
+    }
+    if target == "*" {
+        return (method == "OPTIONS").then_some(target);
+    }
+    let scheme_end = target.find("://")?;
+    let scheme = &target[..scheme_end];
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return None;
+    }
+    let rest = &target[scheme_end + 3..];
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' && i > 0 => Some(&rest[i..]),
+        // `http://host` names "/"; `http://host?q` would need a "/" added
+        // before the query: refused rather than allocated.
+        None if !rest.is_empty() => Some("/"),
+        _ => None,
+    }
 }
 
 /// The reason phrase of the statuses this workload sends.
@@ -327,6 +352,28 @@ pub fn parse_response(
             close,
             len: skipped + head_len + body_len,
         }));
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::request_target;
+
+    #[test]
+    fn request_target_forms() {
+        assert_eq!(request_target("GET", "/hello"), Some("/hello"));
+        assert_eq!(
+            request_target("GET", "http://h:80/hello?x=1"),
+            Some("/hello?x=1")
+        );
+        assert_eq!(request_target("GET", "HTTPS://h/cpu"), Some("/cpu"));
+        assert_eq!(request_target("GET", "http://h"), Some("/"));
+        assert_eq!(request_target("OPTIONS", "*"), Some("*"));
+        assert_eq!(request_target("GET", "*"), None);
+        assert_eq!(request_target("CONNECT", "h:443"), None);
+        assert_eq!(request_target("GET", "ftp://h/x"), None);
+        assert_eq!(request_target("GET", "http:///x"), None);
+        assert_eq!(request_target("GET", "hello"), None);
     }
 }
 

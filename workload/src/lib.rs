@@ -17,7 +17,9 @@ pub mod fcgi;
 pub mod http;
 pub mod routes;
 
-pub use conn::{Conn, FileRead, Host, Protocol, Timeouts};
+pub use conn::{
+    identity_headers, refusal, Conn, FileRequest, Host, Protocol, Relay, Timeouts, WINDOW,
+};
 pub use routes::{verify, Expectation, Status, VerifyError};
 
 #[cfg(test)]

@@ -51,6 +51,17 @@ pub fn extend_pattern(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(&ALPHABET[..left]);
 }
 
+/// Appends bytes `start .. start + n` of the `/bytes` pattern to `out` (a
+/// body produced in chunks continues where the last chunk ended).
+pub fn extend_pattern_at(out: &mut Vec<u8>, start: usize, n: usize) {
+    const TWICE: &[u8; 52] = b"abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz";
+    out.reserve(n);
+    let first = (26 - start % 26).min(n) % 26;
+    let first = if start % 26 == 0 { 0 } else { first };
+    out.extend_from_slice(&TWICE[start % 26..start % 26 + first]);
+    extend_pattern(out, n - first);
+}
+
 /// True when `name` may name a file of the data dir: `[A-Za-z0-9._-]+`,
 /// never `.` or `..`, so never a path.
 pub fn valid_file_name(name: &str) -> bool {
@@ -78,6 +89,8 @@ pub enum Route<'a> {
     File(&'a str),
     /// `POST /echo`.
     Echo,
+    /// `OPTIONS *`: what the server allows (200, no body).
+    Options,
     /// `GET /status`.
     Status,
     /// A known path asked with the wrong method; carries the `Allow` value.
@@ -125,6 +138,13 @@ fn number(
 /// Decides the route of a request. `HEAD` is answered like `GET` (without
 /// the body, which is the protocol layer's business).
 pub fn route<'a>(method: &str, target: &'a str) -> Route<'a> {
+    if target == "*" {
+        return if method == "OPTIONS" {
+            Route::Options
+        } else {
+            Route::BadRequest("* is a target for OPTIONS only")
+        };
+    }
     let (path, query) = split_target(target);
     let get = method == "GET" || method == "HEAD";
     let known = matches!(
@@ -211,6 +231,10 @@ pub struct Status {
     pub connections: u64,
     /// Connections refused because `--max-conns` was reached.
     pub refused: u64,
+    /// Connections dropped because the peer read none of their output for
+    /// a whole idle timeout.
+    #[serde(default)]
+    pub write_timeouts: u64,
     /// Seconds since the server started.
     pub uptime_s: f64,
     /// Protocol served: `http` or `fcgi`.
@@ -278,6 +302,7 @@ impl Expectation {
                 ok(ExpectedBody::File(size))
             }
             Route::Echo => ok(ExpectedBody::Exact(body.to_vec())),
+            Route::Options => ok(ExpectedBody::Exact(Vec::new())),
             Route::Status => ok(ExpectedBody::StatusJson),
             Route::MethodNotAllowed(_) => Expectation {
                 status: 405,
@@ -377,6 +402,15 @@ mod tests {
     #[test]
     fn routing() {
         assert_eq!(route("GET", "/hello"), Route::Hello);
+        for start in [0, 1, 25, 26, 27, 100] {
+            for n in [0, 1, 25, 26, 53] {
+                let mut whole = Vec::new();
+                extend_pattern(&mut whole, start + n);
+                let mut part = Vec::new();
+                extend_pattern_at(&mut part, start, n);
+                assert_eq!(part, whole[start..], "start {start} n {n}");
+            }
+        }
         assert_eq!(route("HEAD", "/hello"), Route::Hello);
         assert_eq!(route("GET", "/cpu?n=10"), Route::Cpu(10));
         assert_eq!(route("GET", "/cpu?x=1&n=10"), Route::Cpu(10));

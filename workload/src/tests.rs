@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use crate::conn::{Conn, FileRead, Host, Protocol, Timeouts};
+use crate::conn::{Conn, FileRequest, Host, Protocol, Relay, Timeouts, WINDOW};
 use crate::routes::{self, Status};
 use crate::{fcgi, http};
 
@@ -17,24 +17,8 @@ impl Host for TestHost {
     fn response_headers(&self) -> &[u8] {
         b"Server: iomodels-test\r\nX-Worker: 1\r\n"
     }
-    fn timeouts(&self) -> Timeouts {
-        Timeouts {
-            header: Duration::from_secs(5),
-            idle: Duration::from_secs(30),
-        }
-    }
     fn max_conns(&self) -> u64 {
         100
-    }
-    fn read_file(&mut self, name: &str) -> FileRead {
-        match routes::DATA_FILES.iter().find(|(n, _)| *n == name) {
-            Some((_, size)) => {
-                let mut v = Vec::new();
-                routes::extend_pattern(&mut v, *size);
-                FileRead::Done(Ok(v))
-            }
-            None => FileRead::Done(Err(io::ErrorKind::NotFound.into())),
-        }
     }
     fn status(&mut self) -> Status {
         Status {
@@ -48,12 +32,54 @@ impl Host for TestHost {
     }
 }
 
+const TIMEOUTS: Timeouts = Timeouts {
+    header: Duration::from_secs(5),
+    idle: Duration::from_secs(30),
+};
+
+fn new_conn(protocol: Protocol, now: Instant) -> Conn {
+    Conn::new(protocol, TIMEOUTS, now)
+}
+
+/// The data dir the tests read `/file` from: the generated files only.
+fn read_file(name: &str) -> io::Result<Vec<u8>> {
+    match routes::DATA_FILES.iter().find(|(n, _)| *n == name) {
+        Some((_, size)) => {
+            let mut v = Vec::new();
+            routes::extend_pattern(&mut v, *size);
+            Ok(v)
+        }
+        None => Err(io::ErrorKind::NotFound.into()),
+    }
+}
+
+/// What a model does for a file request, with the generated files.
+fn serve_file(conn: &mut Conn, req: FileRequest, host: &mut dyn Host, now: Instant) {
+    match req {
+        FileRequest::Open(name) => {
+            OPENED.with(|o| *o.borrow_mut() = name.to_string());
+            let size = read_file(&name).map(|v| v.len() as u64);
+            conn.file_opened(size, now, host);
+        }
+        FileRequest::Read { offset, len } => {
+            let data = read_file(OPENED.with(|o| o.borrow().clone()).as_str()).unwrap();
+            let end = (offset as usize + len).min(data.len());
+            conn.file_read(Ok(&data[offset as usize..end]), now, host);
+        }
+    }
+}
+
+thread_local! {
+    /// The file the test's model has open (one connection at a time).
+    static OPENED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// Feeds `chunks` one by one, writing out everything and running timers as
 /// a perfect model would; returns all output and whether it wants to close.
 fn drive(protocol: Protocol, chunks: &[&[u8]]) -> (Vec<u8>, bool) {
     let mut host = TestHost { requests: 0 };
     let mut now = Instant::now();
-    let mut conn = Conn::new(protocol, now);
+    let mut conn = new_conn(protocol, now);
     let mut written = Vec::new();
     let flush = |conn: &mut Conn, host: &mut TestHost, now: &mut Instant, written: &mut Vec<u8>| {
         // Bounded: every round either writes or fires a due timer.
@@ -66,6 +92,8 @@ fn drive(protocol: Protocol, chunks: &[&[u8]]) -> (Vec<u8>, bool) {
             } else if let Some(t) = conn.parked_until() {
                 *now = t;
                 conn.handle_timeout(*now, host);
+            } else if let Some(req) = conn.take_file_request() {
+                serve_file(conn, req, host, *now);
             } else {
                 break;
             }
@@ -247,13 +275,13 @@ fn expect_continue() {
 fn slow_head_times_out_with_408() {
     let mut host = TestHost { requests: 0 };
     let t0 = Instant::now();
-    let mut conn = Conn::new(Protocol::Http, t0);
+    let mut conn = new_conn(Protocol::Http, t0);
     conn.handle_input(b"GET /hello HT", t0, &mut host);
-    let deadline = conn.poll_timeout(host.timeouts()).unwrap();
+    let deadline = conn.poll_timeout().unwrap();
     assert_eq!(deadline, t0 + Duration::from_secs(5));
     conn.handle_input(b"T", t0 + Duration::from_secs(3), &mut host);
     assert_eq!(
-        conn.poll_timeout(host.timeouts()),
+        conn.poll_timeout(),
         Some(deadline),
         "trickling does not extend it"
     );
@@ -269,12 +297,12 @@ fn slow_head_times_out_with_408() {
 fn idle_keep_alive_closes_and_holds_no_buffers() {
     let mut host = TestHost { requests: 0 };
     let t0 = Instant::now();
-    let mut conn = Conn::new(Protocol::Http, t0);
+    let mut conn = new_conn(Protocol::Http, t0);
     conn.handle_input(b"GET /hello HTTP/1.1\r\n\r\n", t0, &mut host);
     let n = conn.output().len();
     conn.advance_output(n, t0, &mut host);
     assert_eq!((conn.input.capacity(), conn.out.capacity()), (0, 0));
-    let idle = conn.poll_timeout(host.timeouts()).unwrap();
+    let idle = conn.poll_timeout().unwrap();
     assert_eq!(idle, t0 + Duration::from_secs(30));
     conn.handle_timeout(idle, &mut host);
     assert!(conn.wants_close());
@@ -284,7 +312,7 @@ fn idle_keep_alive_closes_and_holds_no_buffers() {
 fn wait_parks_and_blocks_pipelined_requests() {
     let mut host = TestHost { requests: 0 };
     let t0 = Instant::now();
-    let mut conn = Conn::new(Protocol::Http, t0);
+    let mut conn = new_conn(Protocol::Http, t0);
     conn.handle_input(
         b"GET /wait?us=1000 HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\n\r\n",
         t0,
@@ -309,14 +337,8 @@ fn async_file_read() {
         fn response_headers(&self) -> &[u8] {
             self.0.response_headers()
         }
-        fn timeouts(&self) -> Timeouts {
-            self.0.timeouts()
-        }
         fn max_conns(&self) -> u64 {
             1
-        }
-        fn read_file(&mut self, _: &str) -> FileRead {
-            FileRead::Pending
         }
         fn status(&mut self) -> Status {
             self.0.status()
@@ -324,10 +346,26 @@ fn async_file_read() {
     }
     let mut host = Deferring(TestHost { requests: 0 });
     let t0 = Instant::now();
-    let mut conn = Conn::new(Protocol::Http, t0);
+    let mut conn = new_conn(Protocol::Http, t0);
     conn.handle_input(b"GET /file?name=4k HTTP/1.1\r\n\r\n", t0, &mut host);
-    assert!(conn.output().is_empty() && conn.poll_timeout(host.timeouts()).is_none());
-    conn.file_done(Ok(b"data".to_vec()), t0, &mut host);
+    assert!(conn.output().is_empty() && conn.poll_timeout().is_none());
+    assert_eq!(
+        conn.take_file_request(),
+        Some(FileRequest::Open("4k".into()))
+    );
+    assert_eq!(conn.take_file_request(), None, "asked once");
+    conn.file_opened(Ok(4), t0, &mut host);
+    assert!(conn.output().is_empty() || !conn.output().ends_with(b"data"));
+    assert_eq!(
+        conn.take_file_request(),
+        Some(FileRequest::Read { offset: 0, len: 4 })
+    );
+    conn.file_read(Ok(b"da"), t0, &mut host);
+    assert_eq!(
+        conn.take_file_request(),
+        Some(FileRequest::Read { offset: 2, len: 2 })
+    );
+    conn.file_read(Ok(b"ta"), t0, &mut host);
     let r = http::parse_response(conn.output(), false).unwrap().unwrap();
     assert_eq!(r.body, b"data");
 }
@@ -336,10 +374,10 @@ fn async_file_read() {
 fn drain_closes_after_in_flight() {
     let mut host = TestHost { requests: 0 };
     let t0 = Instant::now();
-    let mut conn = Conn::new(Protocol::Http, t0);
+    let mut conn = new_conn(Protocol::Http, t0);
     conn.drain();
     assert!(conn.wants_close(), "an idle connection closes at once");
-    let mut conn = Conn::new(Protocol::Http, t0);
+    let mut conn = new_conn(Protocol::Http, t0);
     conn.handle_input(b"GET /hel", t0, &mut host);
     conn.drain();
     assert!(!conn.wants_close(), "a request in flight is finished");
@@ -548,7 +586,7 @@ fn single_request_closes_after_the_first() {
     for protocol in [Protocol::Http, Protocol::Fcgi] {
         let mut host = TestHost { requests: 0 };
         let t0 = Instant::now();
-        let mut conn = Conn::new(protocol, t0);
+        let mut conn = new_conn(protocol, t0);
         conn.single_request();
         assert!(!conn.wants_close(), "waits for its one request");
         let reqs = [("GET", "/hello", vec![]), ("GET", "/hello", vec![])];
@@ -582,14 +620,8 @@ fn status_body_and_on_dispatch_hooks() {
         fn response_headers(&self) -> &[u8] {
             self.inner.response_headers()
         }
-        fn timeouts(&self) -> Timeouts {
-            self.inner.timeouts()
-        }
         fn max_conns(&self) -> u64 {
             1
-        }
-        fn read_file(&mut self, name: &str) -> FileRead {
-            self.inner.read_file(name)
         }
         fn status(&mut self) -> Status {
             self.inner.status()
@@ -606,7 +638,7 @@ fn status_body_and_on_dispatch_hooks() {
         seen: Vec::new(),
     };
     let t0 = Instant::now();
-    let mut conn = Conn::new(Protocol::Http, t0);
+    let mut conn = new_conn(Protocol::Http, t0);
     conn.handle_input(
         b"GET /status?text HTTP/1.1\r\n\r\nGET /status HTTP/1.1\r\n\r\n",
         t0,
@@ -620,4 +652,246 @@ fn status_body_and_on_dispatch_hooks() {
         .unwrap();
     assert!(routes::verify("GET", "/status", b"", 200, second.body).is_ok());
     assert_eq!(host.seen, ["GET /status?text", "GET /status"]);
+}
+
+/// Relay mode: a front-end `Conn` frames, a worker's `Conn` answers, and
+/// the client sees the same bytes as from one ordinary `Conn`.
+fn relay_drive(protocol: Protocol, chunks: &[&[u8]]) -> Vec<u8> {
+    let mut host = TestHost { requests: 0 };
+    let now = Instant::now();
+    let mut front = new_conn(protocol, now);
+    front.relay_requests();
+    let mut written = Vec::new();
+    for chunk in chunks {
+        front.handle_input(chunk, now, &mut host);
+        for _ in 0..1000 {
+            if !front.output().is_empty() {
+                written.extend_from_slice(front.output());
+                let n = front.output().len();
+                front.advance_output(n, now, &mut host);
+            } else if let Some(relay) = front.take_relay() {
+                let Relay { bytes, last, .. } = *relay;
+                let (answer, _) = {
+                    let mut worker = new_conn(protocol, now);
+                    if last {
+                        worker.single_request();
+                    }
+                    worker.handle_input(&bytes, now, &mut host);
+                    let mut out = Vec::new();
+                    for _ in 0..100 {
+                        if !worker.output().is_empty() {
+                            out.extend_from_slice(worker.output());
+                            let n = worker.output().len();
+                            worker.advance_output(n, now, &mut host);
+                        } else if let Some(t) = worker.parked_until() {
+                            worker.handle_timeout(t, &mut host);
+                        } else {
+                            break;
+                        }
+                    }
+                    (out, ())
+                };
+                // Handed over in pieces, as a worker streams it.
+                let pieces: Vec<&[u8]> = answer.chunks(1000).collect();
+                for (i, piece) in pieces.iter().enumerate() {
+                    front.relay_data(piece, i + 1 == pieces.len(), now, &mut host);
+                }
+                if pieces.is_empty() {
+                    front.relay_data(b"", true, now, &mut host);
+                }
+            } else {
+                break;
+            }
+        }
+    }
+    written
+}
+
+#[test]
+fn relay_mode_answers_like_a_plain_conn() {
+    let reqs = [
+        ("GET", "/hello", vec![]),
+        ("GET", "/cpu?n=1000", vec![]),
+        ("POST", "/echo", b"abcdef".to_vec()),
+        ("GET", "/wait?us=0", vec![]),
+    ];
+    for protocol in [Protocol::Http, Protocol::Fcgi] {
+        let wire = match protocol {
+            Protocol::Http => http_requests(&reqs),
+            Protocol::Fcgi => fcgi_requests(&reqs),
+        };
+        let plain = drive(protocol, &[&wire]).0;
+        let relayed = relay_drive(protocol, &[&wire]);
+        assert_eq!(relayed, plain, "{protocol}");
+    }
+}
+
+#[test]
+fn relay_mode_keeps_the_connection_rules_in_front() {
+    let t0 = Instant::now();
+    let mut host = TestHost { requests: 0 };
+    // PARAMS over the cap are refused by the front end, never handed on.
+    let mut front = new_conn(Protocol::Fcgi, t0);
+    front.relay_requests();
+    let mut wire = Vec::new();
+    fcgi::push_begin_request(&mut wire, 1, true);
+    let big = vec![b'x'; 60_000];
+    for _ in 0..4 {
+        let mut params = Vec::new();
+        fcgi::push_name_value(&mut params, b"HTTP_X", &big);
+        fcgi::push_stream(&mut wire, fcgi::PARAMS, 1, &params);
+    }
+    front.handle_input(&wire, t0, &mut host);
+    assert!(front.take_relay().is_none());
+    let mut reader = fcgi::ResponseReader::new();
+    let r = reader.read(front.output()).unwrap().unwrap();
+    assert_eq!(r.status, 431);
+    // A slow head times out in front, on the real clock.
+    let mut front = new_conn(Protocol::Http, t0);
+    front.relay_requests();
+    front.handle_input(b"GET /hello HT", t0, &mut host);
+    let deadline = front.poll_timeout().unwrap();
+    front.handle_timeout(deadline, &mut host);
+    let r = http::parse_response(front.output(), false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, 408);
+    // A request whose answer never comes back ends at the idle timeout.
+    let mut front = new_conn(Protocol::Http, t0);
+    front.relay_requests();
+    front.handle_input(
+        b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n",
+        t0,
+        &mut host,
+    );
+    let relay = front.take_relay().unwrap();
+    assert!(relay.last && relay.target == "/hello");
+    assert!(front.take_relay().is_none(), "given once");
+    let idle = front.poll_timeout().unwrap();
+    assert_eq!(idle, t0 + TIMEOUTS.idle);
+    front.handle_timeout(idle, &mut host);
+    assert!(front.wants_close());
+}
+
+#[test]
+fn refusal_and_identity_lines() {
+    let headers = crate::identity_headers("epoll", "7.1");
+    assert_eq!(headers, b"Server: iomodels-epoll\r\nX-Worker: 7.1\r\n");
+    let r = crate::refusal(Protocol::Http, &headers);
+    let parsed = http::parse_response(&r, false).unwrap().unwrap();
+    assert_eq!((parsed.status, parsed.close), (503, true));
+    let r = crate::refusal(Protocol::Fcgi, &headers);
+    let parsed = fcgi::ResponseReader::new().read(&r).unwrap().unwrap();
+    assert_eq!(parsed.protocol_status, fcgi::ProtocolStatus::Overloaded);
+    assert_eq!(parsed.answered_status(), 0);
+}
+
+/// A large body streams: the connection never holds more than the window
+/// of response, however large the body, and the bytes are the same.
+#[test]
+fn large_bodies_stream_within_the_window() {
+    let big = 10_000_000;
+    let target = format!("/bytes?n={big}");
+    let echo: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    for protocol in [Protocol::Http, Protocol::Fcgi] {
+        for (method, target, body) in [
+            ("GET", target.as_str(), &b""[..]),
+            ("POST", "/echo", &echo[..]),
+            ("GET", "/file?name=1m", b""),
+        ] {
+            let wire = match protocol {
+                Protocol::Http => http_requests(&[(method, target, body.to_vec())]),
+                Protocol::Fcgi => fcgi_requests(&[(method, target, body.to_vec())]),
+            };
+            let mut host = TestHost { requests: 0 };
+            let now = Instant::now();
+            let mut conn = new_conn(protocol, now);
+            conn.handle_input(&wire, now, &mut host);
+            let mut got = Vec::new();
+            let mut most = 0;
+            for _ in 0..100_000 {
+                most = most.max(conn.out.capacity());
+                let out = conn.output();
+                if !out.is_empty() {
+                    // A slow reader: 10,000 bytes at a time.
+                    let n = out.len().min(10_000);
+                    got.extend_from_slice(&out[..n]);
+                    conn.advance_output(n, now, &mut host);
+                } else if let Some(req) = conn.take_file_request() {
+                    serve_file(&mut conn, req, &mut host, now);
+                } else {
+                    break;
+                }
+            }
+            assert!(
+                most <= 2 * WINDOW,
+                "{protocol} {target}: buffer grew to {most}"
+            );
+            let resp = match protocol {
+                Protocol::Http => {
+                    let r = http::parse_response(&got, false).unwrap().unwrap();
+                    assert_eq!(r.len, got.len());
+                    r.body.to_vec()
+                }
+                Protocol::Fcgi => {
+                    let mut reader = fcgi::ResponseReader::new();
+                    let r = reader.read(&got).unwrap().unwrap();
+                    assert_eq!(r.len, got.len());
+                    reader.body().to_vec()
+                }
+            };
+            assert!(
+                routes::verify(method, target, body_of(method, body), 200, &resp).is_ok(),
+                "{protocol} {target}: body differs"
+            );
+            assert!(!conn.wants_close(), "keep-alive after the stream");
+        }
+    }
+}
+
+fn body_of<'a>(method: &str, body: &'a [u8]) -> &'a [u8] {
+    if method == "POST" {
+        body
+    } else {
+        b""
+    }
+}
+
+/// A peer that asks for 64 MB and reads nothing pins one window.
+#[test]
+fn a_non_reader_pins_one_window() {
+    for protocol in [Protocol::Http, Protocol::Fcgi] {
+        let wire = match protocol {
+            Protocol::Http => http_requests(&[("GET", "/bytes?n=67108864", vec![])]),
+            Protocol::Fcgi => fcgi_requests(&[("GET", "/bytes?n=67108864", vec![])]),
+        };
+        let mut host = TestHost { requests: 0 };
+        let t0 = Instant::now();
+        let mut conn = new_conn(protocol, t0);
+        conn.handle_input(&wire, t0, &mut host);
+        assert!(conn.output().len() <= WINDOW + 64 * 1024);
+        assert!(!conn.wants_read(), "no new request while streaming");
+        // Nothing read for the idle timeout: dropped as a write timeout.
+        let deadline = conn.poll_timeout().unwrap();
+        conn.handle_timeout(deadline, &mut host);
+        assert!(conn.wants_close());
+    }
+}
+
+/// RFC 9112 §3.2.2: absolute-form is accepted (authority ignored);
+/// asterisk-form answers OPTIONS only.
+#[test]
+fn absolute_and_asterisk_form_targets() {
+    let (out, _) = drive(
+        Protocol::Http,
+        &[b"GET http://example.com:8080/cpu?n=1 HTTP/1.1\r\nHost: example.com\r\n\r\nOPTIONS * HTTP/1.1\r\n\r\n"],
+    );
+    let r = http::parse_response(&out, false).unwrap().unwrap();
+    assert_eq!((r.status, r.body), (200, &b"e99ff867dbf682c9"[..]));
+    let r2 = http::parse_response(&out[r.len..], false).unwrap().unwrap();
+    assert_eq!((r2.status, r2.body), (200, &b""[..]));
+    let (out, close) = drive(Protocol::Http, &[b"GET * HTTP/1.1\r\n\r\n"]);
+    let r = http::parse_response(&out, false).unwrap().unwrap();
+    assert_eq!(r.status, 400);
+    assert!(!close || r.close);
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iomodels_workload::routes::Status;
-use iomodels_workload::{Conn, FileRead, Host, Protocol, Timeouts};
+use iomodels_workload::{Conn, Host, Protocol, Timeouts};
 
 /// How the test server behaves.
 #[derive(Debug, Clone, Default)]
@@ -121,14 +121,8 @@ impl Host for TestHost {
     fn response_headers(&self) -> &[u8] {
         &self.headers
     }
-    fn timeouts(&self) -> Timeouts {
-        Timeouts::default()
-    }
     fn max_conns(&self) -> u64 {
         10_000
-    }
-    fn read_file(&mut self, _name: &str) -> FileRead {
-        FileRead::Done(Err(std::io::ErrorKind::NotFound.into()))
     }
     fn status(&mut self) -> Status {
         Status {
@@ -172,7 +166,7 @@ fn serve<S: Read + Write>(
     let mut host = TestHost {
         headers: format!("Server: iomodels-test\r\nX-Worker: 1.{}\r\n", index % 2).into_bytes(),
     };
-    let mut conn = Conn::new(protocol, Instant::now());
+    let mut conn = Conn::new(protocol, Timeouts::default(), Instant::now());
     let mut buf = vec![0u8; 64 * 1024];
     let mut answered = 0u64;
     loop {

@@ -37,7 +37,7 @@
 
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Parser;
 use iomodels_servers::cli::{self, Common};
@@ -45,7 +45,7 @@ use iomodels_servers::event::{AcceptEnd, Interest, Reactor, ReadUntil};
 use iomodels_servers::host::ServerHost;
 use iomodels_servers::net::ListenOptions;
 use iomodels_servers::signals;
-use iomodels_servers::startup::Startup;
+use iomodels_servers::startup::{Startup, Workers};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
@@ -79,7 +79,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         shared,
         listener,
         shown,
-    } = Startup::begin("epoll", &args.common, 1, ListenOptions::NONBLOCKING)?;
+        ..
+    } = Startup::begin(
+        "epoll",
+        &args.common,
+        Workers::Fixed(1),
+        ListenOptions::NONBLOCKING,
+    )?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
     epoll.add(
@@ -91,18 +97,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     } else {
         ReadUntil::Short
     };
-    let reactor = Reactor::new(
-        &shared,
-        ServerHost::for_process(&shared),
-        until,
-        args.blocking_wait,
-    );
+    let reactor = Reactor::new(ServerHost::for_process(&shared), until, args.blocking_wait);
     let mut server = Server {
         epoll,
         listener: Some(listener),
         reactor,
         edge: args.edge,
-        accept_paused_until: None,
+        listening: true,
     };
     cli::ready(&shown);
     server.run()
@@ -113,7 +114,8 @@ struct Server {
     listener: Option<OwnedFd>,
     reactor: Reactor,
     edge: bool,
-    accept_paused_until: Option<Instant>,
+    /// The listener is in the epoll set (it leaves it during an accept pause).
+    listening: bool,
 }
 
 impl Server {
@@ -122,7 +124,6 @@ impl Server {
         loop {
             // 1. Sleep until something is ready or the next deadline.
             let timeout = match self.reactor.wait_ms(Instant::now()) {
-                _ if self.accept_paused_until.is_some() => EpollTimeout::from(100u16),
                 Some(ms) => {
                     EpollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(EpollTimeout::MAX)
                 }
@@ -155,20 +156,18 @@ impl Server {
             // 3. Deadlines that came due: parked /wait, slow heads, idle peers.
             let (epoll, edge) = (&self.epoll, self.edge);
             self.reactor
-                .expire(|token, interest, r| update(epoll, edge, r, token, interest));
+                .expire_with(|token, interest, r| update(epoll, edge, r, token, interest));
             // 4. Stopping: close connections as they become idle; leave when none is left.
             if self.reactor.stopping()
                 && self
                     .reactor
-                    .drain_step(|token, interest, r| update(epoll, edge, r, token, interest))
+                    .drain_step_with(|token, interest, r| update(epoll, edge, r, token, interest))
             {
                 return Ok(());
             }
-            if self
-                .accept_paused_until
-                .is_some_and(|t| Instant::now() >= t)
-            {
-                self.accept_paused_until = None;
+            // 5. A pause in accepting (out of descriptors) that ended.
+            if !self.listening && !self.reactor.accept_paused(Instant::now()) {
+                self.listening = true;
                 if let Some(l) = &self.listener {
                     let _ = self
                         .epoll
@@ -201,10 +200,10 @@ impl Server {
                 .map(|()| flags.bits() as u32)
         });
         if end == AcceptEnd::Exhausted {
-            // Out of descriptors: stop listening for a moment rather than
-            // spin on a listener that stays readable.
+            // Out of descriptors: stop listening for the reactor's accept
+            // pause rather than spin on a listener that stays readable.
             let _ = self.epoll.delete(listener);
-            self.accept_paused_until = Some(now + Duration::from_millis(100));
+            self.listening = false;
         }
     }
 

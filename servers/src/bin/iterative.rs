@@ -35,7 +35,7 @@ use iomodels_servers::blocking;
 use iomodels_servers::cli::{self, Common};
 use iomodels_servers::host::ServerHost;
 use iomodels_servers::net::{self, ListenOptions};
-use iomodels_servers::startup::Startup;
+use iomodels_servers::startup::{Startup, Workers};
 
 /// One connection at a time: accept, serve it to its end, accept the next (UNP design 0).
 #[derive(Debug, Parser)]
@@ -55,7 +55,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         shared,
         listener,
         shown,
-    } = Startup::begin("iterative", &args.common, 1, ListenOptions::default())?;
+        ..
+    } = Startup::begin(
+        "iterative",
+        &args.common,
+        Workers::Fixed(1),
+        ListenOptions::BLOCKING,
+    )?;
     net::set_recv_timeout(&listener, blocking::TICK);
     let mut host = ServerHost::for_process(&shared);
     let stats = host.stats();

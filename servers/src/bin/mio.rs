@@ -44,7 +44,7 @@ use iomodels_servers::cli::{self, Common};
 use iomodels_servers::event::{Reactor, ReadUntil};
 use iomodels_servers::host::ServerHost;
 use iomodels_servers::net::{self, ListenOptions};
-use iomodels_servers::startup::Startup;
+use iomodels_servers::startup::{Startup, Workers};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -75,13 +75,19 @@ struct LoopHandle {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let workers = args.common.workers();
     let Startup {
         data: _data,
         shared,
         listener,
         shown,
-    } = Startup::begin("mio", &args.common, workers, ListenOptions::default())?;
+        workers,
+        ..
+    } = Startup::begin(
+        "mio",
+        &args.common,
+        Workers::FromFlag,
+        ListenOptions::BLOCKING,
+    )?;
     net::set_recv_timeout(&listener, blocking::TICK);
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -97,7 +103,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             waker: waker.clone(),
         });
         let host = ServerHost::for_thread(&shared, index);
-        let reactor = Reactor::new(&shared, host, ReadUntil::WouldBlock, args.blocking_wait);
+        let reactor = Reactor::new(host, ReadUntil::WouldBlock, args.blocking_wait);
         let stop = stop.clone();
         threads.push(std::thread::spawn(move || {
             event_loop(poll, reactor, rx, stop)
@@ -147,7 +153,8 @@ fn event_loop(
         for event in events.iter() {
             if event.token() == WAKE {
                 // 2. New connections from the acceptor: register each for
-                // both directions, once (mio is edge-triggered).
+                // both directions, once (mio is edge-triggered). Over
+                // --max-conns the reactor refuses them (503 / OVERLOADED).
                 for fd in inbox.try_iter() {
                     let _ = fcntl(fd.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
                     let registry = poll.registry();
@@ -178,8 +185,8 @@ fn event_loop(
             reactor.ready(event.token().0, readable, now);
         }
         // 4. Deadlines; a stop in progress.
-        reactor.expire(|_, _, _| {});
-        if reactor.stopping() && reactor.drain_step(|_, _, _| {}) {
+        reactor.expire();
+        if reactor.stopping() && reactor.drain_step() {
             return Ok(());
         }
     }

@@ -39,11 +39,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use iomodels_servers::cli::{self, Common};
-use iomodels_servers::event::{AcceptEnd, Reactor, ReadUntil};
+use iomodels_servers::event::{Reactor, ReadUntil};
 use iomodels_servers::host::ServerHost;
 use iomodels_servers::net::ListenOptions;
 use iomodels_servers::signals;
-use iomodels_servers::startup::Startup;
+use iomodels_servers::startup::{Startup, Workers};
 
 /// One thread sweeping O_NONBLOCK sockets with no readiness API at all.
 #[derive(Debug, Parser)]
@@ -75,12 +75,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         shared,
         listener,
         shown,
-    } = Startup::begin("nonblocking", &args.common, 1, ListenOptions::NONBLOCKING)?;
+        ..
+    } = Startup::begin(
+        "nonblocking",
+        &args.common,
+        Workers::Fixed(1),
+        ListenOptions::NONBLOCKING,
+    )?;
     let mut listener = Some(listener);
     let host = ServerHost::for_process(&shared);
-    let mut reactor = Reactor::new(&shared, host, ReadUntil::Short, args.blocking_wait);
+    let mut reactor = Reactor::new(host, ReadUntil::Short, args.blocking_wait);
     let nap = Duration::from_micros(args.sleep_us);
-    let mut accept_paused_until: Option<Instant> = None;
     let mut tokens: Vec<usize> = Vec::new();
     cli::ready(&shown);
 
@@ -88,12 +93,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         let now = Instant::now();
         let mut moved = false;
 
-        // 1. Try to accept (EAGAIN when nobody is waiting).
-        if let (Some(l), None) = (&listener, accept_paused_until) {
+        // 1. Try to accept (EAGAIN when nobody is waiting; not at all while
+        // the reactor pauses accepting after running out of descriptors).
+        if let (Some(l), false) = (&listener, reactor.accept_paused(now)) {
             let before = reactor.conns.len();
-            if reactor.accept(l, now, |_, _| Some(0)) == AcceptEnd::Exhausted {
-                accept_paused_until = Some(now + Duration::from_millis(100));
-            }
+            reactor.accept(l, now, |_, _| Some(0));
             moved |= reactor.conns.len() != before;
         }
 
@@ -117,13 +121,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             reactor.begin_stop(now);
         }
 
-        // 4. Deadlines; a stop in progress; a pause in accepting that ended.
-        reactor.expire(|_, _, _| {});
-        if reactor.stopping() && reactor.drain_step(|_, _, _| {}) {
+        // 4. Deadlines; a stop in progress.
+        reactor.expire();
+        if reactor.stopping() && reactor.drain_step() {
             return Ok(());
-        }
-        if accept_paused_until.is_some_and(|t| Instant::now() >= t) {
-            accept_paused_until = None;
         }
 
         // 5. Nothing moved in a whole sweep: nap (not past the next deadline).

@@ -40,14 +40,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use iomodels_servers::cli::{self, Common};
-use iomodels_servers::event::{Connection, Interest, ReadUntil, STOP_GRACE};
+use iomodels_servers::event::{Connection, Interest, ReadUntil};
 use iomodels_servers::host::{ServerHost, Shared};
-use iomodels_servers::net::{self, ListenOptions};
+use iomodels_servers::net::{self, Accepted, ListenOptions};
 use iomodels_servers::signals;
-use iomodels_servers::startup::Startup;
+use iomodels_servers::startup::{Startup, Workers};
 use iomodels_servers::timers::Timers;
-use iomodels_workload::Host;
-use nix::errno::Errno;
 use nix::sys::socket::SockFlag;
 use polling::{Event, Events, Poller};
 use slab::Slab;
@@ -85,7 +83,6 @@ struct State {
     listener: Mutex<Option<OwnedFd>>,
     stopping_since: Mutex<Option<Instant>>,
     shared: Shared,
-    refusal: Vec<u8>,
     blocking_wait: bool,
 }
 
@@ -96,13 +93,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let workers = args.common.workers();
     let Startup {
         data: _data,
         shared,
         listener,
         shown,
-    } = Startup::begin("oneshot", &args.common, workers, ListenOptions::NONBLOCKING)?;
+        workers,
+        ..
+    } = Startup::begin(
+        "oneshot",
+        &args.common,
+        Workers::FromFlag,
+        ListenOptions::NONBLOCKING,
+    )?;
     let poller = Poller::new()?;
     // SAFETY: `add` needs the source deleted before it is closed: the
     // listener is deleted at stop before it is dropped, and the stop pipe
@@ -118,7 +121,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         timers: Mutex::new(Timers::new()),
         listener: Mutex::new(Some(listener)),
         stopping_since: Mutex::new(None),
-        refusal: net::refusal(shared.protocol, &shared.server_name()),
         shared,
         blocking_wait: args.blocking_wait,
     });
@@ -197,33 +199,29 @@ impl State {
             return;
         };
         loop {
-            let fd = match net::accept(listener, SockFlag::SOCK_NONBLOCK) {
-                Ok(fd) => fd,
-                Err(e) if net::would_block(e) => break,
-                Err(Errno::EINTR) => continue,
-                Err(e) if net::accept_error_is_transient(e) => continue,
-                Err(e) => {
-                    eprintln!("oneshot-server: accept: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
+            match net::accept_next(listener, SockFlag::SOCK_NONBLOCK) {
+                Ok(Accepted::Conn(fd)) => self.adopt(fd, now, host),
+                Ok(Accepted::Nothing) => break,
+                // Out of descriptors (or a broken listener, logged): this
+                // thread pauses accepting; the others go on serving.
+                Ok(Accepted::Exhausted) | Err(_) => {
+                    std::thread::sleep(net::ACCEPT_PAUSE);
                     break;
                 }
-            };
-            self.adopt(fd, now, host);
+            }
         }
         let _ = self.poller.modify(listener, Event::readable(LISTENER));
     }
 
     fn adopt(&self, fd: OwnedFd, now: Instant, host: &ServerHost) {
+        let Some(admitted) = self.shared.admit() else {
+            return self.shared.refuse(fd);
+        };
         let mut conns = lock(&self.conns);
-        if conns.len() >= self.shared.max_conns as usize {
-            host.stats().refused();
-            net::refuse(fd, &self.refusal);
-            return;
-        }
         net::set_nodelay(&fd);
         let entry = conns.vacant_entry();
         let key = entry.key();
-        let mut c = Connection::new(fd, host, now);
+        let mut c = Connection::new(fd, host, admitted, now);
         // SAFETY: `add` needs the source deleted before it is closed: every
         // path that drops a connection deletes it from the poller first (`close`).
         let added = unsafe { self.poller.add(&c.fd, Event::readable(key)) };
@@ -231,7 +229,7 @@ impl State {
             return;
         }
         host.stats().opened();
-        let deadline = c.conn.poll_timeout(host.timeouts());
+        let deadline = c.conn.poll_timeout();
         lock(&self.timers).schedule(&mut c.timer, key, deadline);
         entry.insert(Arc::new(Mutex::new(c)));
     }
@@ -265,7 +263,7 @@ impl State {
                 {
                     return self.close(key, &c, host);
                 }
-                let deadline = c.conn.poll_timeout(host.timeouts());
+                let deadline = c.conn.poll_timeout();
                 let mut timers = lock(&self.timers);
                 let before = timers.wait_ms(now);
                 timers.schedule(&mut c.timer, key, deadline);
@@ -317,12 +315,8 @@ impl State {
         *since = Some(now);
         drop(since);
         if let Some(l) = lock(&self.listener).take() {
-            loop {
-                match net::accept(&l, SockFlag::SOCK_NONBLOCK) {
-                    Ok(fd) => self.adopt(fd, now, host),
-                    Err(Errno::EINTR) => continue,
-                    Err(_) => break,
-                }
+            while let Ok(Accepted::Conn(fd)) = net::accept_next(&l, SockFlag::SOCK_NONBLOCK) {
+                self.adopt(fd, now, host);
             }
             let _ = self.poller.delete(&l);
         }
@@ -343,7 +337,7 @@ impl State {
         let keys: Vec<usize> = lock(&self.conns).iter().map(|(k, _)| k).collect();
         for key in keys {
             self.serve(key, false, now, host, buf, |c, _| {
-                if c.conn.requests() > 0 || now >= since + STOP_GRACE {
+                if signals::may_close(c.conn.requests(), since, now) {
                     c.conn.drain();
                 }
             });

@@ -32,15 +32,15 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Parser;
 use iomodels_servers::cli::{self, Common};
-use iomodels_servers::event::{AcceptEnd, Reactor, ReadUntil};
+use iomodels_servers::event::{Reactor, ReadUntil};
 use iomodels_servers::host::ServerHost;
 use iomodels_servers::net::ListenOptions;
 use iomodels_servers::signals;
-use iomodels_servers::startup::Startup;
+use iomodels_servers::startup::{Startup, Workers};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -70,11 +70,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         shared,
         listener,
         shown,
-    } = Startup::begin("poll", &args.common, 1, ListenOptions::NONBLOCKING)?;
+        ..
+    } = Startup::begin(
+        "poll",
+        &args.common,
+        Workers::Fixed(1),
+        ListenOptions::NONBLOCKING,
+    )?;
     let mut listener: Option<OwnedFd> = Some(listener);
     let host = ServerHost::for_process(&shared);
-    let mut reactor = Reactor::new(&shared, host, ReadUntil::Short, args.blocking_wait);
-    let mut accept_paused_until: Option<Instant> = None;
+    let mut reactor = Reactor::new(host, ReadUntil::Short, args.blocking_wait);
     let mut tokens: Vec<usize> = Vec::new();
     let mut ready: Vec<(usize, PollFlags)> = Vec::new();
     cli::ready(&shown);
@@ -83,7 +88,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         // 1. The pollfd array: what every descriptor waits for, this time.
         let mut fds = Vec::with_capacity(reactor.conns.len() + 2);
         tokens.clear();
-        if let (Some(l), None) = (&listener, accept_paused_until) {
+        if let (Some(l), false) = (&listener, reactor.accept_paused(Instant::now())) {
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
             tokens.push(LISTENER);
         }
@@ -104,7 +109,6 @@ fn run(args: Args) -> anyhow::Result<()> {
 
         // 2. Sleep until something is ready or the next deadline.
         let timeout = match reactor.wait_ms(Instant::now()) {
-            _ if accept_paused_until.is_some() => PollTimeout::from(100u16),
             Some(ms) => PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
         };
@@ -126,9 +130,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             match token {
                 LISTENER => {
                     let l = listener.as_ref().expect("listener while listening");
-                    if reactor.accept(l, now, |_, _| Some(0)) == AcceptEnd::Exhausted {
-                        accept_paused_until = Some(now + Duration::from_millis(100));
-                    }
+                    // On exhaustion the reactor pauses accepting (step 1 leaves
+                    // the listener out until the pause ends).
+                    reactor.accept(l, now, |_, _| Some(0));
                 }
                 STOP => {
                     signals::drain_stop_fd();
@@ -146,13 +150,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
         }
 
-        // 4. Deadlines; a stop in progress; a pause in accepting that ended.
-        reactor.expire(|_, _, _| {});
-        if reactor.stopping() && reactor.drain_step(|_, _, _| {}) {
+        // 4. Deadlines; a stop in progress.
+        reactor.expire();
+        if reactor.stopping() && reactor.drain_step() {
             return Ok(());
-        }
-        if accept_paused_until.is_some_and(|t| Instant::now() >= t) {
-            accept_paused_until = None;
         }
     }
 }

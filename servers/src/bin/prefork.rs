@@ -1,9 +1,12 @@
 //! # prefork-server — a master and N pre-forked workers blocking in accept
 //!
+//! Run it: `prefork-server --listen 127.0.0.1:8080 --workers 4 --accept shared`.
+//!
 //! php-fpm's `pm = static`, and UNP ch.30's "preforked server, no locking
 //! around accept" (design 2). The master binds the listening socket, forks
-//! `--workers` children, and then only watches them: a child that dies is
-//! replaced. Each child loops: `accept` (blocking; the kernel wakes one
+//! `--workers` children, and then only watches them (the runtime's
+//! `supervisor`): a child that dies is replaced, after a back-off if it
+//! died right after its start. Each child loops: `accept` (blocking; the kernel wakes one
 //! waiter per connection), serve that connection to its end with blocking
 //! `read`/`write`, accept the next.
 //!
@@ -34,22 +37,32 @@
 //! Compare with `epoll-server` (one thread, thousands of connections) and
 //! `fpm-server` (the same design with a process manager).
 //!
-//! **How workers take connections** (`--accept`, UNP ch.30 designs 2–4):
-//! * `shared` (default) — every worker blocks in `accept` on the one
-//!   socket; the kernel wakes one waiter per connection (no thundering
-//!   herd on Linux for blocking accept), usually the one that waited last.
-//! * `flock` — a file lock around `accept` (UNP design 3, for kernels where
-//!   accept on a shared socket is not safe or wakes everyone): one worker
-//!   at a time waits in accept, the others in `flock`. Two more system
-//!   calls per connection.
-//! * `reuseport` — one SO_REUSEPORT socket per worker, all bound to the same
-//!   port; the kernel spreads connections by a hash of the 4-tuple, so
-//!   balance is statistical and a busy worker's queue waits for it even
-//!   when others are idle.
-//! * `exclusive` — each worker has its own epoll instance watching the
-//!   shared (non-blocking) listener with EPOLLEXCLUSIVE: a connection wakes
-//!   one (or a few) of the waiting workers, which then accept; one that
-//!   lost the race sees EAGAIN. An `epoll_wait` more per connection.
+//! **How workers take connections** (`--accept`; the first two are UNP
+//! ch.30's designs, the last two are Linux designs UNP does not have):
+//! * `shared` (default, UNP design 2) — every worker blocks in `accept` on
+//!   the one socket; the kernel wakes one waiter per connection (no
+//!   thundering herd on Linux for blocking accept). Blocked accept callers
+//!   wait as *exclusive* waiters added at the tail of the socket's wait
+//!   queue, and a wake-up starts from the head: FIFO, the worker that has
+//!   waited longest (`prepare_to_wait_exclusive` in kernel/sched/wait.c).
+//!   LIFO — the last to wait is woken first — is what processes blocked in
+//!   `epoll_wait` on one shared epoll instance get (fs/eventpoll.c).
+//! * `flock` — a lock around `accept`, so one worker at a time waits in
+//!   accept and the others wait for the lock: UNP design 3, for kernels
+//!   where accept on a shared socket is not safe or wakes everyone. UNP
+//!   locks with `fcntl(F_SETLKW)` record locks (its design 4 puts a
+//!   process-shared pthread mutex in shared memory instead, not built
+//!   here); `flock(2)` is our substitute, the same idea with a simpler
+//!   call. Two more system calls per connection.
+//! * `reuseport` (Linux 3.9) — one SO_REUSEPORT socket per worker, all
+//!   bound to the same port; the kernel spreads connections by a hash of
+//!   the 4-tuple, so balance is statistical and a busy worker's queue
+//!   waits for it even when others are idle.
+//! * `exclusive` (Linux 4.5) — each worker has its own epoll instance
+//!   watching the shared (non-blocking) listener with EPOLLEXCLUSIVE: a
+//!   connection wakes one (or a few) of the waiting workers, which then
+//!   accept; one that lost the race sees EAGAIN. An `epoll_wait` more per
+//!   connection.
 //!
 //! Per-worker balance shows in the `X-Worker` header (the load generator
 //! counts it; `servers/tests/accept.rs` prints it for each strategy).
@@ -58,7 +71,7 @@
 //! connection's request in flight, answers whatever is still in the listen
 //! backlog, and exits; the master exits 0 when all have.
 
-use std::collections::HashMap;
+use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
@@ -66,17 +79,14 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use iomodels_servers::blocking;
 use iomodels_servers::cli::{self, Common};
-use iomodels_servers::host::{DataDir, ServerHost, Shared};
-use iomodels_servers::net::{ListenAddr, ListenOptions};
-use iomodels_servers::{net, signals};
+use iomodels_servers::host::{ServerHost, Shared};
+use iomodels_servers::net::{self, ListenAddr, ListenOptions};
+use iomodels_servers::startup::{Startup, Workers};
+use iomodels_servers::supervisor::Supervisor;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::SockFlag;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
 
 /// A master that forks N workers which block in accept(2) (php-fpm pm=static).
 #[derive(Debug, Parser)]
@@ -90,7 +100,7 @@ struct Args {
     accept: Accept,
 }
 
-/// How workers take connections (UNP ch.30 designs 2–4, and EPOLLEXCLUSIVE).
+/// How workers take connections (UNP ch.30 designs 2 and 3, SO_REUSEPORT, EPOLLEXCLUSIVE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Accept {
     /// Every worker blocks in accept(2) on the one listening socket.
@@ -103,35 +113,44 @@ enum Accept {
     Exclusive,
 }
 
+/// A worker's place in the pool: under `--accept reuseport`, slot `n` (and
+/// every replacement of its worker) owns listening socket `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Slot(usize);
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "slot {}", self.0)
+    }
+}
+
 fn main() -> ExitCode {
     cli::main(run)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    signals::install()?;
-    signals::wake_on_child_exit()?;
-    let data = DataDir::prepare(args.common.data_dir.as_deref())?;
-    let workers = args.common.workers();
-    let shared = Shared::new("prefork", &args.common, &data, workers)?;
+    let reuseport = args.accept == Accept::Reuseport;
+    anyhow::ensure!(
+        !(reuseport && matches!(args.common.listen, ListenAddr::Unix(_))),
+        "--accept reuseport needs a TCP address"
+    );
     let opts = ListenOptions {
-        reuseport: args.accept == Accept::Reuseport,
+        reuseport,
         // Exclusive: a worker woken by epoll may lose the race for the
         // connection; accept must then say EAGAIN, not block.
         nonblocking: args.accept == Accept::Exclusive,
+        // Reuseport: one socket per worker, all bound to the same port.
+        per_worker: reuseport,
     };
-    anyhow::ensure!(
-        !(opts.reuseport && matches!(args.common.listen, ListenAddr::Unix(_))),
-        "--accept reuseport needs a TCP address"
-    );
-    let (first, shown) = net::listen(&args.common.listen, args.common.backlog, opts)?;
-    let mut listeners = vec![first];
-    if args.accept == Accept::Reuseport {
-        // With port 0 the first socket picked the port; the others reuse it.
-        let real = ListenAddr::parse(&shown).map_err(anyhow::Error::msg)?;
-        for _ in 1..workers {
-            listeners.push(net::listen(&real, args.common.backlog, opts)?.0);
-        }
-    }
+    let Startup {
+        data: _data,
+        shared,
+        listener,
+        more,
+        shown,
+        workers,
+    } = Startup::begin("prefork", &args.common, Workers::FromFlag, opts)?;
+    let listeners: Vec<OwnedFd> = std::iter::once(listener).chain(more).collect();
     for l in &listeners {
         // accept(2) honours SO_RCVTIMEO: a worker wakes each tick to look
         // at the stop flag even when no connection comes.
@@ -154,55 +173,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         accept: args.accept,
         lock: lock.as_ref().map(|f| f.as_raw_fd()),
     };
-    // Reuseport: worker `slot` (and its replacements) own socket `slot`.
-    let listener_of = |slot: u32| &listeners[slot as usize % listeners.len()];
 
-    // Fork the workers; remember which slot each pid fills.
-    let mut children: HashMap<Pid, u32> = HashMap::new();
-    for slot in 0..workers {
-        children.insert(spawn(listener_of(slot), &shared, how)?, slot);
+    // The master: fork one worker per slot, then only supervise them —
+    // sleep until a signal (stop, or a child exited), reap, replace (with a
+    // back-off if a worker dies right after its start), forward the stop.
+    // It never touches a connection.
+    let mut supervisor = Supervisor::new()?;
+    let body = |slot: &Slot| worker(&listeners[slot.0 % listeners.len()], &shared, how);
+    for slot in 0..workers as usize {
+        supervisor.spawn(Slot(slot), body)?;
     }
     cli::ready(&shown);
-
-    // The master's loop: sleep until a signal (stop, or a child exited),
-    // reap, replace. It never touches a connection.
-    let mut forwarded = false;
-    loop {
-        let mut fds = [PollFd::new(signals::stop_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(1000u16)) {
-            Ok(_) | Err(Errno::EINTR) => signals::drain_stop_fd(),
-            Err(e) => return Err(e.into()),
-        }
-        let stopping = signals::stop_requested();
-        if stopping && !forwarded {
-            for pid in children.keys() {
-                let _ = kill(*pid, Signal::SIGTERM);
-            }
-            forwarded = true;
-        }
-        // Reap every child that exited (WNOHANG: never block here).
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(status) => {
-                    let Some(pid) = status.pid() else { continue };
-                    let Some(slot) = children.remove(&pid) else {
-                        continue;
-                    };
-                    if !stopping {
-                        eprintln!(
-                            "prefork-server: worker {pid} (slot {slot}) {}; starting a new one",
-                            describe(status)
-                        );
-                        children.insert(spawn(listener_of(slot), &shared, how)?, slot);
-                    }
-                }
-            }
-        }
-        if stopping && children.is_empty() {
-            return Ok(());
-        }
-    }
+    supervisor.run(body)
 }
 
 /// How a worker takes its connections.
@@ -211,27 +193,6 @@ struct Worker {
     accept: Accept,
     /// The lock file of `--accept flock` (a descriptor of the master's).
     lock: Option<RawFd>,
-}
-
-/// Forks one worker; the child never returns.
-fn spawn(listener: &OwnedFd, shared: &Shared, how: Worker) -> anyhow::Result<Pid> {
-    let master = nix::unistd::getpid();
-    // SAFETY: the master is single-threaded, so the child starts with a
-    // consistent heap and no lock held by a vanished thread.
-    match unsafe { fork() }? {
-        ForkResult::Parent { child } => Ok(child),
-        ForkResult::Child => {
-            let code = match signals::reinstall_in_child(master) {
-                Ok(()) => worker(listener, shared, how),
-                Err(e) => {
-                    eprintln!("prefork-server: worker: {e:#}");
-                    1
-                }
-            };
-            // Leave without running the master's destructors (the data dir).
-            std::process::exit(code)
-        }
-    }
 }
 
 /// One worker: accept, serve the connection to its end, repeat.
@@ -260,7 +221,8 @@ fn worker(listener: &OwnedFd, shared: &Shared, how: Worker) -> i32 {
     }
 }
 
-/// UNP design 3: `flock(LOCK_EX)`, `accept`, `flock(LOCK_UN)`. Each worker
+/// UNP design 3 with flock(2) for its fcntl(2) lock: `flock(LOCK_EX)`,
+/// `accept`, `flock(LOCK_UN)`. Each worker
 /// reopens the lock file itself: a lock belongs to an open file
 /// description, which a descriptor inherited across fork would share with
 /// every sibling (and then every worker would "hold" the lock at once).
@@ -293,7 +255,13 @@ fn flock_accept_loop(
         });
         accepted
     };
-    blocking::accept_with(listener, || false, locked_accept, on_conn)
+    let mut locked_accept = locked_accept;
+    blocking::accept_with(
+        listener,
+        || false,
+        || net::accept_ladder(locked_accept()),
+        on_conn,
+    )
 }
 
 /// Each worker's own epoll instance watches the shared listener with
@@ -310,20 +278,17 @@ fn exclusive_accept_loop(
         )
         .context("epoll_ctl(EPOLLEXCLUSIVE)")?;
     let mut events = [EpollEvent::empty()];
-    let wait_then_accept = || match epoll.wait(&mut events, EpollTimeout::from(1000u16)) {
+    let mut wait_then_accept = || match epoll.wait(&mut events, EpollTimeout::from(1000u16)) {
         // The tick: the loop looks at the stop flag.
         Ok(0) => Err(Errno::EAGAIN),
         // Non-blocking: EAGAIN when another worker took the connection.
         Ok(_) => net::accept(listener, SockFlag::empty()),
         Err(e) => Err(e),
     };
-    blocking::accept_with(listener, || false, wait_then_accept, on_conn)
-}
-
-fn describe(status: WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
-        WaitStatus::Signaled(_, sig, _) => format!("was killed by {sig}"),
-        other => format!("stopped ({other:?})"),
-    }
+    blocking::accept_with(
+        listener,
+        || false,
+        || net::accept_ladder(wait_then_accept()),
+        on_conn,
+    )
 }

@@ -31,15 +31,15 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Parser;
 use iomodels_servers::cli::{self, Common};
-use iomodels_servers::event::{AcceptEnd, Reactor, ReadUntil};
+use iomodels_servers::event::{Reactor, ReadUntil};
 use iomodels_servers::host::ServerHost;
-use iomodels_servers::net::{self, ListenOptions};
+use iomodels_servers::net::ListenOptions;
 use iomodels_servers::signals;
-use iomodels_servers::startup::Startup;
+use iomodels_servers::startup::{Startup, Workers};
 use nix::errno::Errno;
 use nix::sys::select::{select, FdSet, FD_SETSIZE};
 use nix::sys::time::{TimeVal, TimeValLike};
@@ -66,24 +66,20 @@ fn run(args: Args) -> anyhow::Result<()> {
         shared,
         listener,
         shown,
-    } = Startup::begin("select", &args.common, 1, ListenOptions::NONBLOCKING)?;
+        ..
+    } = Startup::begin(
+        "select",
+        &args.common,
+        Workers::Fixed(1),
+        ListenOptions::NONBLOCKING,
+    )?;
     let mut listener: Option<OwnedFd> = Some(listener);
     let host = ServerHost::for_process(&shared);
-    let refusal = net::refusal(shared.protocol, &shared.server_name());
-    let stats = host.stats();
-    let mut reactor = Reactor::new(&shared, host, ReadUntil::Short, args.blocking_wait);
-    let mut accept_paused_until: Option<Instant> = None;
+    let mut reactor = Reactor::new(host, ReadUntil::Short, args.blocking_wait);
     let mut ready: Vec<(usize, bool)> = Vec::new();
-    // A descriptor at or above FD_SETSIZE has no bit in an fd_set: refuse
-    // the connection instead of watching it.
-    let mut register = |_: usize, fd: &OwnedFd| {
-        if fd.as_raw_fd() >= FD_SETSIZE as i32 {
-            stats.refused();
-            let _ = nix::unistd::write(fd, &refusal);
-            return None;
-        }
-        Some(0)
-    };
+    // A descriptor at or above FD_SETSIZE has no bit in an fd_set: the
+    // reactor refuses (503 / OVERLOADED) a connection we cannot watch.
+    let mut register = |_: usize, fd: &OwnedFd| (fd.as_raw_fd() < FD_SETSIZE as i32).then_some(0);
     cli::ready(&shown);
 
     loop {
@@ -92,7 +88,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let mut writefds = FdSet::new();
         let mut maxfd = signals::stop_fd().as_raw_fd();
         readfds.insert(signals::stop_fd());
-        if let (Some(l), None) = (&listener, accept_paused_until) {
+        if let (Some(l), false) = (&listener, reactor.accept_paused(Instant::now())) {
             readfds.insert(l.as_fd());
             maxfd = maxfd.max(l.as_raw_fd());
         }
@@ -107,11 +103,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
 
         // 2. Sleep until something is ready or the next deadline.
-        let mut timeout = match reactor.wait_ms(Instant::now()) {
-            _ if accept_paused_until.is_some() => Some(TimeVal::milliseconds(100)),
-            Some(ms) => Some(TimeVal::milliseconds(ms.min(60_000) as i64)),
-            None => None,
-        };
+        let mut timeout = reactor
+            .wait_ms(Instant::now())
+            .map(|ms| TimeVal::milliseconds(ms.min(60_000) as i64));
         match select(
             maxfd + 1,
             &mut readfds,
@@ -145,9 +139,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         if incoming {
             let l = listener.as_ref().expect("listening");
-            if reactor.accept(l, now, &mut register) == AcceptEnd::Exhausted {
-                accept_paused_until = Some(now + Duration::from_millis(100));
-            }
+            // On exhaustion the reactor pauses accepting (step 1 leaves the
+            // listener out until the pause ends).
+            reactor.accept(l, now, &mut register);
         }
         if stop {
             signals::drain_stop_fd();
@@ -157,13 +151,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             reactor.begin_stop(now);
         }
 
-        // 4. Deadlines; a stop in progress; a pause in accepting that ended.
-        reactor.expire(|_, _, _| {});
-        if reactor.stopping() && reactor.drain_step(|_, _, _| {}) {
+        // 4. Deadlines; a stop in progress.
+        reactor.expire();
+        if reactor.stopping() && reactor.drain_step() {
             return Ok(());
-        }
-        if accept_paused_until.is_some_and(|t| Instant::now() >= t) {
-            accept_paused_until = None;
         }
     }
 }

@@ -46,7 +46,7 @@ use iomodels_servers::event::{AcceptEnd, Reactor, ReadUntil};
 use iomodels_servers::host::ServerHost;
 use iomodels_servers::net::ListenOptions;
 use iomodels_servers::signals;
-use iomodels_servers::startup::Startup;
+use iomodels_servers::startup::{Startup, Workers};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// One thread, O_ASYNC sockets, real-time signals taken with sigtimedwait.
@@ -79,7 +79,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         shared,
         listener,
         shown,
-    } = Startup::begin("sigio", &args.common, 1, ListenOptions::NONBLOCKING)?;
+        ..
+    } = Startup::begin(
+        "sigio",
+        &args.common,
+        Workers::Fixed(1),
+        ListenOptions::NONBLOCKING,
+    )?;
     let mut listener: Option<OwnedFd> = Some(listener);
 
     // The real-time signal every socket will send, blocked so that it queues
@@ -99,8 +105,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let host = ServerHost::for_process(&shared);
-    let mut reactor = Reactor::new(&shared, host, ReadUntil::WouldBlock, args.blocking_wait);
+    let mut reactor = Reactor::new(host, ReadUntil::WouldBlock, args.blocking_wait);
     let mut fresh: Vec<usize> = Vec::new();
+    // Accepting stopped on exhaustion: connections still wait in the
+    // backlog, and no new signal will say so. Try again after the pause.
+    let mut accept_again = false;
     cli::ready(&shown);
 
     loop {
@@ -111,6 +120,10 @@ fn run(args: Args) -> anyhow::Result<()> {
 
         // 2. Which descriptor, and what to do.
         let mut ready: Vec<(Owner, bool)> = Vec::new();
+        if accept_again && !reactor.accept_paused(now) {
+            accept_again = false;
+            ready.push((Owner::Listener, true));
+        }
         match event {
             None => {} // timeout, or a signal that interrupted us
             Some(sys::Event { signo, fd, band }) if signo == rtsig => {
@@ -151,9 +164,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                         fresh.push(token);
                         Some(0)
                     });
-                    if end == AcceptEnd::Exhausted {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
+                    accept_again |= end == AcceptEnd::Exhausted;
                     for &token in &fresh {
                         own(
                             &mut owners,
@@ -192,8 +203,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
 
         // 3. Deadlines; a stop in progress.
-        reactor.expire(|_, _, _| {});
-        if reactor.stopping() && reactor.drain_step(|_, _, _| {}) {
+        reactor.expire();
+        if reactor.stopping() && reactor.drain_step() {
             return Ok(());
         }
     }

@@ -38,7 +38,7 @@ use iomodels_servers::blocking;
 use iomodels_servers::cli::{self, Common};
 use iomodels_servers::host::ServerHost;
 use iomodels_servers::net::{self, ListenOptions};
-use iomodels_servers::startup::Startup;
+use iomodels_servers::startup::{Startup, Workers};
 
 /// A thread per connection (UNP design 6), bounded by --max-conns.
 #[derive(Debug, Parser)]
@@ -58,19 +58,23 @@ fn run(args: Args) -> anyhow::Result<()> {
         shared,
         listener,
         shown,
-    } = Startup::begin("thread", &args.common, 0, ListenOptions::default())?;
-    let max = shared.max_conns as usize;
-    let refusal = net::refusal(shared.protocol, &shared.server_name());
+        ..
+    } = Startup::begin(
+        "thread",
+        &args.common,
+        Workers::Fixed(0),
+        ListenOptions::BLOCKING,
+    )?;
     net::set_recv_timeout(&listener, blocking::TICK);
     let live = Arc::new(AtomicUsize::new(0));
     let mut next = 0usize;
     cli::ready(&shown);
     blocking::accept_loop(&listener, |fd, origin| {
-        if live.load(Ordering::SeqCst) >= max {
-            shared.stats.refused();
-            net::refuse(fd, &refusal);
+        // --max-conns bounds the threads alive at once.
+        let Some(admitted) = shared.admit() else {
+            shared.refuse(fd);
             return;
-        }
+        };
         // A new thread for this connection; it ends with the connection.
         live.fetch_add(1, Ordering::SeqCst);
         next += 1;
@@ -85,6 +89,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 blocking::serve(fd, &mut host, &mut buf, origin);
                 shared.stats.closed();
                 live_now.fetch_sub(1, Ordering::SeqCst);
+                drop(admitted);
             });
         if let Err(e) = spawned {
             // Out of threads: the connection (moved into the failed closure) is closed.

@@ -35,9 +35,9 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use iomodels_servers::blocking::{self, Origin};
 use iomodels_servers::cli::{self, Common};
-use iomodels_servers::host::ServerHost;
+use iomodels_servers::host::{Admitted, ServerHost};
 use iomodels_servers::net::{self, ListenOptions};
-use iomodels_servers::startup::Startup;
+use iomodels_servers::startup::{Startup, Workers};
 
 /// An acceptor thread, a bounded queue and N blocking worker threads (UNP design 8).
 #[derive(Debug, Parser)]
@@ -56,23 +56,23 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let workers = args.common.workers();
     let Startup {
         data: _data,
         shared,
         listener,
         shown,
+        workers,
+        ..
     } = Startup::begin(
         "threadpool",
         &args.common,
-        workers,
-        ListenOptions::default(),
+        Workers::FromFlag,
+        ListenOptions::BLOCKING,
     )?;
-    let refusal = net::refusal(shared.protocol, &shared.server_name());
     net::set_recv_timeout(&listener, blocking::TICK);
 
     // The bounded queue: sync_channel(n) holds at most n connections.
-    let (queue, inbox) = mpsc::sync_channel::<(OwnedFd, Origin)>(args.queue);
+    let (queue, inbox) = mpsc::sync_channel::<(OwnedFd, Origin, Admitted)>(args.queue);
     let inbox = Arc::new(Mutex::new(inbox));
     let pool: Vec<_> = (1..=workers as usize)
         .map(|index| {
@@ -83,7 +83,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 loop {
                     // Take the next connection; the queue closes at stop.
                     let next = inbox.lock().expect("queue lock").recv();
-                    let Ok((fd, origin)) = next else { return };
+                    let Ok((fd, origin, _admitted)) = next else {
+                        return;
+                    };
                     shared.stats.opened();
                     net::set_nodelay(&fd);
                     blocking::serve(fd, &mut host, &mut buf, origin);
@@ -94,12 +96,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     cli::ready(&shown);
 
-    blocking::accept_loop(&listener, |fd, origin| match queue.try_send((fd, origin)) {
-        Ok(()) => {}
-        // Every worker busy and the queue full: refuse now, do not hang.
-        Err(TrySendError::Full((fd, _))) | Err(TrySendError::Disconnected((fd, _))) => {
-            shared.stats.refused();
-            net::refuse(fd, &refusal);
+    blocking::accept_loop(&listener, |fd, origin| {
+        // Over --max-conns (queued + being served): refuse.
+        let Some(admitted) = shared.admit() else {
+            return shared.refuse(fd);
+        };
+        match queue.try_send((fd, origin, admitted)) {
+            Ok(()) => {}
+            // Every worker busy and the queue full: refuse now, do not hang.
+            Err(TrySendError::Full((fd, ..))) | Err(TrySendError::Disconnected((fd, ..))) => {
+                shared.refuse(fd)
+            }
         }
     })?;
     // Stopping: close the queue; workers finish it and what they hold.

@@ -64,6 +64,7 @@ fn report(protocol: Protocol, rps: f64, p50: u64, conn_mode: ConnMode, idle: u64
         connect_time: latency,
         connections_opened: 10,
         open_loop: None,
+        in_flight_mean: rps * p50 as f64 / 1e6,
         idle: Idle {
             asked: idle,
             held: idle,
@@ -202,5 +203,77 @@ pub fn fixture() -> Results {
         runs,
         syscalls: vec![],
         cost,
+        sweep: Some(iomodels_suite::sweep::SweepSpec::default()),
+        sweeps: models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| curve(m, i))
+            .collect(),
+    }
+}
+
+/// A synthetic sweep of `model` on /hello: flat, then a knee at 4^(3−i)
+/// × 1,000 requests/s.
+fn curve(model: &str, i: usize) -> iomodels_suite::sweep::Curve {
+    use iomodels_suite::sweep::{Curve, Step, Verdict};
+    let knee = 1000.0 * 4f64.powi(3 - i as i32);
+    let mut steps = Vec::new();
+    let mut rate = 500.0;
+    while rate <= knee * 2.0 {
+        let p99 = if rate <= knee {
+            100 + 10 * i as u64
+        } else {
+            50_000
+        };
+        let verdict = if rate <= knee {
+            Verdict::Within
+        } else {
+            Verdict::Saturated
+        };
+        steps.push(Step {
+            asked_rps: rate,
+            achieved_rps: rate.min(knee * 1.2),
+            p50_us: p99 / 2,
+            p99_us: p99,
+            p999_us: p99 * 2,
+            mean_us: p99 as f64 / 2.0,
+            errors: 0,
+            connections: 50,
+            little_l: rate * p99 as f64 / 2e6,
+            little_sent: rate * p99 as f64 / 2e6,
+            in_flight: rate * p99 as f64 / 2e6,
+            send_lag_p99_us: 20,
+            generator_lag_p99_us: 10,
+            generator_cpu: 0.25,
+            verdict,
+            why: format!("p99 {p99} µs"),
+            server: None,
+            report: report(Protocol::Http, rate, p99 / 2, ConnMode::KeepAlive, 0),
+        });
+        rate *= 2.0;
+    }
+    Curve {
+        model: model.to_string(),
+        protocol: Protocol::Http,
+        route: "/hello".into(),
+        workers: 2,
+        connections: 50,
+        conn_mode: ConnMode::KeepAlive,
+        floor_us: 0.0,
+        slo_us: 1000.0,
+        capacity_rps: steps
+            .iter()
+            .filter(|s| s.verdict == Verdict::Within)
+            .map(|s| s.asked_rps)
+            .next_back(),
+        capacity_is_lower_bound: false,
+        saturated_at_rps: steps
+            .iter()
+            .find(|s| s.verdict == Verdict::Saturated)
+            .map(|s| s.asked_rps),
+        max_achieved_rps: knee * 1.2,
+        steps,
+        stop: "saturated".into(),
+        error: None,
     }
 }

@@ -1,0 +1,1007 @@
+//! io_uring for `uring-server`: the ring, its requests in flight, and the
+//! rules the kernel sets. Every io_uring `unsafe` block of the crate is in
+//! this file, each with the reason it holds.
+//!
+//! * **Set-up** ([`Ring::new`]): the best setup flags this kernel takes
+//!   (`SINGLE_ISSUER | DEFER_TASKRUN | SUBMIT_ALL`, then `COOP_TASKRUN |
+//!   SUBMIT_ALL`, then none; with `--sqpoll`, `SQPOLL | SINGLE_ISSUER`, then
+//!   `SQPOLL`), a probe for every opcode submitted, and the provided-buffer
+//!   ring. A machine without a usable io_uring gets one line: `io_uring
+//!   unavailable: … (kernel X)`.
+//! * **Requests in flight**: each one is an [`Op`] in a slab; its
+//!   `user_data` is the slab index plus a generation number, so a late
+//!   completion, or a cancel aimed at a request that already finished, never
+//!   touches the request that reuses the index. Whatever the kernel reads or
+//!   writes after `io_uring_enter` returns (a send's bytes, a read's buffer,
+//!   a path, a timespec) is owned by its `Op` until the last completion.
+//! * **Completions** come back as [`Event`]s with typed results (a
+//!   descriptor, a byte count, an [`Errno`]); cancels and the timeout are
+//!   handled here. A multishot request the kernel refuses (`EINVAL`) is
+//!   re-submitted in its one-shot form, for the rest of the run.
+//! * **Submission**: a full submission queue is handed to the kernel and
+//!   retried, else the entry waits for the next turn; `io_uring_enter`
+//!   failing with `EINTR`, `EBUSY` or `EAGAIN` is not fatal.
+//! * **The provided-buffer ring**: `--buffers` buffers of 4 KiB the kernel
+//!   picks from when data arrives; a [`RecvBuf`] is one of them lent to the
+//!   model until [`Ring::give_back`].
+//! * **`/file`** ([`Ring::read_file`]): `IORING_OP_OPENAT`, `fstat`, then
+//!   `IORING_OP_READ` until the buffer is full.
+//! * **`--workers N`**: N rings on N threads ([`run_rings`]), each made on
+//!   its own thread, each with its own listener ([`listen_options`]).
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Instant;
+
+use io_uring::types::{BufRingEntry, Fd, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
+use iomodels_workload::{Conn, FileRequest, Host};
+use nix::errno::Errno;
+use slab::Slab;
+
+use crate::host::ServerHost;
+use crate::net::{ListenAddr, ListenOptions};
+use crate::signals;
+use crate::startup::Startup;
+
+/// Size of one provided receive buffer.
+pub const BUF_SIZE: usize = 4096;
+/// Buffer group id of the ring of receive buffers.
+const BGID: u16 = 0;
+/// Submission queue entries (the completion queue gets four times more).
+const SQ_ENTRIES: u32 = 4096;
+/// `user_data` of requests whose completion needs no handling (cancels).
+const IGNORE: u64 = u64::MAX;
+/// At most this much output goes in one send request.
+pub const SEND_MAX: usize = 256 * 1024;
+/// Send buffers up to this size are kept for reuse, at most `SPARE_COUNT`.
+const SPARE_MAX: usize = 64 * 1024;
+const SPARE_COUNT: usize = 64;
+
+/// How a ring is built: uring-server's own flags.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Config {
+    /// Give each ring a kernel thread polling its submission queue (SQPOLL): no io_uring_enter to submit while busy, but it burns a core (on two cores it competes with the load generator)
+    #[arg(long)]
+    pub sqpoll: bool,
+
+    /// Use one-shot accept and recv, re-armed after each completion (what kernels before 5.19/6.0 offer) instead of multishot
+    #[arg(long)]
+    pub single_shot: bool,
+
+    /// Receive buffers of 4 KiB in each ring's registered buffer ring (a power of two)
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = parse_buffers)]
+    pub buffers: u16,
+}
+
+/// A request in flight: its `user_data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpId(u64);
+
+/// A receive buffer the kernel filled, lent to the model: read it with
+/// [`Ring::bytes`], then hand it back with [`Ring::give_back`].
+#[derive(Debug)]
+pub struct RecvBuf {
+    bid: u16,
+    len: usize,
+}
+
+/// What a receive gave: bytes in a buffer of the ring, or `None` at end of
+/// file.
+pub type Received = nix::Result<Option<RecvBuf>>;
+
+/// A completion, with what its request owned handed back.
+#[derive(Debug)]
+pub enum Event {
+    /// The accept: a connection or why not; `more`: a multishot accept
+    /// stays armed (without it, arm a new one).
+    Accepted {
+        result: nix::Result<OwnedFd>,
+        more: bool,
+    },
+    /// The poll on a descriptor: it is readable.
+    Readable,
+    /// Connection `conn` received: `Some` bytes in a buffer of the ring,
+    /// `None` at end of file. `more`: a multishot recv stays armed.
+    Received {
+        conn: usize,
+        result: Received,
+        more: bool,
+    },
+    /// A send for `conn` is done: how many bytes went.
+    Sent {
+        conn: usize,
+        result: nix::Result<usize>,
+    },
+    /// A file opened for `conn` ([`Ring::open_file`]): it and its size, or
+    /// why not.
+    FileOpened {
+        conn: usize,
+        result: std::io::Result<(OwnedFd, u64)>,
+    },
+    /// A piece of a file read for `conn` ([`Ring::read_at`]): the bytes
+    /// (fewer than asked at the end of the file), or why not.
+    FileRead {
+        conn: usize,
+        result: std::io::Result<Vec<u8>>,
+    },
+}
+
+impl Event {
+    /// The connection the completion belongs to.
+    pub fn conn(&self) -> Option<usize> {
+        match *self {
+            Event::Received { conn, .. }
+            | Event::Sent { conn, .. }
+            | Event::FileOpened { conn, .. }
+            | Event::FileRead { conn, .. } => Some(conn),
+            Event::Accepted { .. } | Event::Readable => None,
+        }
+    }
+}
+
+/// What a request in flight owns until its last completion.
+enum Op {
+    Accept {
+        fd: RawFd,
+    },
+    Poll {
+        fd: RawFd,
+    },
+    /// The kernel reads the timespec when it takes the request.
+    Timer {
+        _spec: Box<Timespec>,
+    },
+    Recv {
+        conn: usize,
+        fd: RawFd,
+    },
+    /// The kernel reads `buf` until the completion.
+    Send {
+        conn: usize,
+        buf: Vec<u8>,
+    },
+    /// The kernel reads the path when it runs the open.
+    Open {
+        conn: usize,
+        _path: CString,
+    },
+    /// The kernel writes `buf` until the completion. `file` is the
+    /// connection's, which keeps it open while a request of it is in flight.
+    Read {
+        conn: usize,
+        file: RawFd,
+        offset: u64,
+        buf: Vec<u8>,
+    },
+}
+
+impl Op {
+    fn conn(&self) -> Option<usize> {
+        match *self {
+            Op::Recv { conn, .. }
+            | Op::Send { conn, .. }
+            | Op::Open { conn, .. }
+            | Op::Read { conn, .. } => Some(conn),
+            Op::Accept { .. } | Op::Poll { .. } | Op::Timer { .. } => None,
+        }
+    }
+}
+
+struct Token {
+    generation: u32,
+    cancelled: bool,
+    op: Op,
+}
+
+/// One io_uring instance and everything in flight on it.
+pub struct Ring {
+    /// Declared first so that it is dropped first: the kernel lets go of
+    /// the buffer ring (and of every request's memory) before it is freed.
+    ring: IoUring,
+    bufs: BufRing,
+    ops: Slab<Token>,
+    generation: u32,
+    /// Entries that found the submission queue full.
+    backlog: VecDeque<squeue::Entry>,
+    /// The armed timeout: its deadline and request.
+    timer: Option<(Instant, OpId)>,
+    /// Send buffers kept for reuse.
+    spare: Vec<Vec<u8>>,
+    /// Requests in flight per connection token.
+    per_conn: Vec<u32>,
+    cqes: Vec<(u64, i32, u32)>,
+    /// Events that need no completion (a file name the kernel cannot take).
+    ready: Vec<Event>,
+    multishot_accept: bool,
+    multishot_recv: bool,
+}
+
+impl Ring {
+    /// Builds a ring, checks the opcodes, registers the buffer ring.
+    pub fn new(config: &Config) -> anyhow::Result<Ring> {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let ring = build(config, &kernel)?;
+        probe(&ring, &kernel)?;
+        let bufs = BufRing::new(config.buffers)?;
+        // SAFETY: the entries belong to `bufs`, which `Ring` drops only
+        // after the io_uring (field order), so they stay valid while
+        // registered.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                bufs.entries.as_ptr() as u64,
+                config.buffers,
+                BGID,
+                0,
+            )
+        }
+        .map_err(|e| {
+            unavailable(
+                format!("provided buffer rings (IORING_REGISTER_PBUF_RING, 5.19): {e}"),
+                &kernel,
+            )
+        })?;
+        // Multishot accept came in 5.19, multishot recv in 6.0.
+        let version = kernel_version(&kernel);
+        Ok(Ring {
+            ring,
+            bufs,
+            ops: Slab::new(),
+            generation: 0,
+            backlog: VecDeque::new(),
+            timer: None,
+            spare: Vec::new(),
+            per_conn: Vec::new(),
+            cqes: Vec::new(),
+            ready: Vec::new(),
+            multishot_accept: !config.single_shot && version >= (5, 19),
+            multishot_recv: !config.single_shot && version >= (6, 0),
+        })
+    }
+
+    /// Requests in flight that belong to connection `conn`: its slot (and
+    /// socket) may go only when none is left, since the kernel may still
+    /// use their buffers.
+    pub fn in_flight(&self, conn: usize) -> u32 {
+        self.per_conn.get(conn).copied().unwrap_or(0)
+    }
+
+    /// Whether receives are multishot (one stays armed until cancelled).
+    pub fn multishot_recv(&self) -> bool {
+        self.multishot_recv
+    }
+
+    /// Accepts on `listener` (multishot where the kernel has it).
+    pub fn accept(&mut self, listener: BorrowedFd<'_>) -> OpId {
+        let fd = listener.as_raw_fd();
+        let sqe = self.accept_sqe(fd);
+        self.queue(Op::Accept { fd }, sqe)
+    }
+
+    fn accept_sqe(&self, fd: RawFd) -> squeue::Entry {
+        let flags = libc::SOCK_CLOEXEC;
+        if self.multishot_accept {
+            opcode::AcceptMulti::new(Fd(fd)).flags(flags).build()
+        } else {
+            opcode::Accept::new(Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(flags)
+                .build()
+        }
+    }
+
+    /// Waits until `fd` is readable: one [`Event::Readable`] (a poll that
+    /// fails, interrupted, is submitted again).
+    pub fn poll_readable(&mut self, fd: BorrowedFd<'_>) -> OpId {
+        let fd = fd.as_raw_fd();
+        let sqe = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32).build();
+        self.queue(Op::Poll { fd }, sqe)
+    }
+
+    /// Receives on connection `conn`'s socket into a buffer the kernel picks
+    /// from the buffer ring when data arrives.
+    pub fn recv(&mut self, conn: usize, socket: BorrowedFd<'_>) -> OpId {
+        let fd = socket.as_raw_fd();
+        let sqe = self.recv_sqe(fd);
+        self.queue(Op::Recv { conn, fd }, sqe)
+    }
+
+    fn recv_sqe(&self, fd: RawFd) -> squeue::Entry {
+        if self.multishot_recv {
+            opcode::RecvMulti::new(Fd(fd), BGID).build()
+        } else {
+            opcode::Recv::new(Fd(fd), std::ptr::null_mut(), BUF_SIZE as u32)
+                .buf_group(BGID)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        }
+    }
+
+    /// Sends `bytes` (at most [`SEND_MAX`] of them) on connection `conn`'s
+    /// socket. They are copied into a buffer the request owns: the kernel
+    /// reads it after this returns, while the caller's bytes may change.
+    pub fn send(&mut self, conn: usize, socket: BorrowedFd<'_>, bytes: &[u8]) -> OpId {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.extend_from_slice(&bytes[..bytes.len().min(SEND_MAX)]);
+        let sqe = opcode::Send::new(Fd(socket.as_raw_fd()), buf.as_ptr(), buf.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        self.queue(Op::Send { conn, buf }, sqe)
+    }
+
+    /// Opens file `path` for connection `conn` through the ring: an
+    /// `IORING_OP_OPENAT`, then an `fstat` (synchronous, on an inode the
+    /// open brought into memory) for its size. [`Event::FileOpened`]
+    /// reports it.
+    pub fn open_file(&mut self, conn: usize, path: &Path) {
+        match CString::new(path.as_os_str().as_bytes()) {
+            Ok(path) => {
+                let sqe = opcode::OpenAt::new(Fd(libc::AT_FDCWD), path.as_ptr())
+                    .flags(libc::O_RDONLY | libc::O_CLOEXEC)
+                    .build();
+                self.queue(Op::Open { conn, _path: path }, sqe);
+            }
+            // A path with a NUL byte: no request, the answer now (with the
+            // next batch of completions).
+            Err(e) => self.ready.push(Event::FileOpened {
+                conn,
+                result: Err(e.into()),
+            }),
+        }
+    }
+
+    /// Reads at most `len` bytes at `offset` of `file` (the connection
+    /// keeps it open until this completes) with `IORING_OP_READ`: one
+    /// piece of a file that streams. [`Event::FileRead`] reports it.
+    pub fn read_at(&mut self, conn: usize, file: BorrowedFd<'_>, offset: u64, len: usize) {
+        let buf = vec![0u8; len];
+        let fd = file.as_raw_fd();
+        let sqe = opcode::Read::new(Fd(fd), buf.as_ptr().cast_mut(), len as u32)
+            .offset(offset)
+            .build();
+        self.queue(
+            Op::Read {
+                conn,
+                file: fd,
+                offset,
+                buf,
+            },
+            sqe,
+        );
+    }
+
+    /// Asks the kernel to cancel request `id` (nothing if `None`, if it
+    /// already ended, or if asked before). Its completion still comes, with
+    /// `ECANCELED` or with what it did before the cancel landed.
+    pub fn cancel(&mut self, id: Option<OpId>) {
+        let Some((id, token)) = id.and_then(|id| Some((id, self.live(id)?))) else {
+            return;
+        };
+        if !std::mem::replace(&mut token.cancelled, true) {
+            self.push(opcode::AsyncCancel::new(id.0).build().user_data(IGNORE));
+        }
+    }
+
+    /// Makes sure the ring wakes by `when`: one timeout request, replaced
+    /// when an earlier deadline comes.
+    pub fn wake_by(&mut self, when: Instant) {
+        if self.timer.is_some_and(|(armed, _)| armed <= when) {
+            return;
+        }
+        if let Some((_, old)) = self.timer.take() {
+            self.push(opcode::TimeoutRemove::new(old.0).build().user_data(IGNORE));
+        }
+        let spec = Box::new(Timespec::from(
+            when.saturating_duration_since(Instant::now()),
+        ));
+        let sqe = opcode::Timeout::new(&*spec).build();
+        let id = self.queue(Op::Timer { _spec: spec }, sqe);
+        self.timer = Some((when, id));
+    }
+
+    /// The bytes a receive put in `buf`.
+    pub fn bytes(&self, buf: &RecvBuf) -> &[u8] {
+        self.bufs.data(buf.bid, buf.len)
+    }
+
+    /// Gives a receive buffer back to the kernel.
+    pub fn give_back(&mut self, buf: RecvBuf) {
+        self.bufs.recycle(buf.bid);
+    }
+
+    /// One `io_uring_enter`: submits everything queued and waits for at
+    /// least one completion; then appends every completion there is to
+    /// `events`.
+    pub fn submit_and_wait(&mut self, events: &mut Vec<Event>) -> anyhow::Result<()> {
+        self.flush_backlog();
+        if let Err(e) = self.ring.submit_and_wait(1) {
+            match Errno::from_raw(e.raw_os_error().unwrap_or(0)) {
+                // A signal interrupted the wait (the model's poll on the
+                // signal pipe reports it); the completion queue is full
+                // (EBUSY) or the kernel is short of memory for requests
+                // (EAGAIN): reap first, submit again next turn.
+                Errno::EINTR | Errno::EBUSY | Errno::EAGAIN => {}
+                e => anyhow::bail!("io_uring_enter: {e}"),
+            }
+        }
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for &(user_data, result, flags) in &cqes {
+            if let Some(event) = self.finish(user_data, result, flags) {
+                events.push(event);
+            }
+        }
+        cqes.clear();
+        self.cqes = cqes;
+        events.append(&mut self.ready);
+        Ok(())
+    }
+
+    /// Queues `sqe` for `op`.
+    fn queue(&mut self, op: Op, sqe: squeue::Entry) -> OpId {
+        self.generation = self.generation.wrapping_add(1);
+        if let Some(conn) = op.conn() {
+            if conn >= self.per_conn.len() {
+                self.per_conn.resize(conn + 1, 0);
+            }
+            self.per_conn[conn] += 1;
+        }
+        let index = self.ops.insert(Token {
+            generation: self.generation,
+            cancelled: false,
+            op,
+        });
+        let id = OpId((u64::from(self.generation) << 32) | index as u64);
+        self.push(sqe.user_data(id.0));
+        id
+    }
+
+    /// The request `id`, if still in flight.
+    fn live(&mut self, id: OpId) -> Option<&mut Token> {
+        let token = self.ops.get_mut((id.0 & 0xffff_ffff) as usize)?;
+        (token.generation == (id.0 >> 32) as u32).then_some(token)
+    }
+
+    fn push(&mut self, sqe: squeue::Entry) {
+        if !self.backlog.is_empty() || !self.try_push(&sqe) {
+            // The submission queue is full: hand the kernel what it holds
+            // now (one more io_uring_enter) and try again, or keep the
+            // entry for the next turn of the loop.
+            let _ = self.ring.submit();
+            if !self.backlog.is_empty() || !self.try_push(&sqe) {
+                self.backlog.push_back(sqe);
+            }
+        }
+    }
+
+    fn try_push(&mut self, sqe: &squeue::Entry) -> bool {
+        // SAFETY: every pointer an entry carries points into heap memory
+        // owned by its `Op` in `self.ops` (a send's buffer, a path, a
+        // timespec, a read buffer), into the buffer ring, or at nothing;
+        // an `Op` is dropped only after its last completion, and the ring
+        // itself is dropped before the buffer ring.
+        unsafe { self.ring.submission().push(sqe).is_ok() }
+    }
+
+    /// Moves entries that found the queue full into it.
+    fn flush_backlog(&mut self) {
+        while let Some(sqe) = self.backlog.pop_front() {
+            if !self.try_push(&sqe) {
+                self.backlog.push_front(sqe);
+                return;
+            }
+        }
+    }
+
+    /// The event of one completion: `None` for completions handled here
+    /// (cancels, the timeout, a multishot refusal) or that belong to a
+    /// request already finished (a stale generation). The request leaves
+    /// the slab with its last completion.
+    fn finish(&mut self, user_data: u64, result: i32, flags: u32) -> Option<Event> {
+        if user_data == IGNORE {
+            return None;
+        }
+        let id = OpId(user_data);
+        let more = cqueue::more(flags);
+        let token = self.live(id)?;
+        let cancelled = token.cancelled;
+        let (accept, poll, recv) = match token.op {
+            Op::Accept { fd } => (Some(fd), None, None),
+            Op::Poll { fd } => (None, Some(fd), None),
+            Op::Recv { conn, fd } => (None, None, Some((conn, fd))),
+            _ => (None, None, None),
+        };
+        // Completions answered here by submitting the request again (same
+        // `user_data`): an interrupted poll, and a multishot request this
+        // kernel refuses (one-shot from then on).
+        let refused = result == -libc::EINVAL && !more;
+        let again = if let Some(fd) = poll.filter(|_| result < 0) {
+            Some(opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32).build())
+        } else if let Some(fd) = accept.filter(|_| refused && self.multishot_accept) {
+            eprintln!("uring-server: multishot accept refused; using one-shot accepts");
+            self.multishot_accept = false;
+            Some(self.accept_sqe(fd))
+        } else if let Some((_, fd)) = recv.filter(|_| refused && self.multishot_recv) {
+            eprintln!("uring-server: multishot recv refused; using one-shot receives");
+            self.multishot_recv = false;
+            Some(self.recv_sqe(fd))
+        } else {
+            None
+        };
+        match again {
+            Some(sqe) if !cancelled => {
+                self.push(sqe.user_data(id.0));
+                return None;
+            }
+            Some(_) => return self.finish_last(id, -libc::ECANCELED, flags),
+            None => {}
+        }
+        // A multishot request that goes on stays in the slab.
+        match (accept, recv) {
+            (Some(_), _) if more => Some(Event::Accepted {
+                result: code(result).map(own),
+                more,
+            }),
+            (_, Some((conn, _))) if more => Some(Event::Received {
+                conn,
+                result: received(result, flags),
+                more,
+            }),
+            _ => self.finish_last(id, result, flags),
+        }
+    }
+
+    /// The last completion of request `id`: it leaves the slab.
+    fn finish_last(&mut self, id: OpId, result: i32, flags: u32) -> Option<Event> {
+        let op = self.ops.remove((id.0 & 0xffff_ffff) as usize).op;
+        if let Some(conn) = op.conn() {
+            self.per_conn[conn] -= 1;
+        }
+        Some(match op {
+            Op::Accept { .. } => Event::Accepted {
+                result: code(result).map(own),
+                more: false,
+            },
+            // Readable; a cancelled poll reports nothing.
+            Op::Poll { .. } if result >= 0 => Event::Readable,
+            Op::Poll { .. } => return None,
+            Op::Timer { .. } => {
+                if self.timer.is_some_and(|(_, t)| t == id) {
+                    self.timer = None;
+                }
+                return None;
+            }
+            Op::Recv { conn, .. } => Event::Received {
+                conn,
+                result: received(result, flags),
+                more: false,
+            },
+            Op::Send { conn, mut buf } => {
+                buf.clear();
+                if buf.capacity() <= SPARE_MAX && self.spare.len() < SPARE_COUNT {
+                    self.spare.push(buf);
+                }
+                Event::Sent {
+                    conn,
+                    result: code(result).map(|n| n as usize),
+                }
+            }
+            Op::Open { conn, .. } => Event::FileOpened {
+                conn,
+                result: code(result)
+                    .map(own)
+                    .and_then(|file| {
+                        nix::sys::stat::fstat(&file).map(|st| (file, st.st_size as u64))
+                    })
+                    .map_err(Into::into),
+            },
+            Op::Read {
+                conn,
+                file,
+                offset,
+                mut buf,
+            } => match code(result) {
+                Ok(n) => {
+                    buf.truncate(n as usize);
+                    Event::FileRead {
+                        conn,
+                        result: Ok(buf),
+                    }
+                }
+                Err(Errno::EINTR | Errno::EAGAIN) => {
+                    // SAFETY: `file` is the connection's open file, which it
+                    // keeps while a request of it is in flight.
+                    let file = unsafe { BorrowedFd::borrow_raw(file) };
+                    let len = buf.len();
+                    self.read_at(conn, file, offset, len);
+                    return None;
+                }
+                Err(e) => Event::FileRead {
+                    conn,
+                    result: Err(e.into()),
+                },
+            },
+        })
+    }
+}
+
+/// A connection's `/file`, read through the ring: opened with
+/// [`Ring::open_file`], then read piece by piece with [`Ring::read_at`] as
+/// the connection's window has room (`Conn::take_file_request`).
+#[derive(Debug, Default)]
+pub struct FileReads {
+    file: Option<OwnedFd>,
+}
+
+impl FileReads {
+    /// Queues what connection `conn`'s `/file` request needs now, if
+    /// anything: the open (a file of `data_dir`), or the next piece.
+    pub fn queue(&self, ring: &mut Ring, conn: usize, state: &mut Conn, data_dir: &Path) {
+        match (state.take_file_request(), &self.file) {
+            (Some(FileRequest::Open(name)), _) => ring.open_file(conn, &data_dir.join(&*name)),
+            (Some(FileRequest::Read { offset, len }), Some(file)) => {
+                ring.read_at(conn, file.as_fd(), offset, len)
+            }
+            _ => {}
+        }
+    }
+
+    /// Hands a [`Event::FileOpened`] or [`Event::FileRead`] completion to
+    /// the connection's state machine.
+    pub fn complete(&mut self, event: Event, state: &mut Conn, host: &mut dyn Host, now: Instant) {
+        match event {
+            Event::FileOpened { result, .. } => {
+                let size = result.map(|(file, size)| {
+                    self.file = Some(file);
+                    size
+                });
+                state.file_opened(size, now, host);
+            }
+            Event::FileRead { result, .. } => {
+                let piece = result
+                    .as_deref()
+                    .map_err(|e| std::io::Error::from(e.kind()));
+                state.file_read(piece, now, host);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How `workers` rings listen: one SO_REUSEPORT socket each on a TCP
+/// address (the kernel spreads connections over them); one unix socket is
+/// shared.
+pub fn listen_options(workers: u32, addr: &ListenAddr) -> ListenOptions {
+    let per_worker = workers > 1 && matches!(addr, ListenAddr::Tcp(_));
+    ListenOptions {
+        reuseport: per_worker,
+        nonblocking: false,
+        per_worker,
+    }
+}
+
+/// Runs one ring per worker of `start`. Each ring is made by
+/// `make(host, listener)` on the thread that runs it (`SINGLE_ISSUER` binds a
+/// ring to the thread that made it; with one worker, the calling thread),
+/// then driven by `run`. The ready line goes out once every ring has
+/// started; a ring that cannot start, or fails, stops the others (through
+/// the self-pipe).
+pub fn run_rings<S>(
+    start: Startup,
+    make: impl Fn(ServerHost, OwnedFd) -> anyhow::Result<S> + Sync,
+    run: impl Fn(S) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<()> {
+    let Startup {
+        data: _data,
+        shared,
+        listener,
+        more,
+        shown,
+        workers,
+    } = start;
+    if workers <= 1 {
+        let server = make(ServerHost::for_process(&shared), listener)?;
+        crate::cli::ready(&shown);
+        return run(server);
+    }
+    let mut listeners = vec![listener];
+    listeners.extend(more);
+    while listeners.len() < workers as usize {
+        listeners.push(listeners[0].try_clone()?);
+    }
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let threads: Vec<_> = (listeners.into_iter().enumerate())
+            .map(|(i, listener)| {
+                let (tx, make, run) = (tx.clone(), &make, &run);
+                let host = ServerHost::for_thread(&shared, i);
+                scope.spawn(move || match make(host, listener) {
+                    Ok(server) => {
+                        let _ = tx.send(Ok(()));
+                        run(server)
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        Ok(())
+                    }
+                })
+            })
+            .collect();
+        let started: anyhow::Result<()> = rx.iter().take(workers as usize).collect();
+        started.inspect_err(|_| signals::request_stop())?;
+        crate::cli::ready(&shown);
+        let mut result = Ok(());
+        for t in threads {
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a ring's thread panicked")));
+            if r.is_err() {
+                signals::request_stop();
+            }
+            result = result.and(r);
+        }
+        result
+    })
+}
+
+/// Checks a `--buffers` value: a power of two the buffer ring can hold.
+fn parse_buffers(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(n) if n.is_power_of_two() && n <= 32768 => Ok(n),
+        _ => Err(format!("'{s}' is not a power of two from 1 to 32768")),
+    }
+}
+
+/// A completion's result: a value, or the error the kernel gave as `-errno`.
+fn code(result: i32) -> nix::Result<i32> {
+    if result < 0 {
+        Err(Errno::from_raw(-result))
+    } else {
+        Ok(result)
+    }
+}
+
+/// A receive's result: bytes in a provided buffer, or end of file.
+fn received(result: i32, flags: u32) -> Received {
+    match (result, cqueue::buffer_select(flags)) {
+        (n, _) if n < 0 => Err(Errno::from_raw(-n)),
+        (0, _) => Ok(None),
+        (n, Some(bid)) => Ok(Some(RecvBuf {
+            bid,
+            len: n as usize,
+        })),
+        // Bytes without a buffer: the kernel broke its own rule.
+        (_, None) => Err(Errno::EIO),
+    }
+}
+
+/// A descriptor a completion (accept, open) just installed.
+fn own(fd: i32) -> OwnedFd {
+    // SAFETY: a non-negative result of an accept or an open is a descriptor
+    // the kernel just installed for this process, reported once; nothing
+    // else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// The one line a machine without a usable io_uring gets.
+fn unavailable(detail: impl std::fmt::Display, kernel: &str) -> anyhow::Error {
+    anyhow::anyhow!("io_uring unavailable: {detail} (kernel {kernel})")
+}
+
+/// `6.18.44-foo` -> (6, 18).
+fn kernel_version(release: &str) -> (u32, u32) {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Builds a ring with the best setup flags this kernel takes, trying newer
+/// ones first (an older kernel refuses unknown flags with EINVAL).
+fn build(config: &Config, kernel: &str) -> anyhow::Result<IoUring> {
+    type Setup = fn(&mut io_uring::Builder);
+    let attempts: &[Setup] = if config.sqpoll {
+        &[
+            |b| {
+                b.setup_sqpoll(2000).setup_single_issuer();
+            },
+            |b| {
+                b.setup_sqpoll(2000);
+            },
+        ]
+    } else {
+        // DEFER_TASKRUN (6.1): completions are posted only when this thread
+        // enters the kernel to wait, in one batch, never by interrupting it.
+        &[
+            |b| {
+                b.setup_single_issuer()
+                    .setup_defer_taskrun()
+                    .setup_submit_all();
+            },
+            |b| {
+                b.setup_coop_taskrun().setup_submit_all();
+            },
+            |_| {},
+        ]
+    };
+    let mut last = None;
+    for setup in attempts {
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(SQ_ENTRIES * 4);
+        setup(&mut builder);
+        match builder.build(SQ_ENTRIES) {
+            Ok(ring) => return Ok(ring),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+            Err(e) => return Err(setup_error(e, kernel)),
+        }
+    }
+    let e = last.expect("at least one attempt");
+    Err(unavailable(format!("io_uring_setup: {e}"), kernel))
+}
+
+/// Why io_uring_setup failed, in words: a sysctl, seccomp, or no io_uring.
+fn setup_error(e: std::io::Error, kernel: &str) -> anyhow::Error {
+    match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => {
+            let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
+            let why = match sysctl.as_str() {
+                "2" => "disabled by sysctl kernel.io_uring_disabled=2".to_string(),
+                "1" => "kernel.io_uring_disabled=1 and this user is not in kernel.io_uring_group"
+                    .to_string(),
+                _ => format!("io_uring_setup: {e} (a seccomp filter or container policy?)"),
+            };
+            unavailable(why, kernel)
+        }
+        Some(libc::ENOSYS) => unavailable(
+            "io_uring_setup: not implemented (kernel without CONFIG_IO_URING, or seccomp)",
+            kernel,
+        ),
+        _ => anyhow::anyhow!("io_uring_setup: {e}"),
+    }
+}
+
+/// Checks that the kernel has every request type [`Ring`] submits.
+fn probe(ring: &IoUring, kernel: &str) -> anyhow::Result<()> {
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| unavailable(format!("IORING_REGISTER_PROBE (5.6): {e}"), kernel))?;
+    for (code, name) in [
+        (opcode::Accept::CODE, "IORING_OP_ACCEPT"),
+        (opcode::Recv::CODE, "IORING_OP_RECV"),
+        (opcode::Send::CODE, "IORING_OP_SEND"),
+        (opcode::Timeout::CODE, "IORING_OP_TIMEOUT"),
+        (opcode::TimeoutRemove::CODE, "IORING_OP_TIMEOUT_REMOVE"),
+        (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
+        (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
+        (opcode::OpenAt::CODE, "IORING_OP_OPENAT"),
+        (opcode::Read::CODE, "IORING_OP_READ"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(unavailable(format!("the kernel lacks {name}"), kernel));
+        }
+    }
+    Ok(())
+}
+
+/// Maps `len` bytes of fresh zeroed memory, faulted in now (MAP_POPULATE),
+/// so its cost shows at start-up and not per connection.
+fn map_memory(len: usize) -> anyhow::Result<NonNull<u8>> {
+    use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+    let len = NonZeroUsize::new(len).ok_or_else(|| anyhow::anyhow!("empty mapping"))?;
+    // SAFETY: a fresh private anonymous mapping, aliased by nothing.
+    let ptr = unsafe {
+        mmap_anonymous(
+            None,
+            len,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_PRIVATE | MapFlags::MAP_POPULATE,
+        )
+    }
+    .map_err(|e| anyhow::anyhow!("mmap of {len} bytes for the buffer ring: {e}"))?;
+    Ok(ptr.cast())
+}
+
+/// The registered ring of provided receive buffers: `count` buffers of
+/// [`BUF_SIZE`] bytes. The kernel takes one from the head when data
+/// arrives; the model puts it back at the tail once handled.
+struct BufRing {
+    /// The ring of `count` entries the kernel reads (page-aligned).
+    entries: NonNull<BufRingEntry>,
+    /// The buffers themselves.
+    memory: NonNull<u8>,
+    count: u16,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(count: u16) -> anyhow::Result<BufRing> {
+        let mut ring = BufRing {
+            entries: map_memory(count as usize * std::mem::size_of::<BufRingEntry>())?.cast(),
+            memory: map_memory(count as usize * BUF_SIZE)?,
+            count,
+            tail: 0,
+        };
+        for bid in 0..count {
+            ring.recycle(bid);
+        }
+        Ok(ring)
+    }
+
+    /// The first `len` bytes of buffer `bid`, which a completion handed us.
+    fn data(&self, bid: u16, len: usize) -> &[u8] {
+        let bid = usize::from(bid % self.count);
+        // SAFETY: buffer `bid` lies inside `memory`; the kernel filled its
+        // first `len` (≤ BUF_SIZE) bytes and writes it again only after
+        // `recycle` puts it back, which needs `&mut self` and so cannot
+        // happen while this slice lives.
+        unsafe {
+            std::slice::from_raw_parts(self.memory.as_ptr().add(bid * BUF_SIZE), len.min(BUF_SIZE))
+        }
+    }
+
+    /// Gives buffer `bid` back to the kernel.
+    fn recycle(&mut self, bid: u16) {
+        let mask = self.count - 1;
+        let bid = bid & mask;
+        // SAFETY: the index is masked into the `count` entries of our
+        // mapping; the entry at our tail is past what we have published,
+        // so the kernel does not read it yet; the buffer address is inside
+        // `memory`.
+        unsafe {
+            let entry = &mut *self.entries.as_ptr().add(usize::from(self.tail & mask));
+            entry.set_addr(self.memory.as_ptr().add(usize::from(bid) * BUF_SIZE) as u64);
+            entry.set_len(BUF_SIZE as u32);
+            entry.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the ring's tail is a u16 inside the first entry of our
+        // mapping, 2-byte aligned; the kernel reads it concurrently, so it
+        // is published with a release store after the entry is written.
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries.as_ptr()).cast_mut();
+            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        use nix::sys::mman::munmap;
+        // SAFETY: both mappings were made in `new` with these lengths and
+        // nothing points into them any more: `Ring` drops its io_uring (and
+        // with it the registration) before its buffer ring.
+        unsafe {
+            let _ = munmap(
+                self.entries.cast(),
+                self.count as usize * std::mem::size_of::<BufRingEntry>(),
+            );
+            let _ = munmap(self.memory.cast(), self.count as usize * BUF_SIZE);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_version("6.18.44-fc-v857"), (6, 18));
+        assert_eq!(kernel_version("5.4.0"), (5, 4));
+        assert_eq!(kernel_version("unknown"), (0, 0));
+    }
+}
