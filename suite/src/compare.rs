@@ -13,6 +13,10 @@
 //!   count only when the change is larger than both `--threshold` and the
 //!   noise floor the A/A check measured in either result set. Without an
 //!   A/A check in either set, or with tick-based CPU, they are informational.
+//! * **Repetitions agree**: a gated figure regresses only when every
+//!   repetition agrees — the new set's best repetition is worse than the
+//!   base's worst (with `--repeat 3` on both sides; a single run is its own
+//!   range).
 //! * **Informational**: raw requests/s and p99 latency, and every figure of
 //!   a run with fewer than [`MIN_REQUESTS`] requests on either side.
 
@@ -146,16 +150,31 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
                     (bv, nv): (f64, f64),
                     higher_better: bool,
                     gate: Result<f64, &'static str>,
-                    min_abs: f64| {
+                    min_abs: f64,
+                    ranges: Option<((f64, f64), (f64, f64))>| {
         if bv <= 0.0 {
             return;
         }
         let change = nv / bv - 1.0;
         let worse = if higher_better { -change } else { change };
-        let (gated, allowed, note) = match gate {
+        let (gated, allowed, mut note) = match gate {
             Ok(a) => (true, a, None),
             Err(why) => (false, 0.0, Some(why).filter(|w| !w.is_empty())),
         };
+        // A regression is a change every repetition agrees on: the worst
+        // of the base's repetitions is still better than the best of the
+        // new set's.
+        let apart = ranges.is_none_or(|((b_lo, b_hi), (n_lo, n_hi))| {
+            if higher_better {
+                n_hi < b_lo
+            } else {
+                n_lo > b_hi
+            }
+        });
+        let beyond = gated && worse > allowed && (nv - bv).abs() > min_abs;
+        if beyond && !apart {
+            note = Some("beyond the threshold, but the repetitions overlap");
+        }
         changes.push(Change {
             key: key.to_string(),
             metric,
@@ -164,7 +183,7 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
             change,
             gated,
             allowed,
-            regressed: gated && worse > allowed && (nv - bv).abs() > min_abs,
+            regressed: beyond && apart,
             note,
         });
     };
@@ -198,6 +217,7 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
             false,
             cpu_gate,
             0.0,
+            Some((br.cpu_range, nr.cpu_range)),
         );
         if let (Some(x), Some(y)) = (br.ratio_to_epoll, nr.ratio_to_epoll) {
             if br.model != "epoll" {
@@ -208,6 +228,7 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
                     true,
                     wall(noise.map(|x| x.0)),
                     0.0,
+                    br.ratio_range.zip(nr.ratio_range),
                 );
             }
         }
@@ -229,6 +250,7 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
             false,
             counted(br.csw_exact && nr.csw_exact, noise.map_or(0.0, |x| x.2)),
             MIN_COUNT_CHANGE,
+            Some((br.csw_range, nr.csw_range)),
         );
         if let (Some(x), Some(y)) = (br.rw_calls, nr.rw_calls) {
             push(
@@ -238,10 +260,27 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
                 false,
                 counted(true, 0.0),
                 MIN_COUNT_CHANGE,
+                br.rw_range.zip(nr.rw_range),
             );
         }
-        push(k, "requests_per_s", (br.rps, nr.rps), true, Err(""), 0.0);
-        push(k, "p99_us", (br.p99_us, nr.p99_us), false, Err(""), 0.0);
+        push(
+            k,
+            "requests_per_s",
+            (br.rps, nr.rps),
+            true,
+            Err(""),
+            0.0,
+            None,
+        );
+        push(
+            k,
+            "p99_us",
+            (br.p99_us, nr.p99_us),
+            false,
+            Err(""),
+            0.0,
+            None,
+        );
     }
     let mut only_base = b.keys().filter(|k| !n.contains_key(*k)).count();
     // Instructions per request (valgrind): gated at their own threshold.
@@ -262,6 +301,7 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
                 false,
                 Ok(t.instructions + bs + c.spread()),
                 0.0,
+                None,
             ),
             None => only_new.push(format!("{} (instructions)", c.key())),
         }
@@ -309,7 +349,8 @@ pub fn markdown(c: &Comparison) -> String {
     for ch in sorted {
         let verdict = match (ch.regressed, ch.gated, ch.note) {
             (true, _, _) => "**REGRESSED**".to_string(),
-            (false, true, _) => "ok".to_string(),
+            (false, true, Some(n)) => format!("ok ({n})"),
+            (false, true, None) => "ok".to_string(),
             (false, false, Some(n)) => format!("info ({n})"),
             (false, false, None) => "info".to_string(),
         };

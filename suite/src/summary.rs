@@ -61,6 +61,10 @@ pub struct Row {
     pub rps_range: (f64, f64),
     /// Smallest and largest CPU µs per request.
     pub cpu_range: (f64, f64),
+    /// Smallest and largest context switches per request.
+    pub csw_range: (f64, f64),
+    /// Smallest and largest read + write calls per request.
+    pub rw_range: Option<(f64, f64)>,
     /// Smallest and largest ratio to epoll-server (each repetition against
     /// epoll-server's run of the same round).
     pub ratio_range: Option<(f64, f64)>,
@@ -217,6 +221,8 @@ pub fn rows(results: &Results) -> Vec<Row> {
                 cpu_ticks: reps.iter().any(|(_, _, c)| c.cpu_source.is_ticks()),
                 rps_range: range(&rps_all),
                 cpu_range: range(&cpu_all),
+                csw_range: range(&all(&|_, c| c.csw())),
+                rw_range: (!rw.is_empty()).then(|| range(&rw)),
                 ratio_range: None,
                 aa: first.aa,
                 rss_kib: reps

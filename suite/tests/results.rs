@@ -207,3 +207,33 @@ fn compare_gates_counted_figures_at_5_percent_and_a_minimum_change() {
     assert_eq!(bad.len(), 1);
     assert_eq!(bad[0].metric, "rw_calls_per_request");
 }
+
+#[test]
+fn compare_needs_every_repetition_to_agree() {
+    // Three rounds of prefork/hello/http with CPU 10, 12, 14 µs.
+    let with_cpu = |cpus: [f64; 3]| {
+        let mut r = util::fixture();
+        let one: Vec<_> = r
+            .runs
+            .iter()
+            .filter(|x| x.key() == "prefork/hello/http")
+            .cloned()
+            .collect();
+        r.runs.retain(|x| x.key() != "prefork/hello/http");
+        for (i, cpu) in cpus.into_iter().enumerate() {
+            let mut run = one[0].clone();
+            run.rep = i as u32;
+            run.server.as_mut().unwrap().cpu_us_per_request = cpu;
+            r.runs.push(run);
+        }
+        r
+    };
+    let base = with_cpu([10.0, 12.0, 14.0]);
+    // Median +25 %, but one new repetition (13) is better than the base's worst.
+    let c = compare::compare(&base, &with_cpu([13.0, 15.0, 16.0]), wall(0.10));
+    assert!(!c.failed(), "{}", compare::markdown(&c));
+    assert!(compare::markdown(&c).contains("repetitions overlap"));
+    // Every new repetition worse than every base one: a regression.
+    let c = compare::compare(&base, &with_cpu([15.0, 16.0, 17.0]), wall(0.10));
+    assert!(c.failed());
+}
