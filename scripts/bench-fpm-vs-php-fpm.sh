@@ -5,54 +5,59 @@
 # same 13 bytes; wrk -t1 through nginx, alternating rounds in one run.
 #
 #   scripts/bench-fpm-vs-php-fpm.sh [ROUNDS] [SECONDS] [CONNECTIONS]
-# Needs nginx, wrk and php-fpm (Debian php-fpm; not installed by
-# install-peers.sh, since no test needs it).
+#
+# The A/B skeleton is scripts/lib.sh's (ab_run): nginx and both FastCGI
+# applications on CPU 1, wrk on CPU 0; per round and as medians,
+# requests/s, p50, the CPU µs per request of nginx plus the application's
+# whole process tree, and wrk's own CPU, then the ratio fpm-server / php-fpm.
+# Needs nginx, wrk and php-fpm (scripts/install-peers.sh installs them).
+# `iomodels run --models fpm,swoole --peers nginx+php-fpm,nginx+fpm-server`
+# makes the same comparison as rows of the matrix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
+lib_init bench-fpm-vs-php-fpm
+
 rounds=${1:-3}
 secs=${2:-5}
 conns=${3:-50}
 phpfpm=$(command -v php-fpm8.2 php-fpm 2>/dev/null | head -1 || true)
 [ -n "$phpfpm" ] || phpfpm=$(ls /usr/sbin/php-fpm* 2>/dev/null | head -1 || true)
 [ -n "$phpfpm" ] || { echo "bench-fpm-vs-php-fpm: php-fpm is not installed (apt-get install php-fpm)" >&2; exit 2; }
-for tool in nginx wrk; do
-  command -v "$tool" >/dev/null || { echo "bench-fpm-vs-php-fpm: $tool is not installed (scripts/install-peers.sh)" >&2; exit 2; }
-done
+need_tools nginx wrk curl taskset
 cargo build --release -q -p iomodels-servers
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; [ -s "$work/php.pid" ] && kill "$(cat "$work/php.pid")" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
-. scripts/lib.sh
 
 # The two FastCGI applications, 2 workers each.
-fport=$(free_port)
-./target/release/fpm-server --listen "127.0.0.1:$fport" --protocol fcgi --pm static --max-children 2 > "$work/fpm.out" &
+start_server fpm-server target/release/fpm-server --protocol fcgi --pm static --max-children 2
+fpm=$SERVER_PID faddr=$SERVER_ADDR
 pport=$(free_port)
-printf '<?php echo "Hello, World!";\n' > "$work/hello.php"
-cat > "$work/php-fpm.conf" <<CONF
+printf '<?php echo "Hello, World!";\n' >"$WORK/hello.php"
+cat >"$WORK/php-fpm.conf" <<CONF
 [global]
-pid = $work/php.pid
-error_log = $work/php-error.log
+pid = $WORK/php.pid
+error_log = /proc/self/fd/2
 daemonize = no
 [www]
 listen = 127.0.0.1:$pport
 pm = static
 pm.max_children = 2
 CONF
-"$phpfpm" -R -y "$work/php-fpm.conf" &
+start_process php-fpm 'ready to handle connections' "$phpfpm" -R -y "$WORK/php-fpm.conf"
+php=$SERVER_PID
 
 # nginx in front of both: port A -> fpm-server, port B -> php-fpm.
 a=$(free_port)
 b=$(free_port)
-cat > "$work/nginx.conf" <<CONF
+cat >"$WORK/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
-pid $work/nginx.pid;
-error_log $work/error.log;
+pid $WORK/nginx.pid;
+error_log stderr notice;
 events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 100000000;
-  upstream fpm { server 127.0.0.1:$fport; keepalive 8; }
+  upstream fpm { server $faddr; keepalive 8; }
   upstream php { server 127.0.0.1:$pport; keepalive 8; }
   server {
     listen 127.0.0.1:$a;
@@ -69,34 +74,20 @@ http {
     location / {
       fastcgi_pass php; fastcgi_keep_conn on;
       fastcgi_param REQUEST_METHOD \$request_method;
-      fastcgi_param SCRIPT_FILENAME $work/hello.php;
+      fastcgi_param SCRIPT_FILENAME $WORK/hello.php;
       fastcgi_param QUERY_STRING \$query_string;
     }
   }
 }
 CONF
-nginx -c "$work/nginx.conf" -p "$work" &
-sleep 1
+start_nginx nginx "$WORK/nginx.conf"
+nginx=$SERVER_PID
 for port in $a $b; do
-  curl -sf "http://127.0.0.1:$port/hello" | grep -q "Hello, World!" || { echo "bench-fpm-vs-php-fpm: no Hello, World! through nginx on $port" >&2; exit 1; }
+  curl -sf "http://127.0.0.1:$port/hello" | grep -q "Hello, World!" ||
+    die "no Hello, World! through nginx on port $port"
 done
 
-run_one() { # name port
-  local out
-  out=$( { TIMEFORMAT='%U %S'; time wrk -t1 -c"$conns" -d"${secs}s" "http://127.0.0.1:$2/hello" ; } 2>&1 )
-  printf '%-22s %10s req/s  p50 %8s  wrk cpu %ss\n' "$1" "$(awk '/^Requests\/sec/ {print $2}' <<<"$out")" \
-    "$(awk '/^    Latency/ {print $2}' <<<"$out")" "$(tail -1 <<<"$out" | awk '{printf "%.2f", $1+$2}')"
-  echo "$1 $(awk '/^Requests\/sec/ {print $2}' <<<"$out")" >> "$work/results"
-}
-echo "nginx (1 worker, fastcgi_keep_conn) -> 2 FastCGI workers; wrk -t1 -c$conns -d${secs}s /hello; $rounds rounds"
-for _ in $(seq "$rounds"); do
-  run_one "nginx+fpm-server" "$a"
-  run_one "nginx+php-fpm" "$b"
-done
-python3 - "$work/results" <<'PY'
-import statistics, sys
-rows = [l.split() for l in open(sys.argv[1])]
-med = lambda n: statistics.median(float(r[1]) for r in rows if r[0] == n)
-f, p = med("nginx+fpm-server"), med("nginx+php-fpm")
-print(f"median: nginx+fpm-server {f:.0f} req/s, nginx+php-fpm {p:.0f} req/s, ratio {f/p:.2f}")
-PY
+echo "nginx (1 worker, fastcgi_keep_conn) -> 2 FastCGI workers; wrk -t1 -c$conns -d${secs}s --latency /hello"
+ab_add nginx+php-fpm "$nginx $php" wrk -t1 -c"$conns" -d"${secs}s" --latency "http://127.0.0.1:$b/hello"
+ab_add nginx+fpm-server "$nginx $fpm" wrk -t1 -c"$conns" -d"${secs}s" --latency "http://127.0.0.1:$a/hello"
+ab_run "$rounds"

@@ -30,7 +30,7 @@ cargo bench -q -p iomodels-servers --bench models -- --test
 out=target/ci-perf
 rm -rf "$out"
 mkdir -p "$out"
-target/release/iomodels run --scenarios hello,new-conn,cpu,wait --protocol http \
+target/release/iomodels run --peers none --scenarios hello,new-conn,cpu,wait --protocol http \
   --duration 800ms --warmup 200ms --repeat 3 --aa epoll --cost --out "$out" > "$out/table.md"
 new=$(ls -d "$out"/*/ | head -1)results.json
 if $update; then

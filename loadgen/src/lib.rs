@@ -4,7 +4,7 @@
 //! `loadgen` binary. It speaks HTTP/1.1 and FastCGI through the workload
 //! crate's client codecs, sends a weighted mix of the workload's routes,
 //! checks every response body against the route's
-//! [`Expectation`](iomodels_workload::Expectation), and records latencies in
+//! [`Expectation`], and records latencies in
 //! HdrHistograms (µs, 3 significant digits), one per thread, merged at the
 //! end.
 //!

@@ -86,10 +86,16 @@ pub fn serve<H: ServeHost>(fd: OwnedFd, host: &mut H, buf: &mut [u8], origin: Or
                     if left.is_zero() {
                         return host.on_write_timeout();
                     }
-                    // Block until the peer makes room (or the time is up).
+                    // Block until the socket is writable again (or the time
+                    // is up: then a stuck writer, whatever room the kernel
+                    // might still find for a last few bytes).
                     let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
                     let ms = left.as_millis().clamp(1, 60_000) as u16;
-                    let _ = poll(&mut fds, PollTimeout::from(ms));
+                    if let Ok(0) = poll(&mut fds, PollTimeout::from(ms)) {
+                        if left.as_millis() < 60_000 {
+                            return host.on_write_timeout();
+                        }
+                    }
                 }
                 Err(_) => return,
             }

@@ -250,7 +250,7 @@ impl Reactor {
 
     /// Takes in a connection accepted elsewhere (an acceptor thread, a
     /// model's own accept) or by [`Reactor::accept`]. Over `--max-conns`
-    /// (the one rule, [`Shared::admit`]) it is refused and closed. Returns
+    /// (the one rule, [`crate::host::Shared::admit`]) it is refused and closed. Returns
     /// its token, or `None` if it was refused, also when `register` could
     /// not watch it.
     pub fn adopt(
@@ -263,7 +263,7 @@ impl Reactor {
             self.host.shared().refuse(fd);
             return None;
         };
-        net::set_nodelay(&fd);
+        net::prepare_accepted(&fd);
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         let Some(registered) = register(token, &fd) else {

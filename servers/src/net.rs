@@ -165,10 +165,17 @@ pub fn accept(listener: impl AsFd, flags: SockFlag) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// TCP_NODELAY on a TCP socket (responses are written whole, so Nagle's
-/// delay only ever hurts); a unix socket is left alone.
-pub fn set_nodelay(fd: &OwnedFd) {
-    let _ = socket::setsockopt(fd, sockopt::TcpNoDelay, &true);
+/// What every accepted connection gets, in every model: TCP_NODELAY
+/// (responses are written whole, so Nagle's delay only ever hurts) and a
+/// fixed send buffer of twice the workload's window. Without the fixed
+/// buffer the kernel's autotuning grows it, up to `tcp_wmem`'s 4 MB, while
+/// a peer reads nothing: that is kernel memory per stuck client, and each
+/// growth lets a write move, which looks like progress and keeps a stuck
+/// writer past its idle timeout. A unix socket is left alone.
+pub fn prepare_accepted(fd: &OwnedFd) {
+    if socket::setsockopt(fd, sockopt::TcpNoDelay, &true).is_ok() {
+        let _ = socket::setsockopt(fd, sockopt::SndBuf, &(2 * iomodels_workload::WINDOW));
+    }
 }
 
 /// A receive timeout (blocking models use it to look at their deadlines

@@ -8,7 +8,7 @@
 //!   `SQPOLL`), a probe for every opcode submitted, and the provided-buffer
 //!   ring. A machine without a usable io_uring gets one line: `io_uring
 //!   unavailable: … (kernel X)`.
-//! * **Requests in flight**: each one is an [`Op`] in a slab; its
+//! * **Requests in flight**: each one is an `Op` in a slab; its
 //!   `user_data` is the slab index plus a generation number, so a late
 //!   completion, or a cancel aimed at a request that already finished, never
 //!   touches the request that reuses the index. Whatever the kernel reads or
@@ -24,8 +24,9 @@
 //! * **The provided-buffer ring**: `--buffers` buffers of 4 KiB the kernel
 //!   picks from when data arrives; a [`RecvBuf`] is one of them lent to the
 //!   model until [`Ring::give_back`].
-//! * **`/file`** ([`Ring::read_file`]): `IORING_OP_OPENAT`, `fstat`, then
-//!   `IORING_OP_READ` until the buffer is full.
+//! * **`/file`** ([`FileReads`]): `IORING_OP_OPENAT` and `fstat`
+//!   ([`Ring::open_file`]), then one `IORING_OP_READ` per piece the
+//!   connection's window has room for ([`Ring::read_at`]).
 //! * **`--workers N`**: N rings on N threads ([`run_rings`]), each made on
 //!   its own thread, each with its own listener ([`listen_options`]).
 
@@ -39,6 +40,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Instant;
 
+use anyhow::Context;
 use io_uring::types::{BufRingEntry, Fd, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use iomodels_workload::{Conn, FileRequest, Host};
@@ -51,7 +53,7 @@ use crate::signals;
 use crate::startup::Startup;
 
 /// Size of one provided receive buffer.
-pub const BUF_SIZE: usize = 4096;
+const BUF_SIZE: usize = 4096;
 /// Buffer group id of the ring of receive buffers.
 const BGID: u16 = 0;
 /// Submission queue entries (the completion queue gets four times more).
@@ -135,6 +137,7 @@ pub enum Event {
 
 impl Event {
     /// The connection the completion belongs to.
+    #[inline]
     pub fn conn(&self) -> Option<usize> {
         match *self {
             Event::Received { conn, .. }
@@ -183,6 +186,7 @@ enum Op {
 }
 
 impl Op {
+    #[inline]
     fn conn(&self) -> Option<usize> {
         match *self {
             Op::Recv { conn, .. }
@@ -270,22 +274,26 @@ impl Ring {
     /// Requests in flight that belong to connection `conn`: its slot (and
     /// socket) may go only when none is left, since the kernel may still
     /// use their buffers.
+    #[inline]
     pub fn in_flight(&self, conn: usize) -> u32 {
         self.per_conn.get(conn).copied().unwrap_or(0)
     }
 
     /// Whether receives are multishot (one stays armed until cancelled).
+    #[inline]
     pub fn multishot_recv(&self) -> bool {
         self.multishot_recv
     }
 
     /// Accepts on `listener` (multishot where the kernel has it).
+    #[inline]
     pub fn accept(&mut self, listener: BorrowedFd<'_>) -> OpId {
         let fd = listener.as_raw_fd();
         let sqe = self.accept_sqe(fd);
         self.queue(Op::Accept { fd }, sqe)
     }
 
+    #[inline]
     fn accept_sqe(&self, fd: RawFd) -> squeue::Entry {
         let flags = libc::SOCK_CLOEXEC;
         if self.multishot_accept {
@@ -299,6 +307,7 @@ impl Ring {
 
     /// Waits until `fd` is readable: one [`Event::Readable`] (a poll that
     /// fails, interrupted, is submitted again).
+    #[inline]
     pub fn poll_readable(&mut self, fd: BorrowedFd<'_>) -> OpId {
         let fd = fd.as_raw_fd();
         let sqe = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32).build();
@@ -307,12 +316,14 @@ impl Ring {
 
     /// Receives on connection `conn`'s socket into a buffer the kernel picks
     /// from the buffer ring when data arrives.
+    #[inline]
     pub fn recv(&mut self, conn: usize, socket: BorrowedFd<'_>) -> OpId {
         let fd = socket.as_raw_fd();
         let sqe = self.recv_sqe(fd);
         self.queue(Op::Recv { conn, fd }, sqe)
     }
 
+    #[inline]
     fn recv_sqe(&self, fd: RawFd) -> squeue::Entry {
         if self.multishot_recv {
             opcode::RecvMulti::new(Fd(fd), BGID).build()
@@ -327,6 +338,7 @@ impl Ring {
     /// Sends `bytes` (at most [`SEND_MAX`] of them) on connection `conn`'s
     /// socket. They are copied into a buffer the request owns: the kernel
     /// reads it after this returns, while the caller's bytes may change.
+    #[inline]
     pub fn send(&mut self, conn: usize, socket: BorrowedFd<'_>, bytes: &[u8]) -> OpId {
         let mut buf = self.spare.pop().unwrap_or_default();
         buf.extend_from_slice(&bytes[..bytes.len().min(SEND_MAX)]);
@@ -380,6 +392,7 @@ impl Ring {
     /// Asks the kernel to cancel request `id` (nothing if `None`, if it
     /// already ended, or if asked before). Its completion still comes, with
     /// `ECANCELED` or with what it did before the cancel landed.
+    #[inline]
     pub fn cancel(&mut self, id: Option<OpId>) {
         let Some((id, token)) = id.and_then(|id| Some((id, self.live(id)?))) else {
             return;
@@ -391,6 +404,7 @@ impl Ring {
 
     /// Makes sure the ring wakes by `when`: one timeout request, replaced
     /// when an earlier deadline comes.
+    #[inline]
     pub fn wake_by(&mut self, when: Instant) {
         if self.timer.is_some_and(|(armed, _)| armed <= when) {
             return;
@@ -407,11 +421,13 @@ impl Ring {
     }
 
     /// The bytes a receive put in `buf`.
+    #[inline]
     pub fn bytes(&self, buf: &RecvBuf) -> &[u8] {
         self.bufs.data(buf.bid, buf.len)
     }
 
     /// Gives a receive buffer back to the kernel.
+    #[inline]
     pub fn give_back(&mut self, buf: RecvBuf) {
         self.bufs.recycle(buf.bid);
     }
@@ -419,7 +435,7 @@ impl Ring {
     /// One `io_uring_enter`: submits everything queued and waits for at
     /// least one completion; then appends every completion there is to
     /// `events`.
-    pub fn submit_and_wait(&mut self, events: &mut Vec<Event>) -> anyhow::Result<()> {
+    pub fn submit_and_wait(&mut self, events: &mut VecDeque<Event>) -> anyhow::Result<()> {
         self.flush_backlog();
         if let Err(e) = self.ring.submit_and_wait(1) {
             match Errno::from_raw(e.raw_os_error().unwrap_or(0)) {
@@ -439,16 +455,19 @@ impl Ring {
         );
         for &(user_data, result, flags) in &cqes {
             if let Some(event) = self.finish(user_data, result, flags) {
-                events.push(event);
+                events.push_back(event);
             }
         }
         cqes.clear();
         self.cqes = cqes;
-        events.append(&mut self.ready);
+        if !self.ready.is_empty() {
+            events.extend(self.ready.drain(..));
+        }
         Ok(())
     }
 
     /// Queues `sqe` for `op`.
+    #[inline]
     fn queue(&mut self, op: Op, sqe: squeue::Entry) -> OpId {
         self.generation = self.generation.wrapping_add(1);
         if let Some(conn) = op.conn() {
@@ -468,11 +487,13 @@ impl Ring {
     }
 
     /// The request `id`, if still in flight.
+    #[inline]
     fn live(&mut self, id: OpId) -> Option<&mut Token> {
         let token = self.ops.get_mut((id.0 & 0xffff_ffff) as usize)?;
         (token.generation == (id.0 >> 32) as u32).then_some(token)
     }
 
+    #[inline]
     fn push(&mut self, sqe: squeue::Entry) {
         if !self.backlog.is_empty() || !self.try_push(&sqe) {
             // The submission queue is full: hand the kernel what it holds
@@ -485,6 +506,7 @@ impl Ring {
         }
     }
 
+    #[inline]
     fn try_push(&mut self, sqe: &squeue::Entry) -> bool {
         // SAFETY: every pointer an entry carries points into heap memory
         // owned by its `Op` in `self.ops` (a send's buffer, a path, a
@@ -508,6 +530,7 @@ impl Ring {
     /// (cancels, the timeout, a multishot refusal) or that belong to a
     /// request already finished (a stale generation). The request leaves
     /// the slab with its last completion.
+    #[inline]
     fn finish(&mut self, user_data: u64, result: i32, flags: u32) -> Option<Event> {
         if user_data == IGNORE {
             return None;
@@ -515,54 +538,75 @@ impl Ring {
         let id = OpId(user_data);
         let more = cqueue::more(flags);
         let token = self.live(id)?;
-        let cancelled = token.cancelled;
-        let (accept, poll, recv) = match token.op {
-            Op::Accept { fd } => (Some(fd), None, None),
-            Op::Poll { fd } => (None, Some(fd), None),
-            Op::Recv { conn, fd } => (None, None, Some((conn, fd))),
-            _ => (None, None, None),
-        };
-        // Completions answered here by submitting the request again (same
-        // `user_data`): an interrupted poll, and a multishot request this
-        // kernel refuses (one-shot from then on).
-        let refused = result == -libc::EINVAL && !more;
-        let again = if let Some(fd) = poll.filter(|_| result < 0) {
-            Some(opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32).build())
-        } else if let Some(fd) = accept.filter(|_| refused && self.multishot_accept) {
-            eprintln!("uring-server: multishot accept refused; using one-shot accepts");
-            self.multishot_accept = false;
-            Some(self.accept_sqe(fd))
-        } else if let Some((_, fd)) = recv.filter(|_| refused && self.multishot_recv) {
-            eprintln!("uring-server: multishot recv refused; using one-shot receives");
-            self.multishot_recv = false;
-            Some(self.recv_sqe(fd))
+        if more {
+            // A multishot request that goes on stays in the slab.
+            return match token.op {
+                Op::Accept { .. } => Some(Event::Accepted {
+                    result: code(result).map(own),
+                    more,
+                }),
+                Op::Recv { conn, .. } => Some(Event::Received {
+                    conn,
+                    result: received(result, flags),
+                    more,
+                }),
+                _ => None,
+            };
+        }
+        let result = if result < 0 {
+            self.retry(id, result)?
         } else {
-            None
+            result
         };
-        match again {
-            Some(sqe) if !cancelled => {
-                self.push(sqe.user_data(id.0));
-                return None;
+        self.finish_last(id, result, flags)
+    }
+
+    /// A failed request this ring answers itself by submitting it again
+    /// (same `user_data`): an interrupted poll, and a multishot request this
+    /// kernel refuses (one-shot from then on; if it was cancelled, it ends
+    /// with `ECANCELED`). `None`: submitted again; else the result to report.
+    #[inline]
+    fn retry(&mut self, id: OpId, result: i32) -> Option<i32> {
+        enum Again {
+            Poll(RawFd),
+            Accept(RawFd),
+            Recv(RawFd),
+        }
+        let refused = result == -libc::EINVAL;
+        let (accept, recv) = (
+            refused && self.multishot_accept,
+            refused && self.multishot_recv,
+        );
+        let token = self.live(id)?;
+        let cancelled = token.cancelled;
+        let sqe = match token.op {
+            Op::Poll { fd } => Again::Poll(fd),
+            Op::Accept { fd } if accept => Again::Accept(fd),
+            Op::Recv { fd, .. } if recv => Again::Recv(fd),
+            _ => return Some(result),
+        };
+        let sqe = match sqe {
+            Again::Poll(fd) => opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32).build(),
+            Again::Accept(fd) => {
+                eprintln!("uring-server: multishot accept refused; using one-shot accepts");
+                self.multishot_accept = false;
+                self.accept_sqe(fd)
             }
-            Some(_) => return self.finish_last(id, -libc::ECANCELED, flags),
-            None => {}
+            Again::Recv(fd) => {
+                eprintln!("uring-server: multishot recv refused; using one-shot receives");
+                self.multishot_recv = false;
+                self.recv_sqe(fd)
+            }
+        };
+        if cancelled {
+            return Some(-libc::ECANCELED);
         }
-        // A multishot request that goes on stays in the slab.
-        match (accept, recv) {
-            (Some(_), _) if more => Some(Event::Accepted {
-                result: code(result).map(own),
-                more,
-            }),
-            (_, Some((conn, _))) if more => Some(Event::Received {
-                conn,
-                result: received(result, flags),
-                more,
-            }),
-            _ => self.finish_last(id, result, flags),
-        }
+        self.push(sqe.user_data(id.0));
+        None
     }
 
     /// The last completion of request `id`: it leaves the slab.
+    #[inline]
     fn finish_last(&mut self, id: OpId, result: i32, flags: u32) -> Option<Event> {
         let op = self.ops.remove((id.0 & 0xffff_ffff) as usize).op;
         if let Some(conn) = op.conn() {
@@ -718,7 +762,11 @@ pub fn run_rings<S>(
     let mut listeners = vec![listener];
     listeners.extend(more);
     while listeners.len() < workers as usize {
-        listeners.push(listeners[0].try_clone()?);
+        listeners.push(
+            listeners[0]
+                .try_clone()
+                .context("dup of the listening socket")?,
+        );
     }
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -764,6 +812,7 @@ fn parse_buffers(s: &str) -> Result<u16, String> {
 }
 
 /// A completion's result: a value, or the error the kernel gave as `-errno`.
+#[inline]
 fn code(result: i32) -> nix::Result<i32> {
     if result < 0 {
         Err(Errno::from_raw(-result))
@@ -773,6 +822,7 @@ fn code(result: i32) -> nix::Result<i32> {
 }
 
 /// A receive's result: bytes in a provided buffer, or end of file.
+#[inline]
 fn received(result: i32, flags: u32) -> Received {
     match (result, cqueue::buffer_select(flags)) {
         (n, _) if n < 0 => Err(Errno::from_raw(-n)),
@@ -787,6 +837,7 @@ fn received(result: i32, flags: u32) -> Received {
 }
 
 /// A descriptor a completion (accept, open) just installed.
+#[inline]
 fn own(fd: i32) -> OwnedFd {
     // SAFETY: a non-negative result of an accept or an open is a descriptor
     // the kernel just installed for this process, reported once; nothing
@@ -942,8 +993,9 @@ impl BufRing {
     }
 
     /// The first `len` bytes of buffer `bid`, which a completion handed us.
+    #[inline]
     fn data(&self, bid: u16, len: usize) -> &[u8] {
-        let bid = usize::from(bid % self.count);
+        let bid = usize::from(bid & (self.count - 1));
         // SAFETY: buffer `bid` lies inside `memory`; the kernel filled its
         // first `len` (≤ BUF_SIZE) bytes and writes it again only after
         // `recycle` puts it back, which needs `&mut self` and so cannot
@@ -954,6 +1006,7 @@ impl BufRing {
     }
 
     /// Gives buffer `bid` back to the kernel.
+    #[inline]
     fn recycle(&mut self, bid: u16) {
         let mask = self.count - 1;
         let bid = bid & mask;
@@ -997,11 +1050,144 @@ impl Drop for BufRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
 
     #[test]
     fn kernel_versions() {
         assert_eq!(kernel_version("6.18.44-fc-v857"), (6, 18));
         assert_eq!(kernel_version("5.4.0"), (5, 4));
         assert_eq!(kernel_version("unknown"), (0, 0));
+    }
+
+    /// A ring with 4 receive buffers, or `None` where io_uring is off.
+    fn ring_or_skip() -> Option<Ring> {
+        let config = Config {
+            sqpoll: false,
+            single_shot: false,
+            buffers: 4,
+        };
+        match Ring::new(&config) {
+            Ok(ring) => Some(ring),
+            Err(e) if e.to_string().starts_with("io_uring unavailable") => {
+                eprintln!("skipped: {e}");
+                None
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+
+    /// Events until `done` holds, for at most 5 s (the ring's own timeout
+    /// wakes the wait).
+    fn wait_for(
+        ring: &mut Ring,
+        events: &mut VecDeque<Event>,
+        done: impl Fn(&VecDeque<Event>) -> bool,
+    ) {
+        let end = Instant::now() + Duration::from_secs(5);
+        while !done(events) {
+            assert!(Instant::now() < end, "no such events in 5 s: {events:?}");
+            ring.wake_by(Instant::now() + Duration::from_millis(100));
+            ring.submit_and_wait(events).unwrap();
+        }
+    }
+
+    #[test]
+    fn opens_and_reads_files_through_the_ring() {
+        let Some(mut ring) = ring_or_skip() else {
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("iomodels-ring-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let content: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        std::fs::write(dir.join("f"), &content).unwrap();
+        ring.open_file(3, &dir.join("f"));
+        ring.open_file(4, &dir.join("absent"));
+        assert_eq!((ring.in_flight(3), ring.in_flight(4)), (1, 1));
+        let mut events = VecDeque::new();
+        wait_for(&mut ring, &mut events, |e| e.len() == 2);
+        let mut file = None;
+        for event in events.drain(..) {
+            match event {
+                Event::FileOpened { conn: 3, result } => {
+                    let (fd, size) = result.unwrap();
+                    assert_eq!(size, content.len() as u64);
+                    file = Some(fd);
+                }
+                Event::FileOpened { conn: 4, result } => {
+                    assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::NotFound)
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // A piece in the middle, and one that runs past the end (short).
+        let file = file.expect("opened");
+        ring.read_at(3, file.as_fd(), 1000, 4096);
+        ring.read_at(3, file.as_fd(), 40_000, 70_000);
+        assert_eq!(ring.in_flight(3), 2);
+        wait_for(&mut ring, &mut events, |e| e.len() == 2);
+        let mut pieces: Vec<Vec<u8>> = (events.drain(..))
+            .map(|e| match e {
+                Event::FileRead { conn: 3, result } => result.unwrap(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        pieces.sort_by_key(|p| p.len());
+        assert!(pieces[0] == content[1000..5096] && pieces[1] == content[40_000..]);
+        assert_eq!((ring.in_flight(3), ring.in_flight(4)), (0, 0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn send_recv_cancel_and_a_stale_cancel() {
+        let Some(mut ring) = ring_or_skip() else {
+            return;
+        };
+        let (a, b) = UnixStream::pair().unwrap();
+        let recv = ring.recv(7, b.as_fd());
+        ring.send(8, a.as_fd(), b"hello");
+        let mut events = VecDeque::new();
+        wait_for(&mut ring, &mut events, |e| {
+            e.iter().any(|e| matches!(e, Event::Sent { .. }))
+                && e.iter().any(|e| matches!(e, Event::Received { .. }))
+        });
+        for event in events.drain(..) {
+            match event {
+                Event::Sent { conn: 8, result } => assert_eq!(result, Ok(5)),
+                Event::Received {
+                    conn: 7,
+                    result: Ok(Some(buf)),
+                    more,
+                } => {
+                    assert_eq!(ring.bytes(&buf), b"hello");
+                    assert_eq!(more, ring.multishot_recv());
+                    ring.give_back(buf);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        if ring.multishot_recv() {
+            // A multishot recv stays armed until cancelled; its last
+            // completion says so.
+            assert_eq!(ring.in_flight(7), 1);
+            ring.cancel(Some(recv));
+            wait_for(&mut ring, &mut events, |e| !e.is_empty());
+            assert!(matches!(
+                events.make_contiguous(),
+                [Event::Received {
+                    conn: 7,
+                    result: Err(Errno::ECANCELED),
+                    more: false
+                }]
+            ));
+        }
+        assert_eq!(ring.in_flight(7), 0);
+        // The finished request's id is stale: cancelling it queues nothing,
+        // and a new request (which may reuse its slab index) is untouched.
+        let again = ring.recv(7, b.as_fd());
+        assert_ne!(again, recv);
+        ring.cancel(Some(recv));
+        assert!(ring.backlog.is_empty() && ring.ring.submission().len() == 1);
     }
 }

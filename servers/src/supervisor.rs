@@ -15,10 +15,10 @@
 //! The back-off: a child that *failed* (a non-zero exit, or a signal nobody
 //! here sent) within [`YOUNG`] of its start makes the next child of its
 //! place wait [`FIRST_BACKOFF`], doubling with every further young failure
-//! up to [`MAX_BACKOFF`]; a child that lived longer resets it. A clean exit
-//! (status 0: recycling after N requests) is never delayed, so a worker
-//! that cannot start cannot become a fork storm, and recycling is never
-//! slowed down.
+//! up to [`MAX_BACKOFF`]; a child that lived longer resets it. That holds
+//! for a clean exit (status 0) too when it comes that early, so a worker
+//! that cannot start (or finds its channel closed) cannot become a fork
+//! storm; recycling after N requests, later than that, is never delayed.
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -273,7 +273,11 @@ impl<K: Clone + Eq + Hash> Supervisor<K> {
             return Duration::ZERO;
         }
         let failures = self.failures.entry(gone.place.clone()).or_default();
-        let delay = if gone.failed() && gone.lived < YOUNG {
+        // Any exit nobody asked for, right after the fork: even a clean
+        // one (a worker whose channel is gone exits 0 at once) must not
+        // become a fork storm.
+        let young = gone.lived < YOUNG && !gone.retired && !gone.terminated;
+        let delay = if young {
             *failures += 1;
             FIRST_BACKOFF
                 .saturating_mul(1 << (*failures - 1).min(16))

@@ -466,6 +466,9 @@ mod tests {
         assert_eq!(family("uring"), Family::Completion);
         assert!(style("apache-event").peer && style("nginx").peer);
         assert_eq!(family("brand-new"), Family::Other);
+        for (m, _) in crate::models::KNOWN {
+            assert_ne!(family(m), Family::Other, "{m} has no place in the palette");
+        }
         let groups = by_family(&["epoll".into(), "fork".into(), "nginx".into()]);
         assert_eq!(
             groups.iter().map(|g| g.0).collect::<Vec<_>>(),

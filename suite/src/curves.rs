@@ -192,58 +192,76 @@ pub fn sweep_chart(curves: &[&Curve], out: &mut String) -> DrawResult {
     Ok(())
 }
 
-/// Each model's capacity at the SLO (bars, log scale), with the rate at
-/// which it saturated as a black tick; ▲ on a bar: a lower bound.
+/// Each model's capacity at the SLO (horizontal bars, log scale, one row
+/// per model so that 15 and more names stay legible), behind it in a light
+/// shade the highest rate it achieved, and a black tick at the rate at
+/// which it saturated; ▶ on a bar: a lower bound.
 pub fn capacity_chart(curves: &[&Curve], out: &mut String) -> DrawResult {
     let models: Vec<String> = curves.iter().map(|c| c.model.clone()).collect();
-    let ymax = curves
+    let xmax = curves
         .iter()
         .map(|c| {
             c.saturated_at_rps
                 .unwrap_or(0.0)
                 .max(c.capacity_rps.unwrap_or(0.0))
+                .max(c.max_achieved_rps)
         })
         .fold(10.0, f64::max)
-        * 3.0;
-    let root = SVGBackend::with_string(out, (1000, 380)).into_drawing_area();
+        * 2.0;
+    let xmin = curves
+        .iter()
+        .flat_map(|c| c.steps.first().map(|s| s.asked_rps))
+        .fold(xmax / 2.0, f64::min)
+        .max(2.0)
+        / 2.0;
+    let n = models.len().max(1);
+    let height = (70 + 24 * n as u32).max(260);
+    let root = SVGBackend::with_string(out, (1000, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (plot, leg) = charts::with_legend(&root, 190);
+    let (plot, leg) = charts::with_legend(&root, 210);
+    // Row i spans i..i+1 from the top: the y axis runs from n down to 0.
+    let names: Vec<String> = models.iter().rev().cloned().collect();
     let mut chart = ChartBuilder::on(&plot)
         .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..models.len().max(1) as f64, (1f64..ymax).log_scale())?;
+        .x_label_area_size(32)
+        .y_label_area_size(95)
+        .build_cartesian_2d((xmin..xmax).log_scale(), 0f64..n as f64)?;
     chart
         .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(models.len() * 2 + 1)
-        .x_label_formatter(&|x| crate::report::category_label(*x, &models))
-        .y_desc("requests/s")
-        .y_label_formatter(&|y| rate_label(*y))
+        .disable_y_mesh()
+        .y_labels(n * 2 + 1)
+        .y_label_formatter(&|y| crate::report::category_label(*y, &names))
+        .x_desc("requests/s")
+        .x_label_formatter(&|x| rate_label(*x))
+        .light_line_style(RGBColor(240, 240, 240))
         .draw()?;
     for (i, c) in curves.iter().enumerate() {
         let s = charts::style(&c.model);
-        let x0 = i as f64 + 0.15;
+        let y0 = (n - 1 - i) as f64 + 0.18;
+        let y1 = y0 + 0.64;
+        if c.max_achieved_rps > xmin {
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(xmin, y0 + 0.16), (c.max_achieved_rps, y1 - 0.16)],
+                s.color.mix(0.3).filled(),
+            )))?;
+        }
         if let Some(cap) = c.capacity_rps {
             let st = if s.peer {
                 s.color.stroke_width(2)
             } else {
                 s.color.filled()
             };
-            chart.draw_series(std::iter::once(Rectangle::new(
-                [(x0, 1.0), (x0 + 0.7, cap)],
-                st,
-            )))?;
+            chart.draw_series(std::iter::once(Rectangle::new([(xmin, y0), (cap, y1)], st)))?;
             if c.capacity_is_lower_bound {
                 chart.draw_series(std::iter::once(
-                    EmptyElement::at((x0 + 0.35, cap))
-                        + Polygon::new(vec![(-5, -4), (5, -4), (0, -12)], BLACK.filled()),
+                    EmptyElement::at((cap, (y0 + y1) / 2.0))
+                        + Polygon::new(vec![(3, -6), (3, 6), (11, 0)], BLACK.filled()),
                 ))?;
             }
         }
         if let Some(sat) = c.saturated_at_rps {
             chart.draw_series(std::iter::once(PathElement::new(
-                vec![(x0 - 0.05, sat), (x0 + 0.75, sat)],
+                vec![(sat, y0 - 0.08), (sat, y1 + 0.08)],
                 BLACK.stroke_width(2),
             )))?;
         }
@@ -253,11 +271,13 @@ pub fn capacity_chart(curves: &[&Curve], out: &mut String) -> DrawResult {
         &models,
         Swatch::Bar,
         &[
-            "bar: capacity (p99 within",
-            "   the SLO)",
-            "— black: saturated at",
-            "▲ at least: the generator",
-            "   or --max-rate ended it",
+            "dark bar: capacity (p99",
+            "   within the SLO)",
+            "light bar: highest rate",
+            "   achieved",
+            "| black: saturated at",
+            "▶ at least: the generator or",
+            "   --max-rate ended the sweep",
         ],
     )?;
     root.present()?;
@@ -373,7 +393,7 @@ pub fn markdown(results: &Results) -> String {
         let _ = writeln!(
             s,
             "Open loop ({} arrivals), one generator thread, rates from {} req/s × {} per step, {} s warm-up + {} s measured per step; \
-             SLO: p99 ≤ the route's own wait + {}. A model stops at its first saturated step (achieved < {:.0} % of asked, > {:.0} % errors, or p99 more than {} over the wait).\n",
+             SLO: p99 ≤ the route's own wait + {}. A model stops at its first saturated step (achieved < {:.0} % of asked, > {:.0} % errors, or p99 more than {} over the wait with p50 past a tenth of that); a saturated step is measured twice; the generator's own lateness is not held against the server.\n",
             sp.arrivals.name(),
             sp.from_rps,
             sp.factor,
@@ -392,6 +412,12 @@ pub fn markdown(results: &Results) -> String {
     s.push_str(&sweep::steps_table(&results.sweeps));
     s
 }
+
+/// How to read a result set of sweeps alone.
+pub const HOW_TO_READ_SWEEPS: &str = "How to read: each model was driven open loop at rising rates until it saturated (sweeps, below). \
+The **capacity** is the highest rate whose p99 stayed within the SLO; **saturated at** the first rate it could not serve; \
+**max achieved** the most it answered per second at any step. Latencies run from each request's intended send time (coordinated omission corrected). \
+Steps marked as the generator's fault (▼, *gen late*, *GEN*) say the load generator itself fell behind: they are not held against the server.\n";
 
 /// How to read Little's law in the tables.
 pub const LITTLE: &str = "Little's law: **L = λ·W**, the requests in the system equal the rate times the time each spends there. \

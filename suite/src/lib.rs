@@ -14,7 +14,8 @@
 //! request under valgrind), [`sweep`] (rate sweeps:
 //! load–latency curves and capacity at an SLO), [`charts`] (the palette,
 //! legends and small multiples the report draws with), [`curves`] (the
-//! sweeps' charts and tables).
+//! sweeps' charts and tables), [`peers`] (real servers as rows),
+//! [`survivors`] (no server left running).
 
 pub mod accounting;
 pub mod charts;
@@ -23,10 +24,12 @@ pub mod cost;
 pub mod curves;
 pub mod models;
 pub mod noise;
+pub mod peers;
 pub mod procfs;
 pub mod report;
 pub mod results;
 pub mod runner;
 pub mod scenarios;
 pub mod summary;
+pub mod survivors;
 pub mod sweep;

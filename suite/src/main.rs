@@ -8,7 +8,8 @@
 //!   capacity at a p99 SLO;
 //! * `report RESULTS` — rebuilds report.md and report.html from a results file;
 //! * `compare BASE NEW` — the regression gate (exit 1 on a regression);
-//! * `models` — the models known and the binaries found.
+//! * `models` — the models known and the binaries found (`--names`: one
+//!   name a line, the list scripts read).
 //!
 //! A mistake is one line, `iomodels: error: …`; usage errors exit 2.
 
@@ -18,6 +19,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use iomodels_suite::peers::{self, Peer};
 use iomodels_suite::results::{Machine, RunConfig, SCHEMA_VERSION};
 use iomodels_suite::runner::Plan;
 use iomodels_suite::scenarios::{self, Scenario};
@@ -75,7 +77,12 @@ enum Cmd {
     /// anything timed: the CI gate's first figure.
     Cost(CostArgs),
     /// List the models this suite knows and the server binaries found.
-    Models,
+    Models {
+        /// Print only the model names, one a line (for scripts): the known
+        /// models in reading order, then any other `*-server` found.
+        #[arg(long)]
+        names: bool,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -136,9 +143,16 @@ enum ProtocolArg {
 #[derive(Debug, Clone, clap::Args)]
 struct RunArgs {
     /// Models to run, comma-separated (`epoll,prefork`) [default: every
-    /// `*-server` beside iomodels].
+    /// `*-server` beside iomodels, unless only --peers is given].
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
+    /// Real servers to run as rows beside the models, comma-separated:
+    /// nginx, apache-prefork, apache-worker, apache-event, lighttpd,
+    /// php-fpm, nginx+php-fpm, nginx+fpm-server, fcgiwrap; `all` (every
+    /// installed one) or `none` [default: every installed peer, unless
+    /// only --models is given]. Each runs in the protocol it speaks.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
     /// Scenarios, comma-separated [default: all].
     #[arg(long, value_delimiter = ',', value_enum)]
     scenarios: Vec<Scenario>,
@@ -198,9 +212,14 @@ struct RunArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 struct SweepArgs {
-    /// Models to sweep, comma-separated [default: every `*-server` beside iomodels].
+    /// Models to sweep, comma-separated [default: every `*-server` beside
+    /// iomodels, unless only --peers is given].
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
+    /// Peers (real servers) to sweep too, comma-separated, or `all` (every
+    /// installed one) [default: none]. Each in the protocol it speaks.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
     /// Routes to sweep, comma-separated or repeated: /hello, '/wait?us=10000', '/cpu?n=2000'.
     #[arg(long = "route", value_delimiter = ',', default_value = "/hello")]
     routes: Vec<String>,
@@ -228,11 +247,11 @@ struct SweepArgs {
     /// No step above this rate, requests/s.
     #[arg(long, default_value_t = 1_000_000.0)]
     max_rate: f64,
-    /// Measured time per step: 800ms, 2s.
-    #[arg(short = 'd', long, default_value = "800ms", value_parser = loadgen::parse_duration)]
+    /// Measured time per step: 600ms, 2s.
+    #[arg(short = 'd', long, default_value = "600ms", value_parser = loadgen::parse_duration)]
     duration: std::time::Duration,
     /// Load at the step's rate before measuring it.
-    #[arg(long, default_value = "200ms", value_parser = loadgen::parse_duration)]
+    #[arg(long, default_value = "150ms", value_parser = loadgen::parse_duration)]
     warmup: std::time::Duration,
     /// Connections for models that do not pin one per worker [default: 50,
     /// more on routes that wait].
@@ -241,8 +260,8 @@ struct SweepArgs {
     /// Arrivals of the open loop: fixed schedule or Poisson.
     #[arg(long, value_enum, default_value = "fixed")]
     arrivals: ArrivalsArg,
-    /// Count every step as first measured (by default a step that misses
-    /// the SLO or saturates is measured once more before it counts).
+    /// Count every step as first measured (by default a saturated step is
+    /// measured once more before it ends the sweep).
     #[arg(long)]
     no_retry: bool,
     /// Directory that receives `<run-id>/`.
@@ -275,6 +294,8 @@ impl SweepArgs {
             slo_us: self.slo.as_secs_f64() * 1e6,
             cap_us: self.cap.as_secs_f64() * 1e6,
             connections: self.connections,
+            params: Vec::new(),
+            peer_dir: None,
             arrivals: match self.arrivals {
                 ArrivalsArg::Fixed => loadgen::Arrivals::Fixed,
                 ArrivalsArg::Poisson => loadgen::Arrivals::Poisson,
@@ -385,9 +406,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Cmd::Models => {
+        Cmd::Models { names } => {
             let dir = models::bin_dir();
             let found = models::discover(&dir);
+            if names {
+                print_out(&models::names(&found).join("\n"));
+                print_out("\n");
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut s = format!("server binaries in {}:\n", dir.display());
             for (m, d) in models::KNOWN {
                 let mark = if found.iter().any(|f| f == m) {
@@ -402,6 +428,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .filter(|f| !models::KNOWN.iter().any(|(k, _)| k == f))
             {
                 s.push_str(&format!("  found   {m:<12} {}\n", models::describe(m)));
+            }
+            s.push_str("peers (real servers, --peers):\n");
+            for p in Peer::ALL {
+                let (mark, note) = match p.missing(&dir) {
+                    None => ("found  ", p.describe().to_string()),
+                    Some(why) => ("missing", why),
+                };
+                s.push_str(&format!(
+                    "  {mark} {:<16} [{}; vs {}] {note}\n",
+                    p.name(),
+                    p.protocol().name(),
+                    p.counterparts().join(", ")
+                ));
             }
             print_out(&s);
             Ok(ExitCode::SUCCESS)
@@ -497,6 +536,7 @@ fn run_cost(args: CostArgs) -> anyhow::Result<ExitCode> {
             idle_levels: Vec::new(),
             idle_models: Vec::new(),
             missing,
+            peers: Vec::new(),
         },
         runs: Vec::new(),
         syscalls: Vec::new(),
@@ -536,7 +576,15 @@ fn save(
 
 fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
     let dir = args.bin_dir.clone().unwrap_or_else(models::bin_dir);
-    let (models, missing) = choose_models(&dir, &args.models)?;
+    let peers_named = peers::parse_list(&args.peers).map_err(Usage)?;
+    let only_peers = args.models.is_empty() && !peers_named.is_empty();
+    let (models, mut missing) = if only_peers {
+        (Vec::new(), Vec::new())
+    } else {
+        choose_models(&dir, &args.models)?
+    };
+    let by_default = args.peers.is_empty() && args.models.is_empty();
+    let peer_list = choose_peers(&dir, &args.peers, &peers_named, by_default, &mut missing)?;
     let mut scen = if args.scenarios.is_empty() {
         scenarios::DEFAULT.to_vec()
     } else {
@@ -595,8 +643,31 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         None if models.iter().any(|x| x == "epoll") => Some("epoll".to_string()),
         None => models.first().cloned(),
     };
+    for p in &peer_list {
+        if !protocols.contains(&p.protocol()) {
+            eprintln!(
+                "iomodels: note: peer {} speaks {} only: not run over {}",
+                p.name(),
+                p.protocol().name(),
+                protocols
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     let start = SystemTime::now();
     let run_id = results::run_id(start);
+    let out_dir = args.out.join(&run_id);
+    let site = if peer_list.is_empty() {
+        None
+    } else {
+        // The peers' configurations go into the run directory as they are made.
+        std::fs::create_dir_all(&out_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
+        Some(std::sync::Arc::new(peers::Site::create()?))
+    };
     let machine = Machine::current();
     // The sweep first: its capacities choose the open loop's equal rate.
     let (spec, curves) = if sweeping {
@@ -604,14 +675,21 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
             workers: args.workers,
             step_s: args.duration.as_secs_f64(),
             warmup_s: args.warmup.as_secs_f64(),
+            peer_dir: Some(out_dir.join("peers")),
             ..sweep::SweepSpec::default()
         };
         eprintln!(
-            "iomodels: sweeping {} model(s) × {} protocol(s) on /hello",
+            "iomodels: sweeping {} model(s) and {} peer(s) × {} protocol(s) on /hello",
             models.len(),
+            peer_list.len(),
             protocols.len()
         );
-        let curves = sweep::sweep_all(&dir, &models, &protocols, &spec);
+        let subjects: Vec<String> = models
+            .iter()
+            .cloned()
+            .chain(peer_list.iter().map(|p| p.name().to_string()))
+            .collect();
+        let curves = sweep::sweep_all(&dir, &subjects, &protocols, &spec);
         (Some(spec), curves)
     } else {
         (None, Vec::new())
@@ -639,11 +717,15 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         idle_levels: args.idle_levels.clone(),
         idle_models: idle_models.clone(),
         open_rate,
+        peers: peer_list.clone(),
+        peer_dir: out_dir.join("peers"),
+        site,
     };
     eprintln!(
-        "iomodels: {} runs: {} model(s) × {} scenario(s) × {} protocol(s), {:.1} s each",
+        "iomodels: {} runs: {} model(s) and {} peer(s) × {} scenario(s) × {} protocol(s), {:.1} s each",
         plan.count(),
         models.len(),
+        peer_list.len(),
         plan.scenarios.len(),
         protocols.len(),
         plan.duration_s + plan.warmup_s
@@ -675,6 +757,7 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
             idle_levels: plan.idle_levels.clone(),
             idle_models: idle_models.unwrap_or_else(|| plan.models.clone()),
             missing,
+            peers: peer_list.iter().map(|p| p.name().to_string()).collect(),
         },
         runs,
         syscalls,
@@ -685,7 +768,14 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         sweep: spec,
         sweeps: curves,
     };
-    let (json, html) = save(&results, &args.out, args.bmf.as_deref())?;
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
+    let json = out_dir.join("results.json");
+    results.save(&json)?;
+    let html = report::write(&results, &out_dir)?;
+    if let Some(path) = &args.bmf {
+        write_bmf(&results, path)?;
+    }
     print_out(&summary::table(&summary::rows(&results)));
     if !results.cost.is_empty() {
         print_out(&format!("\n{}", cost::table(&results.cost)));
@@ -705,9 +795,15 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// `iomodels sweep`: the curves alone, in a result set of their own.
 fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
     let dir = args.bin_dir.clone().unwrap_or_else(models::bin_dir);
-    let spec = args.spec();
+    let mut spec = args.spec();
     spec.validate().map_err(Usage)?;
-    let (models, missing) = choose_models(&dir, &args.models)?;
+    let peers_named = peers::parse_list(&args.peers).map_err(Usage)?;
+    let (models, mut missing) = if args.models.is_empty() && !peers_named.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        choose_models(&dir, &args.models)?
+    };
+    let peer_list = choose_peers(&dir, &args.peers, &peers_named, false, &mut missing)?;
     let protocols = match args.protocol {
         ProtocolArg::Http => vec![Protocol::Http],
         ProtocolArg::Fcgi => vec![Protocol::Fcgi],
@@ -716,9 +812,17 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
     let start = SystemTime::now();
     let run_id = results::run_id(start);
     let machine = Machine::current();
+    let out_dir = args.out.join(&run_id);
+    if !peer_list.is_empty() {
+        // The peers' configurations go into the run directory as they are made.
+        std::fs::create_dir_all(&out_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
+        spec.peer_dir = Some(out_dir.join("peers"));
+    }
     eprintln!(
-        "iomodels: sweeping {} model(s) × {} route(s) × {} protocol(s): from {} req/s ×{} per step, {:.1} s a step, SLO p99 ≤ route's wait + {}",
+        "iomodels: sweeping {} model(s) and {} peer(s) × {} route(s) × {} protocol(s): from {} req/s ×{} per step, {:.1} s a step, SLO p99 ≤ route's wait + {}",
         models.len(),
+        peer_list.len(),
         spec.routes.len(),
         protocols.len(),
         spec.from_rps,
@@ -726,7 +830,12 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
         spec.step_s + spec.warmup_s,
         sweep::fmt_ms(spec.slo_us)
     );
-    let curves = sweep::sweep_all(&dir, &models, &protocols, &spec);
+    let subjects: Vec<String> = models
+        .iter()
+        .cloned()
+        .chain(peer_list.iter().map(|p| p.name().to_string()))
+        .collect();
+    let curves = sweep::sweep_all(&dir, &subjects, &protocols, &spec);
     let results = results::Results {
         schema_version: SCHEMA_VERSION,
         run_id: run_id.clone(),
@@ -742,6 +851,7 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
             idle_levels: Vec::new(),
             idle_models: Vec::new(),
             missing,
+            peers: peer_list.iter().map(|p| p.name().to_string()).collect(),
         },
         runs: Vec::new(),
         syscalls: Vec::new(),
@@ -749,7 +859,6 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
         sweep: Some(spec),
         sweeps: curves,
     };
-    let out_dir = args.out.join(&run_id);
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
     let json = out_dir.join("results.json");
@@ -767,6 +876,42 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
 
 /// The models to run: those asked for (each must be built in `dir`), or
 /// every one found there; and the known models that are missing.
+/// The peers to run: every installed one when `by_default` or `all` was
+/// asked (the others named on stderr, one line each, and added to
+/// `missing`), and each one `named` (which must be installed).
+fn choose_peers(
+    dir: &Path,
+    asked: &[String],
+    named: &[Peer],
+    by_default: bool,
+    missing: &mut Vec<String>,
+) -> anyhow::Result<Vec<Peer>> {
+    let mut list = Vec::new();
+    if by_default || asked.iter().any(|p| p == "all") {
+        for p in Peer::ALL {
+            match p.missing(dir) {
+                None => list.push(p),
+                Some(why) => {
+                    eprintln!("iomodels: skipping peer {why}");
+                    missing.push(p.name().to_string());
+                }
+            }
+        }
+    }
+    for &p in named {
+        if list.contains(&p) || missing.iter().any(|m| m == p.name()) {
+            continue;
+        }
+        if let Some(why) = p.missing(dir) {
+            return Err(Usage(format!("peer {why}")).into());
+        }
+        list.push(p);
+    }
+    list.sort();
+    list.dedup();
+    Ok(list)
+}
+
 fn choose_models(dir: &Path, asked: &[String]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let found = models::discover(dir);
     let missing_known: Vec<&str> = models::KNOWN

@@ -80,6 +80,19 @@ pub fn discover(dir: &Path) -> Vec<String> {
     found
 }
 
+/// Every model name: [`KNOWN`]'s, then those of `found` it does not list
+/// (`iomodels models --names`, the one list the scripts read).
+pub fn names(found: &[String]) -> Vec<&str> {
+    let mut all: Vec<&str> = KNOWN.iter().map(|(m, _)| *m).collect();
+    all.extend(
+        found
+            .iter()
+            .map(String::as_str)
+            .filter(|f| !KNOWN.iter().any(|(k, _)| k == f)),
+    );
+    all
+}
+
 /// How a model has to be driven for its results to mean something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quirks {
@@ -100,7 +113,8 @@ pub fn quirks(model: &str) -> Quirks {
         one_connection: model == "iterative",
         closes_each_request: model == "fork",
         fd_setsize: model == "select",
-        pins_connection: matches!(model, "prefork" | "threadpool" | "fpm"),
+        pins_connection: matches!(model, "prefork" | "threadpool" | "fpm")
+            || crate::peers::Peer::parse(model).is_some_and(|p| p.pins_connection()),
     }
 }
 

@@ -461,7 +461,7 @@ pub fn charts(results: &Results) -> anyhow::Result<Vec<Chart>> {
         push(
             format!("capacity-{slug}-{n}"),
             format!("Capacity at p99 ≤ {bound} on {route} ({n})"),
-            "Each model's capacity (bar, log scale): the highest swept rate whose p99 stayed within the SLO; the black tick is the rate at which it saturated; ▲: a lower bound (the generator saturated, or the sweep reached --max-rate first).".to_string(),
+            "Each model's capacity (dark bar, log scale): the highest swept rate whose p99 stayed within the SLO; the light bar behind it is the highest rate the model achieved at any step, the black tick the rate at which it saturated; ▶: a lower bound (the generator saturated, or the sweep reached --max-rate first). No dark bar: not even the first step met the SLO.".to_string(),
             Box::new(|s: &mut String| crate::curves::capacity_chart(&curves, s)),
         )?;
     }
@@ -525,7 +525,7 @@ fn syscalls_md(r: &Results) -> String {
     if r.syscalls.is_empty() {
         return String::new();
     }
-    let mut s = String::from("\n## System calls per request under strace (batching changes)\n\n`strace -f -c`, /hello. strace stops the server at every system call, which slows it many times over and changes how many requests each call handles: an edge-triggered loop shows ~1 read per request under strace and ~2 without. Read the names; the table above has the read+write counts measured without strace.\n\n| model | proto | requests | calls/req | by name |\n|---|---|---:|---:|---|\n");
+    let mut s = String::from("\n## System calls per request under strace (batching changes)\n\n`strace -f -c` during a `/hello` run: strace stops the server at every system call, which slows it many times over and changes how many requests each call handles (how many requests one `epoll_wait` or `io_uring_enter` carries; an edge-triggered loop shows ~1 read per request under strace and ~2 without). Read the names as the shape of each model's cost; the table above has the read+write counts measured without strace.\n\n| model | proto | requests | calls/req | by name |\n|---|---|---:|---:|---|\n");
     for sc in &r.syscalls {
         let total: f64 = sc.per_request.iter().map(|x| x.1).sum();
         let names: Vec<String> = sc
@@ -546,6 +546,49 @@ fn syscalls_md(r: &Results) -> String {
     s
 }
 
+/// The peers' section: what each is, where its configuration is, and
+/// the models beside their real-world counterparts. Empty without peers.
+fn peers_md(r: &Results, rows: &[Row]) -> String {
+    if r.config.peers.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\n## Peers: real servers as rows\n\nPeers are shown in _italics_ in the tables and drawn outlined \
+         (hollow bars and markers, in greys) in the charts. Each ran from the configuration the suite \
+         generated next to these results (`start.sh` runs it again):\n\n",
+    );
+    for name in &r.config.peers {
+        let peer = crate::peers::Peer::parse(name);
+        let d = peer.map_or("", |p| p.describe());
+        let _ = write!(s, "* _{name}_ — {d}: [peers/{name}/](peers/{name}/)");
+        match peer.and_then(|p| p.caveat()) {
+            Some(c) => {
+                let _ = writeln!(s, ". Note: {c}.");
+            }
+            None => s.push('\n'),
+        }
+    }
+    let table = crate::peers::counterparts::markdown(rows);
+    if !table.is_empty() {
+        s.push_str(
+            "\n### Models and their real-world counterparts\n\nThe same scenario and protocol in this run. \
+             **GEN** marks a run where the generator used ≥ 90 % of its core: compare CPU µs per request there.\n\n",
+        );
+        s.push_str(&table);
+    }
+    s
+}
+
+/// How to read the report: the matrix table's legend, or for a result set
+/// of sweeps alone, how to read them.
+fn how_to_read(r: &Results) -> &'static str {
+    if r.runs.is_empty() && !r.sweeps.is_empty() {
+        crate::curves::HOW_TO_READ_SWEEPS
+    } else {
+        HOW_TO_READ
+    }
+}
+
 /// The Markdown report.
 pub fn markdown(r: &Results) -> String {
     let rows = summary::rows(r);
@@ -553,7 +596,7 @@ pub fn markdown(r: &Results) -> String {
         "# iomodels report {}\n\n{}\n{}\n",
         r.run_id,
         machine_md(r),
-        HOW_TO_READ
+        how_to_read(r)
     );
     if !r.config.missing.is_empty() {
         let _ = writeln!(s, "Not built (skipped): {}.\n", r.config.missing.join(", "));
@@ -568,6 +611,7 @@ pub fn markdown(r: &Results) -> String {
     }
     s.push_str(&aa_md(&rows));
     s.push_str(&cost_md(r));
+    s.push_str(&peers_md(r, &rows));
     s.push_str(&syscalls_md(r));
     s.push_str(&crate::curves::markdown(r));
     s.push_str("\nCharts: see report.html beside this file.\n");
@@ -590,7 +634,15 @@ fn md_table_html(md: &str) -> String {
         let tag = if i == 0 { "th" } else { "td" };
         s.push_str("<tr>");
         for c in cells {
-            let _ = write!(s, "<{tag}>{}</{tag}>", escape(c));
+            // `_peer_`: a peer's name, in italics.
+            match c.strip_prefix('_').and_then(|c| c.strip_suffix('_')) {
+                Some(name) if !name.is_empty() => {
+                    let _ = write!(s, "<{tag}><i>{}</i></{tag}>", escape(name));
+                }
+                _ => {
+                    let _ = write!(s, "<{tag}>{}</{tag}>", escape(c));
+                }
+            }
         }
         s.push_str("</tr>\n");
     }
@@ -611,7 +663,7 @@ td:first-child,td:nth-child(2),td:nth-child(3){{text-align:left}}figure{{margin:
         escape(&r.run_id),
         escape(&r.run_id),
         escape(&machine_md(r)),
-        escape(HOW_TO_READ).replace("**", ""),
+        escape(how_to_read(r)).replace("**", ""),
     );
     for c in charts(r)? {
         let _ = write!(
@@ -650,6 +702,28 @@ td:first-child,td:nth-child(2),td:nth-child(3){{text-align:left}}figure{{margin:
     if !r.cost.is_empty() {
         s.push_str("<h2>Instructions per request (valgrind)</h2>\n");
         s.push_str(&md_table_html(&crate::cost::table(&r.cost)));
+    }
+    if !r.config.peers.is_empty() {
+        s.push_str("<h2>Peers: real servers as rows</h2>\n<p>Peers are in italics in the tables and drawn outlined (hollow bars and markers, in greys) in the charts. Configurations as generated for this run:</p>\n<ul>\n");
+        for name in &r.config.peers {
+            let peer = crate::peers::Peer::parse(name);
+            let d = peer.map_or("", |p| p.describe());
+            let caveat = peer
+                .and_then(|p| p.caveat())
+                .map_or(String::new(), |c| format!(". Note: {}.", escape(c)));
+            let _ = writeln!(
+                s,
+                "<li><i>{n}</i> — {}: <a href=\"peers/{n}/\">peers/{n}/</a>{caveat}</li>",
+                escape(d),
+                n = escape(name)
+            );
+        }
+        s.push_str("</ul>\n");
+        let table = crate::peers::counterparts::markdown(&rows);
+        if !table.is_empty() {
+            s.push_str("<h3>Models and their real-world counterparts</h3>\n");
+            s.push_str(&md_table_html(&table));
+        }
     }
     if !r.sweeps.is_empty() {
         s.push_str("<h2>Rate sweeps: capacity at the SLO</h2>\n");

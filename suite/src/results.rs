@@ -80,8 +80,13 @@ pub struct RunConfig {
     pub idle_levels: Vec<usize>,
     /// Models the idle sweep ran for.
     pub idle_models: Vec<String>,
-    /// Server binaries that were asked for but not found.
+    /// Server binaries that were asked for but not found (and peers
+    /// that are not installed).
     pub missing: Vec<String>,
+    /// Peers (real servers) run as rows; their configurations are in
+    /// `peers/<name>/` beside results.json.
+    #[serde(default)]
+    pub peers: Vec<String>,
 }
 
 /// One run: a model, a scenario, a protocol (and idle level), repeated `rep`.

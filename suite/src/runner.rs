@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use loadgen::{Protocol, Target};
@@ -13,6 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::accounting;
+use crate::peers::{Peer, Site};
 use crate::procfs::{self, Cost};
 use crate::results::{RunRecord, Syscalls};
 use crate::scenarios::{self, Load, Scenario};
@@ -43,11 +44,17 @@ pub struct Plan {
     pub idle_levels: Vec<usize>,
     /// Models the sweep runs for (`None`: all).
     pub idle_models: Option<Vec<String>>,
-    /// The model run twice in every round (the A/A check), if any.
-    pub aa: Option<String>,
     /// The open loop's rate for every model (`None`: half the lowest
     /// `hello` maximum among the models that set the equal load).
     pub open_rate: Option<f64>,
+    /// Peers (real servers), run after the models in their own protocol.
+    pub peers: Vec<Peer>,
+    /// Where the peers' configurations are written (`<run dir>/peers`).
+    pub peer_dir: PathBuf,
+    /// The files the peers serve (present when there are peers).
+    pub site: Option<Arc<Site>>,
+    /// The model run twice in every round (the A/A check), if any.
+    pub aa: Option<String>,
 }
 
 impl Plan {
@@ -70,10 +77,35 @@ impl Plan {
                 })
                 .sum::<usize>()
         };
-        (self.models.iter().map(|m| per_model(m)).sum::<usize>()
+        let models = (self.models.iter().map(|m| per_model(m)).sum::<usize>()
             + self.aa.as_deref().map_or(0, per_model))
-            * self.protocols.len()
-            * self.repeat as usize
+            * self.protocols.len();
+        let peers: usize = self
+            .peers
+            .iter()
+            .filter(|p| self.protocols.contains(&p.protocol()))
+            .map(|p| per_model(p.name()))
+            .sum();
+        (models + peers) * self.repeat as usize
+    }
+
+    /// The names of the models and then the peers, each with the
+    /// protocols it is run in (a peer only in the one it speaks).
+    pub fn subjects(&self) -> Vec<(String, Option<Peer>, Vec<Protocol>)> {
+        let models = self
+            .models
+            .iter()
+            .map(|m| (m.clone(), None, self.protocols.clone()));
+        let peers = self.peers.iter().map(|&p| {
+            let protocols = self
+                .protocols
+                .iter()
+                .copied()
+                .filter(|&x| x == p.protocol())
+                .collect();
+            (p.name().to_string(), Some(p), protocols)
+        });
+        models.chain(peers).collect()
     }
 }
 
@@ -89,11 +121,26 @@ pub struct Accounting {
     pub problems: Vec<String>,
 }
 
-/// A started server, stopped (SIGTERM, then SIGKILL) when dropped.
+/// A started server, stopped (its stop signal, then SIGKILL) when dropped.
 pub struct Server {
     child: Child,
     /// `host:port` from its ready line.
     pub addr: String,
+    /// What stops it cleanly: SIGTERM for the models; a peer's own (nginx
+    /// and php-fpm finish gracefully on SIGQUIT, lighttpd on SIGINT).
+    pub stop_signal: Signal,
+}
+
+/// How [`Server::spawn`] knows the server is ready.
+#[derive(Debug, Clone)]
+pub enum Ready {
+    /// It prints `listening on ADDR` on stdout (every model).
+    Line,
+    /// These addresses accept TCP connections, in order (a real server,
+    /// which prints nothing); the last is the server's own address, the
+    /// ones before it what it needs first (the FastCGI application behind
+    /// nginx).
+    Accepts(Vec<String>),
 }
 
 impl Server {
@@ -103,8 +150,15 @@ impl Server {
     }
 
     /// Starts the server `cmd` runs (a wrapper such as strace may come first).
-    pub fn start_with(cmd: Command, protocol: Protocol, workers: usize) -> anyhow::Result<Server> {
-        Server::launch(cmd, protocol, workers, |c| Ok((c.spawn()?, ()))).map(|(s, ())| s)
+    pub fn start_with(
+        mut cmd: Command,
+        protocol: Protocol,
+        workers: usize,
+    ) -> anyhow::Result<Server> {
+        cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
+            .args(["--workers", &workers.to_string()])
+            .stderr(Stdio::null());
+        Server::spawn(cmd, Ready::Line)
     }
 
     /// Starts `bin` inside a fresh cgroup and under an inherited
@@ -116,8 +170,12 @@ impl Server {
         protocol: Protocol,
         workers: usize,
     ) -> anyhow::Result<(Server, Accounting)> {
+        let mut cmd = Command::new(bin);
+        cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
+            .args(["--workers", &workers.to_string()])
+            .stderr(Stdio::null());
         let cgroup = accounting::Cgroup::create();
-        Server::launch(Command::new(bin), protocol, workers, move |c| {
+        Server::spawn_with(cmd, Ready::Line, move |c| {
             let (child, csw, problems) = accounting::spawn(c, cgroup.as_ref())?;
             Ok((
                 child,
@@ -130,19 +188,51 @@ impl Server {
         })
     }
 
-    fn launch<T>(
+    /// Starts `cmd` and waits at most 10 s until it is ready. Every server
+    /// the suite measures, model or peer, is started here.
+    pub fn spawn(cmd: Command, ready: Ready) -> anyhow::Result<Server> {
+        Server::spawn_with(cmd, ready, |c| Ok((c.spawn()?, ()))).map(|(s, ())| s)
+    }
+
+    /// [`Server::spawn`] with the process started by `spawn` (which may
+    /// attach something to it and return it beside the child).
+    fn spawn_with<T>(
         mut cmd: Command,
-        protocol: Protocol,
-        workers: usize,
+        ready: Ready,
         spawn: impl FnOnce(&mut Command) -> std::io::Result<(Child, T)>,
     ) -> anyhow::Result<(Server, T)> {
-        cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
-            .args(["--workers", &workers.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        cmd.stdin(Stdio::null()).stdout(match ready {
+            Ready::Line => Stdio::piped(),
+            Ready::Accepts(_) => Stdio::null(),
+        });
         let (mut child, extra) = spawn(&mut cmd)
             .map_err(|e| anyhow::anyhow!("cannot start {:?}: {e}", cmd.get_program()))?;
+        if let Ready::Accepts(addrs) = ready {
+            let mut server = Server {
+                child,
+                addr: addrs.last().cloned().unwrap_or_default(),
+                stop_signal: Signal::SIGTERM,
+            };
+            let end = Instant::now() + Duration::from_secs(10);
+            for a in &addrs {
+                loop {
+                    if std::net::TcpStream::connect(a).is_ok() {
+                        break;
+                    }
+                    if let Ok(Some(st)) = server.child.try_wait() {
+                        anyhow::bail!(
+                            "{:?} exited ({st}) before accepting on {a}",
+                            cmd.get_program()
+                        );
+                    }
+                    if Instant::now() > end {
+                        anyhow::bail!("{:?} did not accept on {a} within 10 s", cmd.get_program());
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            return Ok((server, extra));
+        }
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -160,6 +250,7 @@ impl Server {
         let mut server = Server {
             child,
             addr: String::new(),
+            stop_signal: Signal::SIGTERM,
         };
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(addr) => {
@@ -175,26 +266,37 @@ impl Server {
         self.child.id()
     }
 
-    /// SIGTERM, wait up to 3 s, then SIGKILL.
+    /// The stop signal, wait up to 3 s, then SIGKILL; then any process of
+    /// the tree still alive (a daemon orphaned by its parent's death) is
+    /// killed too, so no run leaves a server behind.
     pub fn stop(&mut self) {
         self.stop_within(Duration::from_secs(3));
     }
 
-    /// SIGTERM, wait up to `grace`, then SIGKILL.
+    /// [`Server::stop`] with `grace` instead of 3 s before SIGKILL (a
+    /// server under valgrind needs longer to write its counts).
     pub fn stop_within(&mut self, grace: Duration) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let tree = crate::survivors::tree(self.child.id());
+        let _ = kill(Pid::from_raw(self.child.id() as i32), self.stop_signal);
         let end = Instant::now() + grace;
+        let mut exited = false;
         while Instant::now() < end {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                exited = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if tree.len() > 1 {
+            crate::survivors::kill(&tree[1..]);
+        }
     }
 }
 
@@ -204,7 +306,7 @@ impl Drop for Server {
     }
 }
 
-/// The loadgen target of a server's ready-line address.
+/// The load generator's target for `addr` in `protocol`.
 pub fn target(addr: &str, protocol: Protocol) -> anyhow::Result<Target> {
     let scheme = match protocol {
         Protocol::Http => "http",
@@ -252,7 +354,17 @@ pub fn run_one(
         rec.skipped = Some("no rate for the open loop: give --rate, or run hello or sweep".into());
         return rec;
     }
-    match measure(plan, model, scenario, protocol, &load) {
+    let measured = match Peer::parse(model).filter(|p| plan.peers.contains(p)) {
+        Some(peer) => match peer.serves(scenario) {
+            Err(why) => {
+                rec.skipped = Some(format!("n/a: {why}"));
+                return rec;
+            }
+            Ok(()) => crate::peers::measure(plan, peer, scenario, protocol, &load),
+        },
+        None => measure(plan, model, scenario, protocol, &load),
+    };
+    match measured {
         Ok((report, cost)) => {
             rec.generator_limited = report.cpu.utilization >= GENERATOR_LIMIT;
             rec.server = Some(cost);
@@ -273,6 +385,39 @@ fn measure(
     let (mut server, acct) =
         Server::start_accounted(&server_bin(&plan.bin_dir, model), protocol, plan.workers)?;
     let t = target(&server.addr, protocol)?;
+    let measured = measure_accounted(plan, &mut server, t, &[], scenario, load, Some(&acct));
+    // The cgroup is removed once the server has left it.
+    server.stop();
+    drop(acct);
+    measured
+}
+
+/// Warms up, then measures one run of `scenario` against the started
+/// `server` at `t` (with FastCGI `params`), and stops it: the same
+/// measurement for models and peers.
+pub fn measure_on(
+    plan: &Plan,
+    server: &mut Server,
+    t: Target,
+    params: &[String],
+    scenario: Scenario,
+    load: &Load,
+) -> anyhow::Result<(loadgen::Report, Cost)> {
+    measure_accounted(plan, server, t, params, scenario, load, None)
+}
+
+/// [`measure_on`] with the server's exact counters, when it has them
+/// (CPU and memory peak from its cgroup, context switches from perf);
+/// without, the /proc figures are kept and marked.
+fn measure_accounted(
+    plan: &Plan,
+    server: &mut Server,
+    t: Target,
+    params: &[String],
+    scenario: Scenario,
+    load: &Load,
+    acct: Option<&Accounting>,
+) -> anyhow::Result<(loadgen::Report, Cost)> {
     if plan.warmup_s > 0.0 {
         // Warm-up without the idle connections (they are opened by the
         // measured run and held through it), and with at most as many
@@ -285,23 +430,27 @@ fn measure(
             connections: load.connections.min(plan.workers.max(1)),
             ..load.clone()
         };
-        let c = scenarios::config(t.clone(), scenario, &warm, plan.warmup_s);
+        let mut c = scenarios::config(t.clone(), scenario, &warm, plan.warmup_s);
+        c.params = params.to_vec();
         loadgen::run(&c).map_err(|e| anyhow::anyhow!("warm-up: {e}"))?;
     }
-    let c = scenarios::config(t, scenario, load, plan.duration_s);
+    let mut c = scenarios::config(t, scenario, load, plan.duration_s);
+    c.params = params.to_vec();
     // Run::new connects once and opens nothing else: the snapshot taken
     // after it brackets the idle connections and the measured load.
     let run = loadgen::Run::new(&c).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let cg = acct.cgroup.as_ref();
+    let cg = acct.and_then(|a| a.cgroup.as_ref());
+    let csw = acct.and_then(|a| a.csw.as_ref());
     let cpu_before = cg.and_then(|g| g.cpu());
-    let csw_before = acct.csw.as_ref().and_then(|c| c.read());
+    let csw_before = csw.and_then(|c| c.read());
     let before = procfs::snapshot(server.pid());
     let t0 = Instant::now();
     let report = run.start().map_err(|e| anyhow::anyhow!("{e}"))?;
     let wall = t0.elapsed().as_secs_f64();
     let after = procfs::snapshot(server.pid());
-    let csw_after = acct.csw.as_ref().and_then(|c| c.read());
+    let csw_after = csw.and_then(|c| c.read());
     let cpu_after = cg.and_then(|g| g.cpu());
+    server.stop();
     let attempts = report.requests + report.errors.transport();
     let mut cost = Cost::between(&before, &after, attempts, wall);
     if let (Some(g), Some(b), Some(a)) = (cg, cpu_before, cpu_after) {
@@ -311,20 +460,21 @@ fn measure(
         cost = cost.with_csw_count(b, a, attempts);
     }
     cost.cgroup_peak_kib = cg.and_then(|g| g.memory_peak_kib());
-    server.stop();
-    drop(acct);
     Ok((report, cost))
 }
 
 /// Runs the whole plan, round by round: every round runs each scenario
-/// (and idle level) for every model before the next scenario, so the
-/// models compared in a scenario run seconds apart and share the machine's
-/// noise; `--repeat N` makes N such rounds (A B C, A B C, …), never A A A.
-/// The A/A model runs twice in each cell, right after itself.
+/// (and idle level) for every model, then every peer, before the next
+/// scenario, so the models compared in a scenario run seconds apart and
+/// share the machine's noise; `--repeat N` makes N such rounds (A B C,
+/// A B C, …), never A A A. The A/A model runs twice in each cell, right
+/// after itself. The open loop runs last in each round, at one rate for
+/// every model (per protocol): equal load, so its latencies compare.
 ///
 /// `progress`: on a terminal, one line redrawn on stderr; otherwise (a CI
 /// log) one line per finished run with the elapsed time.
 pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
+    crate::survivors::adopt_orphans();
     let total = plan.count();
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
@@ -333,24 +483,17 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
     let mut scenarios = plan.scenarios.clone();
     scenarios.sort();
     scenarios.dedup();
-    // The open loop runs last in each round, at one rate for every model
-    // (per protocol): equal load, so its latencies compare.
     let open = scenarios.contains(&Scenario::Open);
     scenarios.retain(|s| *s != Scenario::Open && *s != Scenario::Sweep);
-    let mut entrants: Vec<(&str, bool)> = Vec::new();
-    for m in &plan.models {
-        entrants.push((m, false));
-        if plan.aa.as_deref() == Some(m.as_str()) {
-            entrants.push((m, true));
+    // (name, protocols, A/A copy): the models, the A/A copy right after its
+    // original, then the peers.
+    let mut entrants: Vec<(String, Vec<Protocol>, bool)> = Vec::new();
+    for (name, peer, protocols) in plan.subjects() {
+        let aa = peer.is_none() && plan.aa.as_deref() == Some(name.as_str());
+        entrants.push((name.clone(), protocols.clone(), false));
+        if aa {
+            entrants.push((name, protocols, true));
         }
-    }
-    if let Some(m) = plan
-        .aa
-        .as_deref()
-        .filter(|m| !plan.models.iter().any(|x| x == m))
-    {
-        entrants.push((m, false));
-        entrants.push((m, true));
     }
     for rep in 0..plan.repeat {
         let first = out.len();
@@ -364,8 +507,13 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
                 .map(|&p| {
                     let hello = out[first..]
                         .iter()
+                        // The models' hello maxima set the equal load; a
+                        // peer's (fcgiwrap's, say) or an A/A copy's does not.
                         .filter(|r: &&RunRecord| {
-                            r.scenario == Scenario::Hello && r.protocol == p && !r.aa
+                            r.scenario == Scenario::Hello
+                                && r.protocol == p
+                                && !r.aa
+                                && !plan.peers.iter().any(|x| x.name() == r.model)
                         })
                         .map(|r| (r.model.as_str(), r.rps() * scenarios::OPEN_FRACTION));
                     (
@@ -382,8 +530,11 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
                     };
                     levels.dedup();
                     for idle in levels {
-                        for &(model, aa) in &entrants {
-                            if scenario == Scenario::Idle && !plan.sweeps(model) {
+                        for (model, protocols, aa) in &entrants {
+                            let (model, aa) = (model.as_str(), *aa);
+                            if !protocols.contains(&protocol)
+                                || (scenario == Scenario::Idle && !plan.sweeps(model))
+                            {
                                 continue;
                             }
                             let what = format!(
@@ -541,14 +692,19 @@ mod tests {
             workers: 2,
             idle_levels: vec![0, 10],
             idle_models: Some(vec!["epoll".into()]),
-            aa: None,
             open_rate: None,
+            peers: vec![Peer::Nginx, Peer::PhpFpm],
+            peer_dir: PathBuf::new(),
+            site: None,
+            aa: None,
         };
-        assert_eq!(plan.count(), (3 + 1) * 2 * 2);
+        // Models: both protocols; each peer: its own protocol only.
+        assert_eq!(plan.count(), ((3 + 1) * 2 + 1 + 1) * 2);
+        // The A/A copy of epoll: its 3 runs again in both protocols.
         let aa = Plan {
             aa: Some("epoll".into()),
             ..plan
         };
-        assert_eq!(aa.count(), (3 + 1 + 3) * 2 * 2);
+        assert_eq!(aa.count(), ((3 + 1 + 3) * 2 + 1 + 1) * 2);
     }
 }

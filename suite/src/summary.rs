@@ -13,6 +13,8 @@ pub struct Row {
     pub key: String,
     /// Model.
     pub model: String,
+    /// A peer (a real server), not a model: drawn in a style of its own.
+    pub peer: bool,
     /// Scenario.
     pub scenario: Scenario,
     /// Protocol.
@@ -195,6 +197,7 @@ pub fn rows(results: &Results) -> Vec<Row> {
             Row {
                 key: k.clone(),
                 model: first.model.clone(),
+                peer: results.config.peers.contains(&first.model),
                 scenario: first.scenario,
                 protocol: first.protocol,
                 idle: first.load.idle,
@@ -329,18 +332,22 @@ pub fn table(rows: &[Row]) -> String {
             r.scenario.name().to_string()
         };
         let conns = format!("{}{}", r.connections, if r.new_conn { " new" } else { "" });
+        // Peers (real servers) in italics.
+        let model = if r.peer {
+            format!("_{}_", r.model)
+        } else {
+            r.model.clone()
+        };
         if r.reps == 0 {
             s.push_str(&format!(
-                "| {} | {scen} | {} | {conns} | – | | | | | | | | | | | | {} |\n",
-                r.model,
+                "| {model} | {scen} | {} | {conns} | – | | | | | | | | | | | | {} |\n",
                 r.protocol.name(),
                 r.note.as_deref().unwrap_or("no result").replace('|', "/")
             ));
             continue;
         }
         s.push_str(&format!(
-            "| {} | {scen} | {} | {conns} | {} | {} | {} | {} | {} | {} ({}+{}){} | {}{} | {} | {:.1} | {:.1} | {} | {}/{} | {:.0}%{} |\n",
-            r.model,
+            "| {model} | {scen} | {} | {conns} | {} | {} | {} | {} | {} | {} ({}+{}){} | {}{} | {} | {:.1} | {:.1} | {} | {}/{} | {:.0}%{} |\n",
             r.protocol.name(),
             with_spread(format!("{:.0}", r.rps), r.rps_range, r.rps, r.reps),
             match (r.ratio_to_epoll, r.ratio_range) {

@@ -10,7 +10,8 @@
 //!   each step: loadgen::step(open loop at rate, warm-up then measured)
 //!              ─> verdict: within the SLO · over it · saturated · the generator's fault
 //!   stop at the first saturated step (achieved < 90 % of asked, > 1 % errors,
-//!   or p99 past the cap), when the generator saturates, or at --max-rate
+//!   or p99 past the cap with p50 past a tenth of it: a growing queue), when
+//!   the generator saturates, or at --max-rate
 //! ```
 //!
 //! **The SLO counts from the route's own wait.** `/wait?us=D` cannot answer
@@ -30,10 +31,12 @@
 //! iterative gets 1; the others get `--connections` (default: 50, and
 //! enough for 50,000 requests/s on routes that wait).
 //!
-//! **A miss is measured twice.** A step that is not within the SLO (over
-//! it, saturated, the generator late) is run once more, and the second
-//! measurement counts (its `why` keeps the first): on a shared machine one
-//! descheduling can cost a step its p99 (`--no-retry` turns this off).
+//! **Saturation is measured twice.** A saturated step is run once more
+//! before it ends the sweep, and the second measurement counts (its `why`
+//! keeps the first): on a shared machine one stall can cost a whole step
+//! (`--no-retry` turns this off). A step merely over the SLO is not
+//! retried: the capacity is the highest step within it, so one noisy step
+//! below the knee costs nothing.
 //!
 //! **The generator's fault.** A step whose generator used ≥ 90 % of its core
 //! ends the sweep: the model's capacity is then a lower bound. A step over
@@ -85,9 +88,17 @@ pub struct SweepSpec {
     pub arrivals: Arrivals,
     /// Server `--workers`.
     pub workers: usize,
-    /// A step that misses is measured again this many times (0 or 1).
+    /// A saturated step is measured again this many times (0 or 1).
     #[serde(default)]
     pub retries: u32,
+    /// FastCGI params the load generator adds (a peer's
+    /// `SCRIPT_FILENAME`): set per curve, not stored.
+    #[serde(skip)]
+    pub params: Vec<String>,
+    /// Where a peer's configuration is written (`<run dir>/peers`; `None`:
+    /// a directory removed after its curve).
+    #[serde(skip)]
+    pub peer_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for SweepSpec {
@@ -98,14 +109,16 @@ impl Default for SweepSpec {
             factor: 1.5,
             max_steps: 30,
             max_rps: 1_000_000.0,
-            step_s: 0.8,
-            warmup_s: 0.2,
+            step_s: 0.6,
+            warmup_s: 0.15,
             slo_us: DEFAULT_SLO_US,
             cap_us: 100_000.0,
             connections: None,
             arrivals: Arrivals::Fixed,
             workers: 2,
             retries: 1,
+            params: Vec::new(),
+            peer_dir: None,
         }
     }
 }
@@ -180,11 +193,13 @@ pub enum Verdict {
     Within,
     /// The rate was served, with p99 over the SLO.
     OverSlo,
-    /// Achieved fell short of asked, errors passed 1 %, or p99 passed the cap.
+    /// Achieved fell short of asked, errors passed 1 %, or p99 passed the
+    /// cap while p50 passed the SLO (a queue that grows).
     Saturated,
     /// The generator used ≥ 90 % of its core: it may have set the pace.
     GeneratorLimited,
-    /// Over the SLO while the generator itself sent late: not counted.
+    /// Over the SLO (or short of the rate with connections free) while the
+    /// generator itself sent late: not counted.
     GeneratorLate,
 }
 
@@ -348,6 +363,20 @@ pub fn judge(
             ),
         );
     }
+    // Short of the rate while most connections were free and the
+    // generator itself sent late: it did not send, the server was not asked.
+    let idle_connections = report.in_flight_mean < 0.5 * report.connections as f64;
+    if achieved < MIN_ACHIEVED * asked && idle_connections && gen_lag > slo_us / 2.0 {
+        return (
+            Verdict::GeneratorLate,
+            format!(
+                "achieved {} of {} req/s with connections free: the generator sent late (p99 {})",
+                thousands(achieved),
+                thousands(asked),
+                fmt_ms(gen_lag)
+            ),
+        );
+    }
     if achieved < MIN_ACHIEVED * asked {
         return (
             Verdict::Saturated,
@@ -364,10 +393,13 @@ pub fn judge(
             format!("{errors} errors in {attempts} requests"),
         );
     }
-    if p99 > floor_us + cap_us {
+    // A queue that grows lifts the median too; a stall of the machine
+    // (a descheduled thread) only lifts the tail.
+    let p50 = report.latency.p50_us as f64;
+    if p99 > floor_us + cap_us && p50 > floor_us + slo_us.max(cap_us / 10.0) {
         return (
             Verdict::Saturated,
-            format!("p99 {} past the cap", fmt_ms(p99)),
+            format!("p99 {} past the cap, p50 {}", fmt_ms(p99), fmt_ms(p50)),
         );
     }
     if p99 <= floor_us + slo_us {
@@ -439,9 +471,8 @@ pub fn sweep_target(
             curve.capacity_is_lower_bound = true;
             break;
         }
-        // A step that misses (over the SLO, saturated, the generator
-        // late) is measured once more before it counts: on a shared
-        // machine one descheduling can cost a whole step its p99.
+        // A saturated step is measured once more before it ends the
+        // sweep: on a shared machine one stall can cost a whole step.
         let mut first: Option<Step> = None;
         let step = loop {
             let step = match measure_step(
@@ -457,11 +488,7 @@ pub fn sweep_target(
                 Err(e) => break Err(e),
             };
             let retried = first.is_some();
-            if step.verdict == Verdict::Within
-                || step.verdict == Verdict::GeneratorLimited
-                || retried
-                || spec.retries == 0
-            {
+            if step.verdict != Verdict::Saturated || retried || spec.retries == 0 {
                 break Ok(match first {
                     Some(f) => Step {
                         why: format!(
@@ -547,6 +574,7 @@ fn measure_step(
     c.warmup_s = spec.warmup_s;
     c.stop = Stop::DurationS(spec.step_s);
     c.timeout_s = 5.0;
+    c.params = spec.params.clone();
     c.routes = vec![loadgen::RouteSpec {
         target: route.to_string(),
         weight: 1,
@@ -638,6 +666,43 @@ pub fn sweep_model(
         stop: "failed".into(),
         error: Some(e),
     };
+    if let Some(peer) = crate::peers::Peer::parse(model) {
+        // A peer (a real server) from its generated configuration.
+        let started = crate::peers::Site::create().and_then(|site| {
+            let tmp;
+            let dir = match &spec.peer_dir {
+                Some(d) => d.join(peer.name()),
+                None => {
+                    tmp = site.dir().join("config");
+                    tmp.clone()
+                }
+            };
+            let p = crate::peers::start(peer, &site, &dir, bin_dir, spec.workers)?;
+            Ok((site, p))
+        });
+        let (_site, p) = match started {
+            Ok(x) => x,
+            Err(e) => return failed(e.to_string()),
+        };
+        let target = match runner::target(&p.launch.addr, protocol) {
+            Ok(t) => t,
+            Err(e) => return failed(e.to_string()),
+        };
+        let spec = SweepSpec {
+            params: p.launch.params.clone(),
+            ..spec.clone()
+        };
+        return sweep_target(
+            &target,
+            model,
+            route,
+            &spec,
+            conns,
+            conn_mode,
+            Some(p.server.pid()),
+            on_step,
+        );
+    }
     let server = match Server::start(&runner::server_bin(bin_dir, model), protocol, spec.workers) {
         Ok(s) => s,
         Err(e) => return failed(e.to_string()),
@@ -671,12 +736,23 @@ pub fn sweep_all(
     spec: &SweepSpec,
 ) -> Vec<Curve> {
     let tty = std::io::stderr().is_terminal();
-    let total = models.len() * protocols.len() * spec.routes.len();
+    let total = models
+        .iter()
+        .map(|m| match crate::peers::Peer::parse(m) {
+            Some(p) => protocols.iter().filter(|&&x| x == p.protocol()).count(),
+            None => protocols.len(),
+        })
+        .sum::<usize>()
+        * spec.routes.len();
     let started = Instant::now();
     let mut out = Vec::new();
     for route in &spec.routes {
         for &protocol in protocols {
             for model in models {
+                // A peer runs only in the protocol it speaks.
+                if crate::peers::Peer::parse(model).is_some_and(|p| p.protocol() != protocol) {
+                    continue;
+                }
                 let n = out.len() + 1;
                 let mut on_step = |s: &Step| {
                     if tty {
@@ -714,10 +790,11 @@ pub fn sweep_all(
 
 /// Models that set the equal load: all but those that serve one request at
 /// a time or start a process per request (they would pull the common rate
-/// down to theirs).
+/// down to theirs), and no peer.
 pub fn sets_equal_load(model: &str) -> bool {
     let q = crate::models::quirks(model);
-    !q.one_connection && !q.closes_each_request
+    // Peers are measured at the models' rate, never set it.
+    !q.one_connection && !q.closes_each_request && crate::peers::Peer::parse(model).is_none()
 }
 
 /// A rate every model of `values` (model, sustained rate) that

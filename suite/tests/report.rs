@@ -145,3 +145,46 @@ fn chromium_renders_every_chart() {
         bytes.len()
     );
 }
+
+#[test]
+fn peers_are_marked_and_set_beside_their_models() {
+    let mut r = util::fixture();
+    // apache-prefork: a copy of prefork's HTTP runs, as a peer.
+    let copies: Vec<_> = r
+        .runs
+        .iter()
+        .filter(|x| x.model == "prefork" && x.protocol == loadgen::Protocol::Http)
+        .cloned()
+        .map(|mut x| {
+            x.model = "apache-prefork".into();
+            x
+        })
+        .collect();
+    r.runs.extend(copies);
+    r.config.peers = vec!["apache-prefork".into()];
+    let md = report::markdown(&r);
+    assert!(md.contains("| _apache-prefork_ | hello | http |"), "{md}");
+    assert!(
+        md.contains("[peers/apache-prefork/](peers/apache-prefork/)"),
+        "{md}"
+    );
+    assert!(
+        md.contains("### Models and their real-world counterparts"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| prefork | apache-prefork | hello | http |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| prefork | apache-prefork | new-conn | http |"),
+        "{md}"
+    );
+    let html = report::html(&r).unwrap();
+    assert!(html.contains("<td><i>apache-prefork</i></td>"));
+    assert!(html.contains("<a href=\"peers/apache-prefork/\">"));
+    for id in CHARTS {
+        let svg = svg_element(&html, id).unwrap_or_else(|| panic!("no {id} in the HTML"));
+        assert!(drawn(svg), "{id} is empty");
+    }
+}

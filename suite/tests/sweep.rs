@@ -16,16 +16,23 @@ use iomodels_suite::results::Results;
 use iomodels_suite::sweep::{self, Curve, SweepSpec, Verdict};
 use loadgen::{ConnMode, Target};
 
-/// Little's law at every unsaturated step — the server kept up, p99 within
-/// the SLO — the generator's time-average of requests in flight equals
-/// achieved rate × mean latency from the send, within 20 %. (A congested
-/// step is no steady state: its queue grows through the window, and the
-/// requests still in flight at its end have no latency yet.)
-fn assert_little(c: &Curve) {
-    for s in c.steps.iter().filter(|s| s.verdict == Verdict::Within) {
+/// Little's law at every unsaturated, steady step — p99 within the SLO and
+/// no stall in the window (p99.9 under 3 × (the route's wait + 1 ms)) —
+/// the generator's time-average of requests in flight equals achieved
+/// rate × mean latency from the send, within 20 % (0.1 request when less
+/// than half a request is in flight on average). (A step with a queue
+/// or a stall is no steady state: the requests still in flight at its end
+/// have no latency yet.) Returns how many steps were checked.
+fn assert_little(c: &Curve) -> usize {
+    let steady = |s: &&sweep::Step| {
+        s.verdict == Verdict::Within && (s.p999_us as f64) < 3.0 * (c.floor_us + 1000.0)
+    };
+    let mut checked = 0;
+    for s in c.steps.iter().filter(steady) {
+        checked += 1;
         let err = (s.in_flight - s.little_sent).abs();
         assert!(
-            err <= 0.2 * s.little_sent.max(0.05),
+            err <= (0.2 * s.little_sent).max(0.1),
             "{} at {} req/s: in flight {:.3}, rate × latency {:.3}",
             c.model,
             s.asked_rps,
@@ -33,6 +40,7 @@ fn assert_little(c: &Curve) {
             s.little_sent
         );
     }
+    checked
 }
 
 #[test]
@@ -53,7 +61,7 @@ fn prefork_is_capped_by_its_workers_and_epoll_is_not() {
         ])
         .args(["--from", "100", "--factor", "2", "--max-rate", "6400"])
         .args([
-            "-d", "400ms", "--warmup", "150ms", "--slo", "40ms", "--cap", "500ms",
+            "-d", "800ms", "--warmup", "150ms", "--slo", "40ms", "--cap", "500ms",
         ])
         .arg("--out")
         .arg(out.path())
@@ -80,11 +88,13 @@ fn prefork_is_capped_by_its_workers_and_epoll_is_not() {
     assert!(r.runs.is_empty());
     let curve = |m: &str| r.sweeps.iter().find(|c| c.model == m).unwrap();
     let (prefork, epoll) = (curve("prefork"), curve("epoll"));
+    let mut checked = 0;
     for c in [prefork, epoll] {
         assert!(c.error.is_none(), "{}: {:?}", c.model, c.error);
         assert_eq!(c.floor_us, 10_000.0);
-        assert_little(c);
+        checked += assert_little(c);
     }
+    assert!(checked >= 2, "{}", sweep::steps_table(&r.sweeps));
     // 2 workers × 1 / 10 ms = 200 requests/s at most.
     assert_eq!(prefork.connections, 2);
     let sat = prefork.saturated_at_rps.expect("prefork saturates");
@@ -197,11 +207,9 @@ fn the_step_where_a_stalling_server_saturates_is_found() {
     );
     assert!(c.steps[..2].iter().all(|s| s.verdict != Verdict::Saturated));
     // Within the SLO at 200 on a quiet machine; a busy one may push a
-    // 40 %-loaded step's p99 over it twice, never past saturation.
-    assert!(
-        matches!(c.capacity_rps, Some(r) if r == 200.0 || r == 50.0),
-        "{table}"
-    );
+    // 40 %-loaded step's p99 over it (or make the generator late) twice,
+    // never past saturation.
+    assert!(c.capacity_rps.is_none_or(|r| r <= 200.0), "{table}");
     assert!(!c.capacity_is_lower_bound);
     assert_little(&c);
 }

@@ -32,7 +32,7 @@
 //! **Relay mode** ([`Conn::relay_requests`]): a front end that passes whole
 //! requests to someone else (Swoole's reactors and workers) frames requests
 //! here, then [`Conn::take_relay`] gives each whole request's bytes once,
-//! the connection parks, and [`Conn::relay_done`] takes the finished
+//! the connection parks, and [`Conn::relay_data`] takes the finished
 //! response back. The front end keeps every connection-level rule (timeouts,
 //! caps, `100 Continue`, FastCGI management records, keep-alive); the
 //! worker feeds the bytes to an ordinary `Conn` of its own.
@@ -422,8 +422,10 @@ impl Conn {
         self.out_pos += n;
         debug_assert!(self.out_pos <= self.out.len());
         if self.stream.is_some() {
-            // Produce more once half the window was read.
-            if self.out.len() - self.out_pos <= WINDOW / 2 {
+            // Produce more once the window is nearly drained (what is left
+            // moves to the front of the buffer: keep that copy small; the
+            // kernel's send buffer still holds bytes meanwhile).
+            if self.out.len() - self.out_pos <= CHUNK {
                 self.fill();
             }
             if self.stream.is_some() {
@@ -526,6 +528,9 @@ impl Conn {
         let timeouts = self.timeouts;
         if let Some(Parked::Relay(..)) = self.parked {
             if now >= self.last_activity + timeouts.idle {
+                if !self.output().is_empty() {
+                    host.on_write_timeout();
+                }
                 self.done = true;
             }
             return;
@@ -592,7 +597,7 @@ impl Conn {
     }
 
     /// Hand whole requests on instead of running them (see the module
-    /// docs): [`Conn::take_relay`] and [`Conn::relay_done`].
+    /// docs): [`Conn::take_relay`] and [`Conn::relay_data`].
     pub fn relay_requests(&mut self) {
         self.relay = true;
     }
@@ -681,7 +686,7 @@ impl Conn {
     }
 
     /// In relay mode: the whole request to hand on, given once. Answer with
-    /// [`Conn::relay_done`].
+    /// [`Conn::relay_data`].
     pub fn take_relay(&mut self) -> Option<Box<Relay>> {
         match &mut self.parked {
             Some(Parked::Relay(_, relay)) => relay.take(),
@@ -738,8 +743,19 @@ impl Conn {
     }
 
     fn after_process(&mut self, used: usize, now: Instant) {
-        let partial = !self.input.is_empty() && self.can_process();
-        if partial && (used > 0 || !self.input_partial) {
+        // A FastCGI request whose BEGIN_REQUEST came is under way even
+        // between whole records: the header timeout bounds the whole
+        // request, as it does an HTTP request's head and body.
+        let begun = self.fcgi.is_some();
+        let partial = (!self.input.is_empty() || begun) && self.can_process();
+        let restart = match self.protocol {
+            // A request consumed: what is left is the start of the next one.
+            Protocol::Http => used > 0 || !self.input_partial,
+            // A request's clock starts at its BEGIN_REQUEST (set there);
+            // other bytes start it only when nothing was under way.
+            Protocol::Fcgi => !self.input_partial && !begun,
+        };
+        if partial && restart {
             self.partial_since = now;
         }
         self.input_partial = partial;
@@ -869,6 +885,7 @@ impl Conn {
                     self.close_after_output |= !keep_conn;
                     return;
                 }
+                self.partial_since = now;
                 self.fcgi = Some(Box::new(FcgiRequest {
                     id,
                     keep_conn,

@@ -895,3 +895,29 @@ fn absolute_and_asterisk_form_targets() {
     assert_eq!(r.status, 400);
     assert!(!close || r.close);
 }
+
+/// A FastCGI request sent as whole records with pauses is bounded by the
+/// header timeout from its BEGIN_REQUEST, like an HTTP request's head.
+#[test]
+fn fastcgi_request_in_paused_records_times_out() {
+    let mut host = TestHost { requests: 0 };
+    let t0 = Instant::now();
+    let mut conn = new_conn(Protocol::Fcgi, t0);
+    let mut begin = Vec::new();
+    fcgi::push_begin_request(&mut begin, 1, true);
+    conn.handle_input(&begin, t0, &mut host);
+    let deadline = conn.poll_timeout().unwrap();
+    assert_eq!(deadline, t0 + TIMEOUTS.header);
+    let mut params = Vec::new();
+    fcgi::push_name_value(&mut params, b"REQUEST_URI", b"/hello");
+    let mut rec = Vec::new();
+    fcgi::push_stream(&mut rec, fcgi::PARAMS, 1, &params);
+    conn.handle_input(&rec, t0 + Duration::from_secs(3), &mut host);
+    assert_eq!(
+        conn.poll_timeout(),
+        Some(deadline),
+        "a whole record does not extend it"
+    );
+    conn.handle_timeout(deadline, &mut host);
+    assert!(conn.wants_close());
+}

@@ -26,9 +26,22 @@
 //! every request pays process creation and a new connection, and nothing
 //! (a cache, a database connection) outlives a request.
 //!
+//! **FastCGI: it breaks the keep-connection contract.** A web server that
+//! sets `FCGI_KEEP_CONN` in BEGIN_REQUEST asks the application to leave the
+//! connection open for the next request (FastCGI 1.0 §5.1); the child
+//! closes it anyway, since it exits. That is allowed here as the model's
+//! lesson, and nginx copes: with `fastcgi_keep_conn on` and an upstream
+//! `keepalive` pool it keeps only connections still open after a response
+//! (ngx_http_upstream_keepalive_module), so each request simply costs it a
+//! new connection to this server — the cost FastCGI's persistent
+//! connections exist to avoid.
+//!
 //! **When it wins**: rare requests that must be isolated (CGI scripts,
 //! inetd). **Where it breaks**: request rates above a few thousand per
 //! second. Compare with `prefork-server`.
+//!
+//! **Run it**: `cargo run --release -p iomodels-servers --bin fork-server
+//! -- --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello`.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -104,7 +117,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 let mut host = ServerHost::for_process(&shared);
                 let mut buf = vec![0u8; 64 * 1024];
                 if signals::reinstall_in_child(parent).is_ok() {
-                    net::set_nodelay(&fd);
+                    net::prepare_accepted(&fd);
                     blocking::serve(fd, &mut host, &mut buf, Origin::Single);
                 }
                 shared.stats.closed();

@@ -1,8 +1,9 @@
 //! # mio-server — an acceptor and N event-loop threads on mio
 //!
-//! The multi-reactor design of memcached (a dispatcher thread and worker
-//! threads each with its own event base) and of nginx (N worker processes,
-//! here threads): the main thread blocks in `accept` and deals connections
+//! The multi-reactor design of memcached (a dispatcher thread that accepts
+//! and worker threads each with its own libevent base; nginx is different:
+//! its worker processes each accept for themselves): the main thread blocks
+//! in `accept` and deals connections
 //! round-robin to `--workers` threads; each thread runs its own event loop
 //! on a `mio::Poll` (epoll underneath, edge-triggered as mio always is) and
 //! owns its connections for their whole life, so no lock is ever taken on
@@ -30,6 +31,17 @@
 //! **Where it breaks**: a few connections doing very unequal work. Compare
 //! with `epoll-server` (one loop) and `oneshot-server` (threads share one
 //! poller and so share the load).
+//!
+//! **Where the rules live**: the rules every event loop shares live in
+//! `servers/src/event.rs`: the non-blocking read/write pump
+//! (`Connection::pump`: read until the socket is empty, hand bytes to the
+//! workload's `Conn`, write its output), the connection slab, deadlines,
+//! `--max-conns` at adopt, the accept ladder and pause
+//! (`net::accept_next`), and the graceful stop (`signals::may_close`). This
+//! file holds only how the model waits.
+//!
+//! **Run it**: `cargo run --release -p iomodels-servers --bin mio-server
+//! -- --workers 2 --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello`.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::ExitCode;

@@ -33,6 +33,17 @@
 //! dedicated core is how kernel-bypass stacks (DPDK) get their lowest
 //! latencies. **Where it breaks**: idle CPU, many connections. Compare with
 //! `poll-server` (the kernel waits for us) and `epoll-server`.
+//!
+//! **Where the rules live**: the rules every event loop shares live in
+//! `servers/src/event.rs`: the non-blocking read/write pump
+//! (`Connection::pump`: read until the socket is empty, hand bytes to the
+//! workload's `Conn`, write its output), the connection slab, deadlines,
+//! `--max-conns` at adopt, the accept ladder and pause
+//! (`net::accept_next`), and the graceful stop (`signals::may_close`). This
+//! file holds only how the model waits.
+//!
+//! **Run it**: `cargo run --release -p iomodels-servers --bin nonblocking-server
+//! -- --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello`.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

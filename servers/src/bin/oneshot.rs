@@ -32,6 +32,17 @@
 //! **When it wins**: unequal requests over several cores. **Where it
 //! breaks**: tiny requests, where the extra `epoll_ctl` and the locks
 //! dominate. Compare with `mio-server` (connections pinned to a loop).
+//!
+//! **Where the rules live**: the rules every event loop shares live in
+//! `servers/src/event.rs`: the non-blocking read/write pump
+//! (`Connection::pump`: read until the socket is empty, hand bytes to the
+//! workload's `Conn`, write its output), the connection slab, deadlines,
+//! `--max-conns` at adopt, the accept ladder and pause
+//! (`net::accept_next`), and the graceful stop (`signals::may_close`). This
+//! file holds only how the model waits.
+//!
+//! **Run it**: `cargo run --release -p iomodels-servers --bin oneshot-server
+//! -- --workers 2 --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello`.
 
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
@@ -218,7 +229,7 @@ impl State {
             return self.shared.refuse(fd);
         };
         let mut conns = lock(&self.conns);
-        net::set_nodelay(&fd);
+        net::prepare_accepted(&fd);
         let entry = conns.vacant_entry();
         let key = entry.key();
         let mut c = Connection::new(fd, host, admitted, now);

@@ -29,6 +29,17 @@
 //! **Where it breaks**: many idle connections. Compare with `select-server`
 //! (the same with a fixed-size bitmap) and `epoll-server` (the kernel keeps
 //! the interest set and returns only ready descriptors).
+//!
+//! **Where the rules live**: the rules every event loop shares live in
+//! `servers/src/event.rs`: the non-blocking read/write pump
+//! (`Connection::pump`: read until the socket is empty, hand bytes to the
+//! workload's `Conn`, write its output), the connection slab, deadlines,
+//! `--max-conns` at adopt, the accept ladder and pause
+//! (`net::accept_next`), and the graceful stop (`signals::may_close`). This
+//! file holds only how the model waits.
+//!
+//! **Run it**: `cargo run --release -p iomodels-servers --bin poll-server
+//! -- --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello`.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;

@@ -202,7 +202,7 @@ fn worker(listener: &OwnedFd, shared: &Shared, how: Worker) -> i32 {
     let mut buf = vec![0u8; 64 * 1024];
     let mut on_conn = |fd: OwnedFd, origin| {
         stats.opened();
-        net::set_nodelay(&fd);
+        net::prepare_accepted(&fd);
         blocking::serve(fd, &mut host, &mut buf, origin);
         stats.closed();
     };

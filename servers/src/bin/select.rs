@@ -14,7 +14,8 @@
 //! ```
 //!
 //! **One keep-alive request costs** a `read` and a `write`, plus a share
-//! of one `select`, which copies three bitmaps in and out and checks every
+//! of one `select`, which copies two bitmaps in and out (read and write;
+//! this model passes no exception set) and checks every
 //! descriptor up to the highest one: like poll, the cost of a wake-up grows
 //! with all connections, not with the ready ones.
 //!
@@ -28,6 +29,17 @@
 //! **When it wins**: a handful of connections, portability. **Where it
 //! breaks**: more than ~1,000 connections, many idle ones. Compare with
 //! `poll-server` (no 1024 limit) and `epoll-server`.
+//!
+//! **Where the rules live**: the rules every event loop shares live in
+//! `servers/src/event.rs`: the non-blocking read/write pump
+//! (`Connection::pump`: read until the socket is empty, hand bytes to the
+//! workload's `Conn`, write its output), the connection slab, deadlines,
+//! `--max-conns` at adopt, the accept ladder and pause
+//! (`net::accept_next`), and the graceful stop (`signals::may_close`). This
+//! file holds only how the model waits.
+//!
+//! **Run it**: `cargo run --release -p iomodels-servers --bin select-server
+//! -- --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello`.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::ExitCode;

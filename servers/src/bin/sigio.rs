@@ -17,8 +17,9 @@
 //!             SIGIO (queue overflow) -> events were lost: poll(2) every socket
 //! ```
 //!
-//! **One keep-alive request costs** a `sigtimedwait` (one per event: no
-//! batching), a `read`, a second `read` that returns EAGAIN (a signal is
+//! **One keep-alive request costs** a `sigtimedwait` (one per event:
+//! `sigtimedwait` takes one siginfo per call; a `signalfd` read could take
+//! many queued siginfo at once, the batching this model forgoes), a `read`, a second `read` that returns EAGAIN (a signal is
 //! sent on a change of state, so the socket must be drained, like
 //! edge-triggered epoll) and a `write` — and in the kernel, a siginfo
 //! queued per event.
@@ -35,6 +36,17 @@
 //! epoll. **Where it breaks**: bursts that overflow the queue, and any
 //! program with other uses for signals. Compare with `epoll-server`
 //! (edge-triggered epoll is the same idea, batched and without the queue).
+//!
+//! **Where the rules live**: the rules every event loop shares live in
+//! `servers/src/event.rs`: the non-blocking read/write pump
+//! (`Connection::pump`: read until the socket is empty, hand bytes to the
+//! workload's `Conn`, write its output), the connection slab, deadlines,
+//! `--max-conns` at adopt, the accept ladder and pause
+//! (`net::accept_next`), and the graceful stop (`signals::may_close`). This
+//! file holds only how the model waits.
+//!
+//! **Run it**: `cargo run --release -p iomodels-servers --bin sigio-server
+//! -- --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello`.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;

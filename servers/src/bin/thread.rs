@@ -1,10 +1,11 @@
 //! # thread-server — a thread per connection
 //!
-//! UNP ch.30's design 6 and the classic Java/Apache-worker server: the main
+//! UNP ch.30's design 6 and the classic Java (pre-NIO) server: the main
 //! thread blocks in `accept`; each connection gets a new thread that serves
 //! it to its end with blocking `read`/`write`, then exits. `--max-conns`
 //! bounds the threads alive at once; connections over it are refused (503,
-//! FastCGI OVERLOADED).
+//! FastCGI OVERLOADED). (Apache's worker MPM is not this: it runs a fixed
+//! pool of threads per process, closer to `threadpool-server`.)
 //!
 //! ```text
 //!   main:     accept ─> spawn ─> accept ─> spawn ─> …
@@ -27,6 +28,15 @@
 //! blocking handlers. **Where it breaks**: many idle connections (memory,
 //! scheduler) and connection churn. Compare with `threadpool-server`
 //! (threads made once) and `epoll-server` (no thread per connection).
+//!
+//! **Where the rules live**: the serve loop (read, hand bytes to the
+//! workload's `Conn`, write, sleep through `/wait`, let go of a stuck
+//! writer) is `servers/src/blocking.rs`; `--max-conns` is `Shared::admit`,
+//! accept errors `net::accept_next`. This file holds only how the model
+//! hands connections to workers.
+//!
+//! **Run it**: `cargo run --release -p iomodels-servers --bin thread-server
+//! -- --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello`.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -85,7 +95,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 let mut host = ServerHost::for_thread(&shared, index);
                 let mut buf = vec![0u8; 16 * 1024];
                 shared.stats.opened();
-                net::set_nodelay(&fd);
+                net::prepare_accepted(&fd);
                 blocking::serve(fd, &mut host, &mut buf, origin);
                 shared.stats.closed();
                 live_now.fetch_sub(1, Ordering::SeqCst);

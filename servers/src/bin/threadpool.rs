@@ -26,6 +26,15 @@
 //! **Where it breaks**: more concurrent (or idle keep-alive) connections
 //! than workers. Compare with `thread-server` (unbounded threads) and
 //! `prefork-server` (processes instead of threads).
+//!
+//! **Where the rules live**: the serve loop (read, hand bytes to the
+//! workload's `Conn`, write, sleep through `/wait`, let go of a stuck
+//! writer) is `servers/src/blocking.rs`; `--max-conns` is `Shared::admit`,
+//! accept errors `net::accept_next`. This file holds only how the model
+//! hands connections to workers.
+//!
+//! **Run it**: `cargo run --release -p iomodels-servers --bin threadpool-server
+//! -- --workers 4 --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello`.
 
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
@@ -87,7 +96,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                         return;
                     };
                     shared.stats.opened();
-                    net::set_nodelay(&fd);
+                    net::prepare_accepted(&fd);
                     blocking::serve(fd, &mut host, &mut buf, origin);
                     shared.stats.closed();
                 }

@@ -199,6 +199,7 @@ pub fn fixture() -> Results {
             idle_levels: vec![0, 1000],
             idle_models: vec!["epoll".into(), "select".into(), "prefork".into()],
             missing: vec![],
+            peers: vec![],
         },
         runs,
         syscalls: vec![],

@@ -40,7 +40,7 @@ pub fn run(pool: &Pool, slot_index: usize) -> i32 {
         |fd, origin| {
             counters.accepted.fetch_add(1, Relaxed);
             stats.opened();
-            net::set_nodelay(&fd);
+            net::prepare_accepted(&fd);
             blocking::serve(fd, &mut host, &mut buf, origin);
             stats.closed();
             slot.set_state(State::Idle);
@@ -83,6 +83,10 @@ impl Host for FpmHost<'_> {
     fn on_request(&mut self) {
         self.inner.on_request();
         self.slot.end_request();
+    }
+
+    fn on_write_timeout(&mut self) {
+        self.inner.on_write_timeout();
     }
 
     fn status_body(&mut self, query: &str) -> Option<(String, Vec<u8>)> {

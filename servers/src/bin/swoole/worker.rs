@@ -108,15 +108,24 @@ fn worker(args: &Args, shared: &Shared, board: Scoreboard, index: usize, wiring:
     let tasks = &wiring.task_client[index];
     let mut served = 0u64;
     let mut turn = 0;
+    let mut closed = vec![false; pairs.len()];
     while !signals::stop_requested() {
         slot.set_state(State::Idle);
         turn += 1;
-        let Some(r) = wait_readable(pairs, turn) else {
+        if closed.iter().all(|&c| c) {
+            return 0; // every reactor has gone: the server is stopping
+        }
+        let Some(r) = wait_readable(pairs, &closed, turn) else {
             continue;
         };
         let (head, request) = match ipc::read(&pairs[r]) {
             Ok(Some(frame)) => frame,
-            Ok(None) => return 0,
+            Ok(None) => {
+                // That reactor has gone (the master is stopping): serve
+                // the others until they go too.
+                closed[r] = true;
+                continue;
+            }
             Err(e) => {
                 eprintln!("swoole-server: worker {}: read: {e}", std::process::id());
                 return 1;
@@ -142,9 +151,14 @@ fn worker(args: &Args, shared: &Shared, board: Scoreboard, index: usize, wiring:
         } else {
             execute(&mut host, head.flags, &request, frame_to(&pairs[r], head))
         };
-        if let Err(e) = answered {
-            eprintln!("swoole-server: worker {}: write: {e}", std::process::id());
-            return 1;
+        match answered {
+            Ok(()) => {}
+            // That reactor has gone (the master is stopping).
+            Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) => closed[r] = true,
+            Err(e) => {
+                eprintln!("swoole-server: worker {}: write: {e}", std::process::id());
+                return 1;
+            }
         }
         served += 1;
         if args.max_request > 0 && served >= args.max_request {
@@ -160,7 +174,7 @@ fn task_worker(shared: &Shared, pairs: &[OwnedFd]) -> i32 {
     let mut turn = 0;
     while !signals::stop_requested() {
         turn += 1;
-        let Some(w) = wait_readable(pairs, turn) else {
+        let Some(w) = wait_readable(pairs, &vec![false; pairs.len()], turn) else {
             continue;
         };
         let Ok(Some((head, request))) = ipc::read(&pairs[w]) else {
@@ -174,10 +188,19 @@ fn task_worker(shared: &Shared, pairs: &[OwnedFd]) -> i32 {
 }
 
 /// Waits (a tick at most) for one of `fds` to be readable; its index.
-fn wait_readable(fds: &[OwnedFd], start: usize) -> Option<usize> {
+/// Descriptors marked `closed` are left out (a reactor that has gone).
+fn wait_readable(fds: &[OwnedFd], closed: &[bool], start: usize) -> Option<usize> {
     let mut polls: Vec<PollFd> = fds
         .iter()
-        .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+        .zip(closed)
+        .map(|(fd, &gone)| {
+            let events = if gone {
+                PollFlags::empty()
+            } else {
+                PollFlags::POLLIN
+            };
+            PollFd::new(fd.as_fd(), events)
+        })
         .collect();
     match poll(&mut polls, PollTimeout::from(1000u16)) {
         Ok(n) if n > 0 => {}
@@ -185,7 +208,8 @@ fn wait_readable(fds: &[OwnedFd], start: usize) -> Option<usize> {
     }
     let ready: Vec<bool> = polls
         .iter()
-        .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+        .zip(closed)
+        .map(|(p, &gone)| !gone && p.revents().is_some_and(|r| !r.is_empty()))
         .collect();
     // Start from a rotating index so no reactor starves the others.
     (0..fds.len())

@@ -6,11 +6,11 @@
 //! these bytes", "read that file") into a submission ring shared with the
 //! kernel, and later finds their *results* in a completion ring. One
 //! `io_uring_enter` hands the kernel a whole batch and waits for the next
-//! completions — still one system call per turn of the loop: the rings are
-//! built with `DEFER_TASKRUN`, so completions are posted only while the
-//! thread waits in `io_uring_enter`. Only `--sqpoll` (a kernel thread takes
-//! the submissions) lets a busy loop go without it. The model of monoio,
-//! glommio and frevib's io_uring echo server.
+//! completions: one system call per turn of the loop, however busy the
+//! kernel is (with `DEFER_TASKRUN`, 6.1+, completions are posted only
+//! inside that wait). `--sqpoll` gives submitting to a kernel thread, but
+//! this loop still enters to wait. The model of monoio, glommio and
+//! frevib's io_uring echo server.
 //!
 //! ```text
 //!          user space                         kernel
@@ -70,11 +70,12 @@
 //! -- --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello` (`--help`
 //! says what `--workers N` does here: N rings, one lesson per ring).
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use iomodels_servers::cli::{self, Common};
 use iomodels_servers::host::{Admitted, ServerHost};
@@ -160,13 +161,13 @@ impl Server {
     fn run(&mut self) -> Result<()> {
         self.arm_accept(Instant::now());
         self.ring.poll_readable(signals::stop_fd());
-        let mut events = Vec::new();
+        let mut events = VecDeque::new();
         loop {
             // 1. One io_uring_enter: submit what was queued, wait for ≥ 1 completion.
             self.ring.submit_and_wait(&mut events)?;
             // 2. Handle every completion. One clock read serves the whole batch.
             let now = Instant::now();
-            for event in events.drain(..) {
+            while let Some(event) = events.pop_front() {
                 let conn = event.conn();
                 match event {
                     Event::Accepted { result, more } => self.on_accept(result, more, now)?,
@@ -218,7 +219,7 @@ impl Server {
         match result {
             // Cancelled by a stop or by an accept pause.
             Err(Errno::ECANCELED) => {}
-            result => match net::accept_ladder(result)? {
+            result => match net::accept_ladder(result).context("IORING_OP_ACCEPT")? {
                 Accepted::Conn(fd) => self.add_conn(fd, now),
                 Accepted::Nothing => {}
                 Accepted::Exhausted => {
@@ -235,7 +236,7 @@ impl Server {
         let Some(admitted) = self.host.shared().admit() else {
             return self.host.shared().refuse(fd);
         };
-        net::set_nodelay(&fd);
+        net::prepare_accepted(&fd);
         self.host.stats().opened();
         let token = self.conns.insert(Slot {
             fd,
@@ -253,27 +254,26 @@ impl Server {
     /// Bytes received (or EOF, or an error) on connection `token`. The
     /// buffer goes back to the kernel's ring once the state machine has it.
     fn on_recv(&mut self, token: usize, result: Received, more: bool, now: Instant) {
-        let Some(slot) = self.conns.get_mut(token) else {
-            return;
-        };
-        if !more {
-            slot.recv = None;
-        }
-        match result {
-            Ok(Some(buf)) => {
-                if !slot.closing {
-                    slot.conn
-                        .handle_input(self.ring.bytes(&buf), now, &mut self.host);
-                }
+        let Some(slot) = self.conns.get_mut(token).filter(|s| !s.closing) else {
+            // A closed connection: only the buffer matters.
+            if let Ok(Some(buf)) = result {
                 self.ring.give_back(buf);
             }
-            _ if slot.closing => {}
+            return;
+        };
+        slot.recv = slot.recv.filter(|_| more);
+        match result {
+            Ok(Some(buf)) => {
+                let bytes = self.ring.bytes(&buf);
+                slot.conn.handle_input(bytes, now, &mut self.host);
+                self.ring.give_back(buf);
+            }
             Ok(None) => slot.conn.handle_eof(now, &mut self.host),
             // The buffer ring ran dry (ENOBUFS), or the recv was cancelled
             // or interrupted: it has stopped, and `drive` arms a new one if
             // the connection wants to read (this batch's buffers are back).
             Err(Errno::ENOBUFS | Errno::ECANCELED | Errno::EINTR | Errno::EAGAIN) => {}
-            Err(_) => self.close(token),
+            Err(_) => return self.close(token),
         }
         self.drive(token);
     }
