@@ -91,8 +91,8 @@ struct CostArgs {
     /// beside iomodels; io_uring models are listed as skipped].
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
-    /// Scenarios, comma-separated (hello, new-conn, cpu and file make
-    /// sense: the others depend on time).
+    /// Scenarios, comma-separated: hello, new-conn, cpu or file (their
+    /// routes, over --connections; the others depend on time or rate).
     #[arg(
         long,
         value_delimiter = ',',
@@ -496,6 +496,18 @@ fn run_cost(args: CostArgs) -> anyhow::Result<ExitCode> {
     let mut scen = args.scenarios.clone();
     scen.sort();
     scen.dedup();
+    if let Some(s) = scen.iter().find(|s| {
+        !matches!(
+            s,
+            Scenario::Hello | Scenario::NewConn | Scenario::Cpu | Scenario::File
+        )
+    }) {
+        return Err(Usage(format!(
+            "--scenarios {}: iomodels cost measures hello, new-conn, cpu and file (the others depend on time or rate)",
+            s.name()
+        ))
+        .into());
+    }
     let protocols = protocols(args.protocol);
     let plan = cost_plan(
         cost::CostPlan {
