@@ -257,9 +257,9 @@ fn cpu_chart(rows: &[&Row], out: &mut String) -> DrawResult {
     Ok(())
 }
 
-/// Instructions per request under valgrind per model: hello (left) and a
-/// new connection per request (right, outlined); error bars: the
-/// repetitions' range.
+/// Instructions per request under valgrind per model (log axis): hello
+/// (left) and a new connection per request (right, outlined); error bars:
+/// the repetitions' range.
 fn instructions_chart(costs: &[&crate::cost::InstrCost], out: &mut String) -> DrawResult {
     let mut models: Vec<String> = Vec::new();
     for c in costs {
@@ -270,8 +270,11 @@ fn instructions_chart(costs: &[&crate::cost::InstrCost], out: &mut String) -> Dr
     let ymax = costs
         .iter()
         .flat_map(|c| c.samples.iter().copied().chain(c.per_request))
-        .fold(100.0, f64::max)
-        * 1.15;
+        .fold(1000.0, f64::max)
+        * 2.0;
+    // A log axis: swoole's or thread-per-connection's tens of thousands
+    // beside the event loops' few thousand.
+    let ymin = 100.0;
     let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
     root.fill(&WHITE)?;
     let (plot, leg) = charts::with_legend(&root, 190);
@@ -279,13 +282,13 @@ fn instructions_chart(costs: &[&crate::cost::InstrCost], out: &mut String) -> Dr
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(80)
-        .build_cartesian_2d(0f64..models.len().max(1) as f64, 0f64..ymax)?;
+        .build_cartesian_2d(0f64..models.len().max(1) as f64, (ymin..ymax).log_scale())?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(models.len() * 2 + 1)
         .x_label_formatter(&|x| category_label(*x, &models))
-        .y_desc("user-space instructions per request")
+        .y_desc("user-space instructions per request (log)")
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
     for c in costs {
@@ -295,19 +298,19 @@ fn instructions_chart(costs: &[&crate::cost::InstrCost], out: &mut String) -> Dr
         let right = c.scenario != Scenario::Hello;
         let x0 = mi + 0.1 + if right { 0.4 } else { 0.0 };
         chart.draw_series(std::iter::once(Rectangle::new(
-            [(x0, 0.0), (x0 + 0.38, v)],
+            [(x0, ymin), (x0 + 0.38, v.max(ymin))],
             s.color.filled(),
         )))?;
         if right {
             chart.draw_series(std::iter::once(Rectangle::new(
-                [(x0, 0.0), (x0 + 0.38, v)],
+                [(x0, ymin), (x0 + 0.38, v.max(ymin))],
                 BLACK.stroke_width(1),
             )))?;
         }
         if c.samples.len() > 1 {
             let (lo, hi) = summary::range(&c.samples);
             chart.draw_series(std::iter::once(PathElement::new(
-                vec![(x0 + 0.19, lo), (x0 + 0.19, hi)],
+                vec![(x0 + 0.19, lo.max(ymin)), (x0 + 0.19, hi.max(ymin))],
                 BLACK.stroke_width(1),
             )))?;
         }
