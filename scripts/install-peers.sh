@@ -2,7 +2,8 @@
 # Installs the Debian packages the tests, benchmarks and the default run
 # use, when missing: curl, cgi-fcgi (libfcgi-bin: an independent FastCGI
 # client), wrk, strace, hyperfine, chromium (headless, for the report
-# test), and the peers `iomodels` runs as rows beside the models: nginx
+# test), valgrind (`iomodels cost`: instructions per request), and the
+# peers `iomodels` runs as rows beside the models: nginx
 # (nginx-light), Apache (apache2: prefork, worker and event MPMs),
 # lighttpd, php-fpm with the PHP command line (php-cli), fcgiwrap.
 # Runs `apt-get update` once, only if something is missing. Needs root (or
@@ -19,7 +20,7 @@ present() {
 
 need=()
 for pair in curl:curl libfcgi-bin:cgi-fcgi nginx-light:nginx wrk:wrk strace:strace \
-  hyperfine:hyperfine chromium:chromium apache2:apache2 lighttpd:lighttpd \
+  hyperfine:hyperfine chromium:chromium valgrind:valgrind apache2:apache2 lighttpd:lighttpd \
   'php-fpm:php-fpm*' php-cli:php fcgiwrap:fcgiwrap; do
   pkg=${pair%%:*} cmd=${pair#*:}
   present "$cmd" || need+=("$pkg")

@@ -1,25 +1,61 @@
-//! `iomodels compare BASE NEW`: the regression gate.
+//! `iomodels compare BASE NEW`: the regression gate, made not to cry wolf
+//! on a shared machine (suite/README.md, "The regression gate").
 //!
-//! The rule (suite/README.md): figures are medians over repetitions. Gated
-//! at `--threshold`: each run's **server CPU µs per request** (lower is
-//! better), the steadiest figure on a shared machine. Gated at twice the
-//! threshold: its **requests/s as a ratio to epoll-server's** in the same
-//! result set (higher is better) — it cancels a uniformly slower machine
-//! but still moves when a neighbour's load comes and goes between runs.
-//! Raw requests/s and p99 latency are informational (shown, never failing). Runs with fewer
-//! than [`MIN_REQUESTS`] requests on either side are informational too:
-//! too few to measure a per-request cost.
+//! * **Deterministic figures, gated at their own thresholds**: valgrind's
+//!   instructions per request (`--instr-threshold`, 2 %), and the counted
+//!   context switches and read+write system calls per request
+//!   (`--count-threshold`, 5 %, and at least [`MIN_COUNT_CHANGE`] per
+//!   request: 0.02 → 0.03 switches per request is not a regression).
+//!   Context switches of an event loop depend on timing (whether its wait
+//!   found work already there), so they must also exceed their A/A floor.
+//! * **Wall-clock figures, gated only beyond the noise**: server CPU µs per
+//!   request and requests/s as a ratio to epoll-server's in the same round
+//!   count only when the change is larger than both `--threshold` and the
+//!   noise floor the A/A check measured in either result set. Without an
+//!   A/A check in either set, or with tick-based CPU, they are informational.
+//! * **Repetitions agree**: a gated figure regresses only when every
+//!   repetition agrees — the new set's best repetition is worse than the
+//!   base's worst (with `--repeat 3` on both sides; a single run is its own
+//!   range).
+//! * **Informational**: raw requests/s and p99 latency, and every figure of
+//!   a run with fewer than [`MIN_REQUESTS`] requests on either side.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde_json::json;
 
+use crate::noise;
 use crate::results::Results;
 use crate::summary::{self, Row};
 
 /// Below this many requests a run's figures are informational.
 pub const MIN_REQUESTS: f64 = 1000.0;
+
+/// A change of a counted figure (context switches, read+write calls) per
+/// request smaller than this is never a regression, whatever its percentage.
+pub const MIN_COUNT_CHANGE: f64 = 0.05;
+
+/// The thresholds of the gate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// Wall-clock figures (CPU µs/request, ratio to epoll), beyond the noise floor too.
+    pub wall: f64,
+    /// Instructions per request.
+    pub instructions: f64,
+    /// Context switches and read+write calls per request.
+    pub counts: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            wall: 0.10,
+            instructions: 0.02,
+            counts: 0.05,
+        }
+    }
+}
 
 /// One compared figure.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +76,8 @@ pub struct Change {
     pub allowed: f64,
     /// Worse than the threshold (and gated).
     pub regressed: bool,
+    /// Why a figure is informational, when it is not just by kind.
+    pub note: Option<&'static str>,
 }
 
 /// The outcome of a comparison.
@@ -51,8 +89,11 @@ pub struct Comparison {
     pub only_new: Vec<String>,
     /// How many keys only the base has (a shorter matrix ran).
     pub only_base: usize,
-    /// Threshold as a fraction.
-    pub threshold: f64,
+    /// The thresholds.
+    pub thresholds: Thresholds,
+    /// The noise floor: (requests/s, CPU, context switches), the larger
+    /// of the two sets' A/A floors; `None` without A/A data.
+    pub noise: Option<(f64, f64, f64)>,
 }
 
 impl Comparison {
@@ -76,17 +117,76 @@ pub fn parse_threshold(s: &str) -> Result<f64, String> {
 }
 
 /// Compares two result sets.
-pub fn compare(base: &Results, new: &Results, threshold: f64) -> Comparison {
-    let b: BTreeMap<String, Row> = summary::rows(base)
+pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
+    let base_rows = summary::rows(base);
+    let new_rows = summary::rows(new);
+    let noise = {
+        let floors: Vec<noise::NoiseFloor> = [noise::floor(&base_rows), noise::floor(&new_rows)]
+            .into_iter()
+            .flatten()
+            .collect();
+        (!floors.is_empty()).then(|| {
+            (
+                floors.iter().map(|f| f.rps).fold(0.0, f64::max),
+                floors.iter().map(|f| f.cpu_us).fold(0.0, f64::max),
+                floors.iter().map(|f| f.csw).fold(0.0, f64::max),
+            )
+        })
+    };
+    let b: BTreeMap<String, Row> = base_rows
         .into_iter()
+        .filter(|r| !r.aa)
         .map(|r| (r.key.clone(), r))
         .collect();
-    let n: BTreeMap<String, Row> = summary::rows(new)
+    let n: BTreeMap<String, Row> = new_rows
         .into_iter()
+        .filter(|r| !r.aa)
         .map(|r| (r.key.clone(), r))
         .collect();
     let mut changes = Vec::new();
     let mut only_new = Vec::new();
+    let mut push = |key: &str,
+                    metric: &'static str,
+                    (bv, nv): (f64, f64),
+                    higher_better: bool,
+                    gate: Result<f64, &'static str>,
+                    min_abs: f64,
+                    ranges: Option<((f64, f64), (f64, f64))>| {
+        if bv <= 0.0 {
+            return;
+        }
+        let change = nv / bv - 1.0;
+        let worse = if higher_better { -change } else { change };
+        let (gated, allowed, mut note) = match gate {
+            Ok(a) => (true, a, None),
+            Err(why) => (false, 0.0, Some(why).filter(|w| !w.is_empty())),
+        };
+        // A regression is a change every repetition agrees on: the worst
+        // of the base's repetitions is still better than the best of the
+        // new set's.
+        let apart = ranges.is_none_or(|((b_lo, b_hi), (n_lo, n_hi))| {
+            if higher_better {
+                n_hi < b_lo
+            } else {
+                n_lo > b_hi
+            }
+        });
+        let beyond = gated && worse > allowed && (nv - bv).abs() > min_abs;
+        if beyond && !apart {
+            note = Some("beyond the threshold, but the repetitions overlap");
+        }
+        changes.push(Change {
+            key: key.to_string(),
+            metric,
+            base: bv,
+            new: nv,
+            change,
+            gated,
+            allowed,
+            regressed: beyond && apart,
+            note,
+        });
+    };
     for (k, nr) in &n {
         let Some(br) = b.get(k) else {
             only_new.push(k.clone());
@@ -96,75 +196,177 @@ pub fn compare(base: &Results, new: &Results, threshold: f64) -> Comparison {
             continue;
         }
         let enough = br.requests >= MIN_REQUESTS && nr.requests >= MIN_REQUESTS;
-        // (metric, base, new, higher is better, gated, allowed worsening)
-        let mut figs: Vec<(&'static str, f64, f64, bool, bool, f64)> = vec![
-            (
-                "cpu_us_per_request",
-                br.cpu_us,
-                nr.cpu_us,
-                false,
-                enough,
-                threshold,
-            ),
-            ("requests_per_s", br.rps, nr.rps, true, false, threshold),
-            ("p99_us", br.p99_us, nr.p99_us, false, false, threshold),
-        ];
+        let few: Result<f64, &str> = Err("fewer than 1,000 requests");
+        // Wall-clock figures: beyond the threshold and the noise floor.
+        let wall = |floor: Option<f64>| -> Result<f64, &'static str> {
+            match floor {
+                _ if !enough => few,
+                None => Err("no A/A noise floor in either set"),
+                Some(f) => Ok(t.wall.max(f)),
+            }
+        };
+        let cpu_gate = if br.cpu_ticks || nr.cpu_ticks {
+            Err("tick-based CPU")
+        } else {
+            wall(noise.map(|x| x.1))
+        };
+        push(
+            k,
+            "cpu_us_per_request",
+            (br.cpu_us, nr.cpu_us),
+            false,
+            cpu_gate,
+            0.0,
+            Some((br.cpu_range, nr.cpu_range)),
+        );
         if let (Some(x), Some(y)) = (br.ratio_to_epoll, nr.ratio_to_epoll) {
             if br.model != "epoll" {
-                figs.push(("rps_ratio_to_epoll", x, y, true, enough, 2.0 * threshold));
+                push(
+                    k,
+                    "rps_ratio_to_epoll",
+                    (x, y),
+                    true,
+                    wall(noise.map(|x| x.0)),
+                    0.0,
+                    br.ratio_range.zip(nr.ratio_range),
+                );
             }
         }
-        for (metric, bv, nv, higher_better, gated, allowed) in figs {
-            if bv <= 0.0 {
-                continue;
+        // Counted figures: a fixed threshold. Read+write calls repeat to a
+        // tenth of a percent; context switches of an event loop depend on
+        // whether its wait found work already there (timing), so they are
+        // also allowed the A/A floor of context switches when there is one.
+        let counted = |exact: bool, floor: f64| -> Result<f64, &'static str> {
+            match () {
+                _ if !enough => few,
+                _ if !exact => Err("not counted exactly in both sets"),
+                _ => Ok(t.counts.max(floor)),
             }
-            let change = nv / bv - 1.0;
-            let worse = if higher_better { -change } else { change };
-            changes.push(Change {
-                key: k.clone(),
-                metric,
-                base: bv,
-                new: nv,
-                change,
-                gated,
-                allowed,
-                regressed: gated && worse > allowed,
-            });
+        };
+        push(
+            k,
+            "csw_per_request",
+            (br.csw, nr.csw),
+            false,
+            counted(br.csw_exact && nr.csw_exact, noise.map_or(0.0, |x| x.2)),
+            MIN_COUNT_CHANGE,
+            Some((br.csw_range, nr.csw_range)),
+        );
+        if let (Some(x), Some(y)) = (br.rw_calls, nr.rw_calls) {
+            push(
+                k,
+                "rw_calls_per_request",
+                (x, y),
+                false,
+                counted(true, 0.0),
+                MIN_COUNT_CHANGE,
+                br.rw_range.zip(nr.rw_range),
+            );
+        }
+        push(
+            k,
+            "requests_per_s",
+            (br.rps, nr.rps),
+            true,
+            Err(""),
+            0.0,
+            None,
+        );
+        push(
+            k,
+            "p99_us",
+            (br.p99_us, nr.p99_us),
+            false,
+            Err(""),
+            0.0,
+            None,
+        );
+    }
+    let mut only_base = b.keys().filter(|k| !n.contains_key(*k)).count();
+    // Instructions per request (valgrind): gated at their own threshold.
+    // A model whose repetitions spread (threads handing work to each
+    // other) is allowed its spread on both sides on top of the threshold.
+    let bc: BTreeMap<String, (f64, f64)> = base
+        .cost
+        .iter()
+        .filter_map(|c| Some((c.key(), (c.per_request?, c.spread()))))
+        .collect();
+    for c in &new.cost {
+        let Some(nv) = c.per_request else { continue };
+        match bc.get(&c.key()) {
+            Some(&(bv, bs)) => push(
+                &c.key(),
+                "instructions_per_request",
+                (bv, nv),
+                false,
+                Ok(t.instructions + bs + c.spread()),
+                0.0,
+                None,
+            ),
+            None => only_new.push(format!("{} (instructions)", c.key())),
         }
     }
-    let only_base = b.keys().filter(|k| !n.contains_key(*k)).count();
+    only_base += bc
+        .keys()
+        .filter(|k| {
+            !new.cost
+                .iter()
+                .any(|c| &c.key() == *k && c.per_request.is_some())
+        })
+        .count();
     Comparison {
         changes,
         only_new,
         only_base,
-        threshold,
+        thresholds: t,
+        noise,
     }
 }
 
 /// The comparison as Markdown: regressions first, then the rest.
 pub fn markdown(c: &Comparison) -> String {
+    let t = c.thresholds;
     let mut s = format!(
-        "Gated: server CPU µs/request at {:.0} %, requests/s relative to epoll-server at {:.0} %; raw requests/s and p99 are informational.\n\n\
-         | run | metric | base | new | change | verdict |\n|---|---|---:|---:|---:|---|\n",
-        c.threshold * 100.0,
-        c.threshold * 200.0
+        "Gated: instructions/request at {:.1} %; context switches and read+write calls/request at {:.0} % \
+         (and > {MIN_COUNT_CHANGE} per request; context switches also beyond their A/A floor); server CPU µs/request and requests/s relative to epoll-server \
+         beyond {:.0} % and the noise floor ({}). Raw requests/s and p99 are informational.\n\n\
+         | run | metric | base | new | change | allowed | verdict |\n|---|---|---:|---:|---:|---:|---|\n",
+        t.instructions * 100.0,
+        t.counts * 100.0,
+        t.wall * 100.0,
+        match c.noise {
+            Some((rps, cpu, csw)) => format!(
+                "A/A: requests/s {:.1} %, CPU {:.1} %, context switches {:.1} %",
+                rps * 100.0,
+                cpu * 100.0,
+                csw * 100.0
+            ),
+            None => "no A/A check in either set: wall-clock figures informational".into(),
+        }
     );
     let mut sorted: Vec<&Change> = c.changes.iter().collect();
     sorted.sort_by_key(|x| (!x.regressed, !x.gated));
     for ch in sorted {
-        let verdict = match (ch.regressed, ch.gated) {
-            (true, _) => "**REGRESSED**",
-            (false, true) => "ok",
-            (false, false) => "info",
+        let verdict = match (ch.regressed, ch.gated, ch.note) {
+            (true, _, _) => "**REGRESSED**".to_string(),
+            (false, true, Some(n)) => format!("ok ({n})"),
+            (false, true, None) => "ok".to_string(),
+            (false, false, Some(n)) => format!("info ({n})"),
+            (false, false, None) => "info".to_string(),
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.3} | {:.3} | {:+.1}% | {verdict} |",
+            "| {} | {} | {:.3} | {:.3} | {:+.1}% | {} | {verdict} |",
             ch.key,
             ch.metric,
             ch.base,
             ch.new,
-            ch.change * 100.0
+            ch.change * 100.0,
+            if ch.gated {
+                format!("{:.1}%", ch.allowed * 100.0)
+            } else {
+                String::new()
+            }
         );
     }
     if !c.only_new.is_empty() {
@@ -197,16 +399,26 @@ pub fn markdown(c: &Comparison) -> String {
 /// Bencher Metric Format: `{ "model/scenario/proto": { measure: {value} } }`.
 pub fn bmf(r: &Results) -> serde_json::Value {
     let mut m = serde_json::Map::new();
-    for row in summary::rows(r).into_iter().filter(|r| r.reps > 0) {
+    for row in summary::rows(r).into_iter().filter(|r| r.reps > 0 && !r.aa) {
         let mut v = json!({
             "throughput": {"value": row.rps},
             "cpu-us-per-request": {"value": row.cpu_us},
             "latency-p99-us": {"value": row.p99_us},
+            "csw-per-request": {"value": row.csw},
         });
         if let Some(x) = row.ratio_to_epoll {
             v["rps-ratio-to-epoll"] = json!({"value": x});
         }
+        if let Some(x) = row.rw_calls {
+            v["rw-calls-per-request"] = json!({"value": x});
+        }
         m.insert(row.key, v);
+    }
+    for c in &r.cost {
+        if let Some(x) = c.per_request {
+            let e = m.entry(c.key()).or_insert_with(|| json!({}));
+            e["instructions-per-request"] = json!({"value": x});
+        }
     }
     serde_json::Value::Object(m)
 }

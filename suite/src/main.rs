@@ -23,7 +23,7 @@ use iomodels_suite::peers::{self, Peer};
 use iomodels_suite::results::{Machine, RunConfig, SCHEMA_VERSION};
 use iomodels_suite::runner::Plan;
 use iomodels_suite::scenarios::{self, Scenario};
-use iomodels_suite::{compare, models, report, results, runner, summary, sweep};
+use iomodels_suite::{compare, cost, models, report, results, runner, summary, sweep};
 use loadgen::Protocol;
 
 /// Benchmark suite for server I/O models: runs every server model through
@@ -62,13 +62,25 @@ enum Cmd {
         base: PathBuf,
         /// The new results file.
         new: PathBuf,
-        /// Allowed worsening of a gated figure: 10% or 0.1.
+        /// Allowed worsening of a wall-clock figure (server CPU µs/request,
+        /// requests/s relative to epoll-server), gated only when the change
+        /// is also beyond the A/A noise floor: 10% or 0.1.
         #[arg(long, default_value = "10%", value_parser = compare::parse_threshold)]
         threshold: f64,
+        /// Allowed worsening of instructions per request (valgrind).
+        #[arg(long, default_value = "2%", value_parser = compare::parse_threshold)]
+        instr_threshold: f64,
+        /// Allowed worsening of context switches and read+write calls per request.
+        #[arg(long, default_value = "5%", value_parser = compare::parse_threshold)]
+        count_threshold: f64,
         /// Also write NEW's figures as Bencher Metric Format JSON here.
         #[arg(long)]
         bmf: Option<PathBuf>,
     },
+    /// Instructions per request of each model under valgrind: two request
+    /// counts subtracted, so start-up cancels. Deterministic, unlike
+    /// anything timed: the CI gate's first figure.
+    Cost(CostArgs),
     /// List the models this suite knows and the server binaries found.
     Models {
         /// Print only the model names, one a line (for scripts): the known
@@ -76,6 +88,50 @@ enum Cmd {
         #[arg(long)]
         names: bool,
     },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct CostArgs {
+    /// Models to measure, comma-separated [default: every `*-server`
+    /// beside iomodels; io_uring models are listed as skipped].
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+    /// Scenarios, comma-separated: hello, new-conn, cpu or file (their
+    /// routes, over --connections; the others depend on time or rate).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_enum,
+        default_value = "hello,new-conn"
+    )]
+    scenarios: Vec<Scenario>,
+    /// Protocols.
+    #[arg(long, value_enum, default_value = "http")]
+    protocol: ProtocolArg,
+    /// The two request counts whose difference prices one request.
+    #[arg(long, value_delimiter = ',', default_value = "2000,12000")]
+    requests: Vec<u64>,
+    /// Connections of the load. One makes single-threaded models exact;
+    /// with more, how many requests one wake-up serves depends on timing.
+    #[arg(short = 'c', long, default_value_t = 1)]
+    connections: usize,
+    /// Measure each pair of counts N times; the median is reported and
+    /// the spread shown (and allowed by `compare`).
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+    /// Server --workers (as many as connections: a blocking model with
+    /// fewer workers would leave connections waiting in its backlog).
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Directory that receives `<run-id>/`.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// Also write Bencher Metric Format JSON here.
+    #[arg(long)]
+    bmf: Option<PathBuf>,
+    /// Directory holding the server binaries [default: beside iomodels].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
 }
 
 /// Protocol choice on the command line.
@@ -126,9 +182,23 @@ struct RunArgs {
     /// Models the idle sweep runs for, comma-separated, or `all`.
     #[arg(long, value_delimiter = ',', default_value = "select,poll,epoll")]
     idle_models: Vec<String>,
-    /// Add an `strace -f -c` pass per model: system calls per request.
+    /// Run this model a second time in every round, right after itself
+    /// (an A/A check): the two copies differ only by noise, and that
+    /// difference is the run's noise floor, printed in the report and used
+    /// by `compare`. `none` turns it off [default: epoll when it runs, else
+    /// the first model].
+    #[arg(long, value_name = "MODEL")]
+    aa: Option<String>,
+    /// Add an `strace -f -c` pass per model: system calls per request by
+    /// name, measured under strace (which slows the server and changes its
+    /// batching: read the names, trust /proc's read+write counts).
     #[arg(long)]
     syscalls: bool,
+    /// Add `iomodels cost`'s pass (hello and new-conn over HTTP, 2,000 and
+    /// 12,000 requests on one connection under valgrind, as many
+    /// repetitions as --repeat, at most 2) to this result set.
+    #[arg(long)]
+    cost: bool,
     /// Directory that receives `<run-id>/`.
     #[arg(long, default_value = "results")]
     out: PathBuf,
@@ -383,6 +453,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cmd {
         Cmd::Run(args) => run_matrix(args),
+        Cmd::Cost(args) => run_cost(args),
         Cmd::Sweep(args) => run_sweep(args),
         Cmd::Lab { cmd } => run_lab(cmd),
         Cmd::Report { results, out } => {
@@ -397,6 +468,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             base,
             new,
             threshold,
+            instr_threshold,
+            count_threshold,
             bmf,
         } => {
             let b = results::Results::load(&base)?;
@@ -404,7 +477,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(path) = bmf {
                 write_bmf(&n, &path)?;
             }
-            let c = compare::compare(&b, &n, threshold);
+            let c = compare::compare(
+                &b,
+                &n,
+                compare::Thresholds {
+                    wall: threshold,
+                    instructions: instr_threshold,
+                    counts: count_threshold,
+                },
+            );
             print_out(&compare::markdown(&c));
             Ok(if c.failed() {
                 ExitCode::FAILURE
@@ -467,6 +548,131 @@ fn write_bmf(r: &results::Results, path: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
+fn protocols(p: ProtocolArg) -> Vec<Protocol> {
+    match p {
+        ProtocolArg::Http => vec![Protocol::Http],
+        ProtocolArg::Fcgi => vec![Protocol::Fcgi],
+        ProtocolArg::Both => vec![Protocol::Http, Protocol::Fcgi],
+    }
+}
+
+/// Checks `plan` (its counts taken from `requests`) and that valgrind is there.
+fn cost_plan(mut plan: cost::CostPlan, requests: &[u64]) -> anyhow::Result<cost::CostPlan> {
+    let [small, large] = requests else {
+        return Err(Usage(format!(
+            "--requests takes two counts, small and large (e.g. 2000,12000), not {requests:?}"
+        ))
+        .into());
+    };
+    if small >= large || plan.connections == 0 || plan.workers == 0 || plan.repeat == 0 {
+        return Err(Usage(
+            "--requests needs a small count then a larger one; --connections, --workers and --repeat at least 1".into(),
+        )
+        .into());
+    }
+    if cost::valgrind_version().is_none() {
+        anyhow::bail!("valgrind is not installed (scripts/install-peers.sh installs it)");
+    }
+    plan.counts = (*small, *large);
+    Ok(plan)
+}
+
+fn run_cost(args: CostArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.bin_dir.clone().unwrap_or_else(models::bin_dir);
+    let (models, missing) = choose_models(&dir, &args.models)?;
+    let mut scen = args.scenarios.clone();
+    scen.sort();
+    scen.dedup();
+    if let Some(s) = scen.iter().find(|s| {
+        !matches!(
+            s,
+            Scenario::Hello | Scenario::NewConn | Scenario::Cpu | Scenario::File
+        )
+    }) {
+        return Err(Usage(format!(
+            "--scenarios {}: iomodels cost measures hello, new-conn, cpu and file (the others depend on time or rate)",
+            s.name()
+        ))
+        .into());
+    }
+    let protocols = protocols(args.protocol);
+    let plan = cost_plan(
+        cost::CostPlan {
+            bin_dir: dir.clone(),
+            models: models.clone(),
+            scenarios: scen.clone(),
+            protocols: protocols.clone(),
+            counts: (0, 0),
+            connections: args.connections,
+            workers: args.workers,
+            repeat: args.repeat,
+        },
+        &args.requests,
+    )?;
+    let start = SystemTime::now();
+    let run_id = results::run_id(start);
+    eprintln!(
+        "iomodels: instructions per request under valgrind: {} model(s) × {} scenario(s) × {} protocol(s), {} and {} requests",
+        models.len(),
+        scen.len(),
+        protocols.len(),
+        plan.counts.0,
+        plan.counts.1
+    );
+    let costs = cost::run(&plan, true);
+    let r = results::Results {
+        schema_version: SCHEMA_VERSION,
+        run_id: run_id.clone(),
+        machine: Machine::current(),
+        config: RunConfig {
+            models,
+            scenarios: scen,
+            protocols,
+            duration_s: 0.0,
+            warmup_s: 0.0,
+            repeat: 1,
+            workers: args.workers,
+            idle_levels: Vec::new(),
+            idle_models: Vec::new(),
+            missing,
+            peers: Vec::new(),
+        },
+        runs: Vec::new(),
+        syscalls: Vec::new(),
+        cost: costs,
+        sweep: None,
+        sweeps: Vec::new(),
+    };
+    let (json, html) = save(&r, &args.out, args.bmf.as_deref())?;
+    print_out(&cost::table(&r.cost));
+    let took = start.elapsed().map_or(0.0, |d| d.as_secs_f64());
+    print_out(&format!(
+        "\nresults: {}\nreport:  {} (and report.md), {took:.0} s\n",
+        json.display(),
+        html.display()
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `<out>/<run-id>/results.json`, the reports and BMF; returns the
+/// JSON and HTML paths.
+fn save(
+    r: &results::Results,
+    out: &Path,
+    bmf: Option<&Path>,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let out_dir = out.join(&r.run_id);
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
+    let json = out_dir.join("results.json");
+    r.save(&json)?;
+    let html = report::write(r, &out_dir)?;
+    if let Some(path) = bmf {
+        write_bmf(r, path)?;
+    }
+    Ok((json, html))
+}
+
 fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
     let dir = args.bin_dir.clone().unwrap_or_else(models::bin_dir);
     let peers_named = peers::parse_list(&args.peers).map_err(Usage)?;
@@ -494,10 +700,23 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     scen.sort();
     scen.dedup();
-    let protocols = match args.protocol {
-        ProtocolArg::Http => vec![Protocol::Http],
-        ProtocolArg::Fcgi => vec![Protocol::Fcgi],
-        ProtocolArg::Both => vec![Protocol::Http, Protocol::Fcgi],
+    let protocols = protocols(args.protocol);
+    let cost_plan = if args.cost {
+        Some(cost_plan(
+            cost::CostPlan {
+                bin_dir: dir.clone(),
+                models: models.clone(),
+                scenarios: vec![Scenario::Hello, Scenario::NewConn],
+                protocols: vec![Protocol::Http],
+                counts: (0, 0),
+                connections: 1,
+                workers: 4,
+                repeat: args.repeat.min(2),
+            },
+            &[2000, 12000],
+        )?)
+    } else {
+        None
     };
     if args.repeat == 0 || args.workers == 0 {
         return Err(Usage("--repeat and --workers must be at least 1".into()).into());
@@ -509,6 +728,19 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         None
     } else {
         Some(args.idle_models.clone())
+    };
+    let aa = match args.aa.as_deref() {
+        Some("none") => None,
+        Some(m) if models.iter().any(|x| x == m) => Some(m.to_string()),
+        Some(m) => {
+            return Err(Usage(format!(
+                "--aa {m}: not among the models run ({})",
+                models.join(", ")
+            ))
+            .into())
+        }
+        None if models.iter().any(|x| x == "epoll") => Some("epoll".to_string()),
+        None => models.first().cloned(),
     };
     for p in &peer_list {
         if !protocols.contains(&p.protocol()) {
@@ -568,6 +800,7 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
             .reduce(f64::min)
     });
     let plan = Plan {
+        aa,
         bin_dir: dir.clone(),
         models: models.clone(),
         scenarios: scen
@@ -627,6 +860,10 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         runs,
         syscalls,
+        cost: cost_plan
+            .as_ref()
+            .map(|p| cost::run(p, true))
+            .unwrap_or_default(),
         sweep: spec,
         sweeps: curves,
     };
@@ -639,6 +876,9 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         write_bmf(&results, path)?;
     }
     print_out(&summary::table(&summary::rows(&results)));
+    if !results.cost.is_empty() {
+        print_out(&format!("\n{}", cost::table(&results.cost)));
+    }
     if !results.sweeps.is_empty() {
         print_out(&format!("\n{}", sweep::capacity_table(&results.sweeps)));
     }
@@ -714,6 +954,7 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
         },
         runs: Vec::new(),
         syscalls: Vec::new(),
+        cost: Vec::new(),
         sweep: Some(spec),
         sweeps: curves,
     };

@@ -10,6 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::accounting::{CpuReading, CpuSource, CswSource};
+
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
 fn ticks_per_second() -> f64 {
     // SAFETY: sysconf reads a constant of the system; no memory is involved.
@@ -40,6 +42,14 @@ pub struct Snapshot {
     pub peak_rss_kib: u64,
     /// Sum of proportional set sizes (smaps_rollup `Pss`), KiB.
     pub pss_kib: u64,
+    /// read(2)-family system calls (`/proc/PID/io` `syscr`), summed over
+    /// the tree: each process's figure covers its exited threads and its
+    /// reaped children too.
+    #[serde(default)]
+    pub syscr: u64,
+    /// write(2)-family system calls (`syscw`), likewise.
+    #[serde(default)]
+    pub syscw: u64,
 }
 
 /// Every pid of the tree rooted at `root`, root first.
@@ -103,6 +113,10 @@ pub fn snapshot(root: u32) -> Snapshot {
             s.threads += field(&status, "Threads").unwrap_or(0);
             s.peak_rss_kib += field(&status, "VmHWM").unwrap_or(0);
         }
+        if let Ok(io) = std::fs::read_to_string(format!("/proc/{pid}/io")) {
+            s.syscr += field(&io, "syscr").unwrap_or(0);
+            s.syscw += field(&io, "syscw").unwrap_or(0);
+        }
         if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
             s.pss_kib += field(&rollup, "Pss").unwrap_or(0);
         }
@@ -142,6 +156,46 @@ pub struct Cost {
     pub peak_rss_kib: u64,
     /// Sum of PSS over the tree, KiB.
     pub pss_kib: u64,
+    /// How the CPU figures were measured (`proc-ticks` in files written
+    /// before cgroup accounting existed).
+    #[serde(default = "ticks")]
+    pub cpu_source: CpuSource,
+    /// Context switches per request, every thread and child counted
+    /// (exited ones too when `csw_source` is `perf`).
+    #[serde(default)]
+    pub csw_per_request: Option<f64>,
+    /// How `csw_per_request` was counted.
+    #[serde(default)]
+    pub csw_source: Option<CswSource>,
+    /// read(2)-family system calls per request (`/proc/PID/io` `syscr`,
+    /// read, readv, pread…; not recv*, not io_uring).
+    #[serde(default)]
+    pub syscr_per_request: Option<f64>,
+    /// write(2)-family system calls per request (`syscw`).
+    #[serde(default)]
+    pub syscw_per_request: Option<f64>,
+    /// The cgroup's peak memory (v2 `memory.peak`, v1
+    /// `memory.max_usage_in_bytes`) over the server's life, KiB.
+    #[serde(default)]
+    pub cgroup_peak_kib: Option<u64>,
+}
+
+fn ticks() -> CpuSource {
+    CpuSource::ProcTicks
+}
+
+impl Cost {
+    /// Context switches per request: the exact count when there is one,
+    /// else the /proc live-thread sum.
+    pub fn csw(&self) -> f64 {
+        self.csw_per_request
+            .unwrap_or(self.voluntary_csw_per_request + self.involuntary_csw_per_request)
+    }
+
+    /// read + write system calls per request, when measured.
+    pub fn syscalls_rw(&self) -> Option<f64> {
+        Some(self.syscr_per_request? + self.syscw_per_request?)
+    }
 }
 
 impl Cost {
@@ -177,7 +231,45 @@ impl Cost {
             threads: after.threads,
             peak_rss_kib: after.peak_rss_kib,
             pss_kib: after.pss_kib,
+            cpu_source: CpuSource::ProcTicks,
+            csw_per_request: None,
+            csw_source: Some(CswSource::ProcLiveThreads),
+            syscr_per_request: Some(per(after.syscr.saturating_sub(before.syscr) as f64)),
+            syscw_per_request: Some(per(after.syscw.saturating_sub(before.syscw) as f64)),
+            cgroup_peak_kib: None,
         }
+    }
+
+    /// Replaces the CPU figures with a cgroup's exact ones, read before and
+    /// after the same `requests` made in `wall_s` seconds.
+    pub fn with_cgroup_cpu(
+        mut self,
+        source: CpuSource,
+        before: CpuReading,
+        after: CpuReading,
+        requests: u64,
+        wall_s: f64,
+    ) -> Cost {
+        let us = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1000.0 / requests.max(1) as f64;
+        if requests > 0 {
+            self.user_us_per_request = us(after.user_ns, before.user_ns);
+            self.sys_us_per_request = us(after.sys_ns, before.sys_ns);
+            self.cpu_us_per_request = us(after.total_ns, before.total_ns);
+        }
+        if wall_s > 0.0 {
+            self.cpu_cores = after.total_ns.saturating_sub(before.total_ns) as f64 / 1e9 / wall_s;
+        }
+        self.cpu_source = source;
+        self
+    }
+
+    /// Sets the exact context switches from a counter's two readings.
+    pub fn with_csw_count(mut self, before: u64, after: u64, requests: u64) -> Cost {
+        if requests > 0 {
+            self.csw_per_request = Some(after.saturating_sub(before) as f64 / requests as f64);
+            self.csw_source = Some(CswSource::Perf);
+        }
+        self
     }
 }
 

@@ -1,8 +1,8 @@
 //! Reports rebuilt from a results file: `report.md` (tables) and a
 //! self-contained `report.html` whose charts are inline SVG drawn with
 //! plotters' SVG backend. Every chart's `<svg>` has a stable id:
-//! `chart-rps-P`, `chart-latency-P`, `chart-idle-P`, `chart-cpu-P` for each
-//! protocol P present, and for each swept route R (slugged: `hello`,
+//! `chart-rps-P`, `chart-latency-P`, `chart-idle-P`, `chart-cpu-P` and
+//! `chart-instructions-P` for each protocol P present, and for each swept route R (slugged: `hello`,
 //! `wait-us-10000`) `chart-sweep-R-P` and `chart-capacity-R-P`. Models keep
 //! one style across charts ([`crate::charts`]); legends sit right of the
 //! plots.
@@ -92,12 +92,28 @@ fn rps_chart(rows: &[&Row], out: &mut String) -> DrawResult {
             .map(|r| (x_of(r, mi) + w / 2.0, r.rps.max(1.0)))
             .collect();
         charts::gen_mark(&mut chart, &gen)?;
+        // Error bars: the smallest and largest repetition.
+        chart.draw_series(
+            rows.iter()
+                .filter(|r| &r.model == m && r.reps > 1)
+                .map(|r| {
+                    let x = x_of(r, mi) + w / 2.0;
+                    PathElement::new(
+                        vec![(x, r.rps_range.0.max(1.0)), (x, r.rps_range.1.max(1.0))],
+                        BLACK.stroke_width(1),
+                    )
+                }),
+        )?;
     }
     charts::legend(
         &leg,
         &models,
         Swatch::Bar,
-        &[charts::GEN_NOTE, charts::GEN_NOTE2],
+        &[
+            charts::GEN_NOTE,
+            charts::GEN_NOTE2,
+            "| the repetitions' range",
+        ],
     )?;
     root.present()?;
     Ok(())
@@ -164,7 +180,11 @@ fn cpu_chart(rows: &[&Row], out: &mut String) -> DrawResult {
         .filter(|r| scen.contains(&r.scenario) && r.reps > 0)
         .collect();
     let models = &models(&rows);
-    let ymax = rows.iter().map(|r| r.cpu_us).fold(1.0, f64::max) * 3.0;
+    let ymax = rows
+        .iter()
+        .map(|r| r.cpu_us.max(r.cpu_range.1))
+        .fold(1.0, f64::max)
+        * 3.0;
     let ymin = 0.5;
     let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -208,6 +228,16 @@ fn cpu_chart(rows: &[&Row], out: &mut String) -> DrawResult {
             if r.generator_limited {
                 charts::gen_mark(&mut chart, &[(x0 + 0.19, total)])?;
             }
+            if r.reps > 1 {
+                // Error bar on the total: the repetitions' range.
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![
+                        (x0 + 0.19, r.cpu_range.0.max(ymin)),
+                        (x0 + 0.19, r.cpu_range.1.max(ymin)),
+                    ],
+                    BLACK.stroke_width(1),
+                )))?;
+            }
         }
     }
     charts::legend(
@@ -227,6 +257,79 @@ fn cpu_chart(rows: &[&Row], out: &mut String) -> DrawResult {
     Ok(())
 }
 
+/// Instructions per request under valgrind per model (log axis): hello
+/// (left) and a new connection per request (right, outlined); error bars:
+/// the repetitions' range.
+fn instructions_chart(costs: &[&crate::cost::InstrCost], out: &mut String) -> DrawResult {
+    let mut models: Vec<String> = Vec::new();
+    for c in costs {
+        if !models.contains(&c.model) {
+            models.push(c.model.clone());
+        }
+    }
+    let ymax = costs
+        .iter()
+        .flat_map(|c| c.samples.iter().copied().chain(c.per_request))
+        .fold(1000.0, f64::max)
+        * 2.0;
+    // A log axis: swoole's or thread-per-connection's tens of thousands
+    // beside the event loops' few thousand.
+    let ymin = 100.0;
+    let root = SVGBackend::with_string(out, (1000, 460)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (plot, leg) = charts::with_legend(&root, 190);
+    let mut chart = ChartBuilder::on(&plot)
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..models.len().max(1) as f64, (ymin..ymax).log_scale())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(models.len() * 2 + 1)
+        .x_label_formatter(&|x| category_label(*x, &models))
+        .y_desc("user-space instructions per request (log)")
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
+    for c in costs {
+        let Some(v) = c.per_request else { continue };
+        let s = charts::style(&c.model);
+        let mi = models.iter().position(|m| *m == c.model).unwrap_or(0) as f64;
+        let right = c.scenario != Scenario::Hello;
+        let x0 = mi + 0.1 + if right { 0.4 } else { 0.0 };
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(x0, ymin), (x0 + 0.38, v.max(ymin))],
+            s.color.filled(),
+        )))?;
+        if right {
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(x0, ymin), (x0 + 0.38, v.max(ymin))],
+                BLACK.stroke_width(1),
+            )))?;
+        }
+        if c.samples.len() > 1 {
+            let (lo, hi) = summary::range(&c.samples);
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(x0 + 0.19, lo.max(ymin)), (x0 + 0.19, hi.max(ymin))],
+                BLACK.stroke_width(1),
+            )))?;
+        }
+    }
+    charts::legend(
+        &leg,
+        &models,
+        Swatch::Bar,
+        &[
+            "left bar: hello (keep-alive)",
+            "right, outlined: a new",
+            "   connection per request",
+            "| the repetitions' range",
+        ],
+    )?;
+    root.present()?;
+    Ok(())
+}
+
 /// Gives the SVG document's root element an id.
 fn with_id(svg: &str, id: &str) -> String {
     match svg.find("<svg") {
@@ -237,7 +340,11 @@ fn with_id(svg: &str, id: &str) -> String {
 
 /// Every chart the results have data for.
 pub fn charts(results: &Results) -> anyhow::Result<Vec<Chart>> {
-    let rows = summary::rows(results);
+    // A/A copies stay out of the charts (the report's A/A table has them).
+    let rows: Vec<Row> = summary::rows(results)
+        .into_iter()
+        .filter(|r| !r.aa)
+        .collect();
     let mut out = Vec::new();
     type Draw<'a> = Box<dyn Fn(&mut String) -> DrawResult + 'a>;
     let mut push =
@@ -322,6 +429,21 @@ pub fn charts(results: &Results) -> anyhow::Result<Vec<Chart>> {
             }
         }
     }
+    for p in [loadgen::Protocol::Http, loadgen::Protocol::Fcgi] {
+        let costs: Vec<&crate::cost::InstrCost> = results
+            .cost
+            .iter()
+            .filter(|c| c.protocol == p && c.per_request.is_some())
+            .collect();
+        if !costs.is_empty() {
+            push(
+                format!("instructions-{}", p.name()),
+                format!("Instructions per request under valgrind ({})", p.name()),
+                "User-space instructions the server executed per request (valgrind, two request counts subtracted so start-up cancels): deterministic, unlike anything timed, and blind to the kernel's work (system calls).".to_string(),
+                Box::new(move |s: &mut String| instructions_chart(&costs, s)),
+            )?;
+        }
+    }
     for (route, p) in crate::curves::groups(results) {
         let curves: Vec<&crate::sweep::Curve> = results
             .sweeps
@@ -368,18 +490,45 @@ fn machine_md(r: &Results) -> String {
     )
 }
 
-const HOW_TO_READ: &str = "How to read: **req/s** verified responses per second (refusals such as 503 and wrong bodies count as errors, not throughput; open loop: the achieved rate); \
-**×epoll** the same figure over epoll-server's in this run (steadier than raw req/s on a shared machine); \
-**p50/p99** latency; **CPU µs/req** what the server's whole process tree spent per request \
-(reaped children included); **csw/req** context switches per request; **RSS/PSS** peak resident and \
-proportional memory summed over the tree; **procs/thr** processes and threads; **gen CPU** the load \
-generator's share of its core — **GEN** marks a run where it reached 90 % and may have set the pace.\n";
+const HOW_TO_READ: &str = "How to read: figures are medians over the repetitions, **±x%** is half their range (smallest to largest) over the median. \
+**req/s** verified responses per second (refusals such as 503 and wrong bodies count as errors, not throughput; open loop: the achieved rate); \
+**×epoll** each repetition's req/s over epoll-server's in the same round (steadier than raw req/s on a shared machine); \
+**p50/p99** latency; **CPU µs/req** what the server's whole process tree spent per request, exited threads and \
+reaped children included, from a cgroup (exact; **ticks** marks the /proc fallback, counted in 10 ms clock ticks); \
+**csw/req** context switches per request, every thread and child counted by an inherited perf counter \
+(**live** marks the /proc fallback, which misses threads that exited); **r+w calls/req** read(2)- and \
+write(2)-family system calls per request from /proc/PID/io (syscr + syscw, no cost to the server; recv/send and \
+io_uring operations are not in it); **RSS/PSS** peak resident and proportional memory summed over the tree; \
+**cgroup peak** the server's cgroup memory peak (page cache and kernel memory included); **procs/thr** processes and \
+threads; **gen CPU** the load generator's share of its core — **GEN** marks a run where it reached 90 % and may have set the pace.\n";
+
+fn cost_md(r: &Results) -> String {
+    if r.cost.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n## Instructions per request (valgrind)\n\n`iomodels cost`: each server under valgrind (cachegrind, no cache simulation) for two request counts; the difference of their instruction totals over the difference of requests prices one request, start-up and stop cancel. User space only: the kernel's work is in the CPU and system-call figures.\n\n{}",
+        crate::cost::table(&r.cost)
+    )
+}
+
+fn aa_md(rows: &[Row]) -> String {
+    match crate::noise::floor(rows) {
+        Some(nf) => format!(
+            "\n## A/A check: the noise floor of this run\n\n{} ran twice in every round; its copies differ only by noise. \
+             `compare` gates wall-clock figures (CPU µs/request, ×epoll) only beyond this floor.\n\n{}",
+            rows.iter().find(|r| r.aa).map_or("", |r| r.model.as_str()),
+            crate::noise::markdown(&nf)
+        ),
+        None => String::new(),
+    }
+}
 
 fn syscalls_md(r: &Results) -> String {
     if r.syscalls.is_empty() {
         return String::new();
     }
-    let mut s = String::from("\n## System calls per request under strace (batching changes)\n\n`strace -f -c` during a `/hello` run: strace slows every call, so a model batches differently than without it (how many requests one `epoll_wait` or `io_uring_enter` carries). Read the counts as the shape of each model's cost, not its speed.\n\n| model | proto | requests | calls/req | by name |\n|---|---|---:|---:|---|\n");
+    let mut s = String::from("\n## System calls per request under strace (batching changes)\n\n`strace -f -c` during a `/hello` run: strace stops the server at every system call, which slows it many times over and changes how many requests each call handles (how many requests one `epoll_wait` or `io_uring_enter` carries; an edge-triggered loop shows ~1 read per request under strace and ~2 without). Read the names as the shape of each model's cost; the table above has the read+write counts measured without strace.\n\n| model | proto | requests | calls/req | by name |\n|---|---|---:|---:|---|\n");
     for sc in &r.syscalls {
         let total: f64 = sc.per_request.iter().map(|x| x.1).sum();
         let names: Vec<String> = sc
@@ -457,7 +606,14 @@ pub fn markdown(r: &Results) -> String {
     }
     if !r.runs.is_empty() {
         s.push_str(&summary::table(&rows));
+        let _ = write!(
+            s,
+            "\n**User and system time.** {}\n",
+            crate::accounting::CPU_SPLIT_NOTE
+        );
     }
+    s.push_str(&aa_md(&rows));
+    s.push_str(&cost_md(r));
     s.push_str(&peers_md(r, &rows));
     s.push_str(&syscalls_md(r));
     s.push_str(&crate::curves::markdown(r));
@@ -524,6 +680,31 @@ td:first-child,td:nth-child(2),td:nth-child(3){{text-align:left}}figure{{margin:
     if !r.runs.is_empty() {
         s.push_str("<h2>All runs</h2>\n");
         s.push_str(&md_table_html(&summary::table(&rows)));
+        let _ = writeln!(
+            s,
+            "<p><b>User and system time.</b> {}</p>",
+            escape(crate::accounting::CPU_SPLIT_NOTE)
+        );
+    }
+    let aa = aa_md(&rows);
+    if !aa.is_empty() {
+        s.push_str("<h2>A/A check: the noise floor of this run</h2>\n");
+        for l in aa
+            .lines()
+            .filter(|l| !l.starts_with('|') && !l.starts_with('#') && !l.is_empty())
+        {
+            let _ = writeln!(s, "<p>{}</p>", escape(l).replace('`', ""));
+        }
+        let table: String = aa
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        s.push_str(&md_table_html(&table));
+    }
+    if !r.cost.is_empty() {
+        s.push_str("<h2>Instructions per request (valgrind)</h2>\n");
+        s.push_str(&md_table_html(&crate::cost::table(&r.cost)));
     }
     if !r.config.peers.is_empty() {
         s.push_str("<h2>Peers: real servers as rows</h2>\n<p>Peers are in italics in the tables and drawn outlined (hollow bars and markers, in greys) in the charts. Configurations as generated for this run:</p>\n<ul>\n");
@@ -560,7 +741,7 @@ td:first-child,td:nth-child(2),td:nth-child(3){{text-align:left}}figure{{margin:
     }
     let sys = syscalls_md(r);
     if !sys.is_empty() {
-        s.push_str("<h2>System calls per request</h2>\n");
+        s.push_str("<h2>System calls per request under strace (batching changes)</h2>\n");
         let table: String = sys
             .lines()
             .filter(|l| l.starts_with('|'))

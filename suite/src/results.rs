@@ -30,6 +30,9 @@ pub struct Results {
     /// `--syscalls`: system calls per request for each model.
     #[serde(default)]
     pub syscalls: Vec<Syscalls>,
+    /// `iomodels cost` (or `run --cost`): instructions per request under valgrind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cost: Vec<crate::cost::InstrCost>,
     /// Rate sweeps (`iomodels sweep`, or the `sweep` scenario): how they
     /// were made, and one load–latency curve per model, route and protocol.
     #[serde(default)]
@@ -110,6 +113,10 @@ pub struct RunRecord {
     pub generator_limited: bool,
     /// A failure (server did not start, generator error).
     pub error: Option<String>,
+    /// The A/A copy: the same model run a second time in the same rounds,
+    /// whose difference from the first is the run's noise floor.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aa: bool,
 }
 
 impl RunRecord {
@@ -128,6 +135,9 @@ impl RunRecord {
         );
         if self.scenario == Scenario::Idle {
             k.push_str(&format!("/idle={}", self.load.idle));
+        }
+        if self.aa {
+            k.push_str("/aa");
         }
         k
     }

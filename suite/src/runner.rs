@@ -12,6 +12,7 @@ use loadgen::{Protocol, Target};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::accounting;
 use crate::peers::{Peer, Site};
 use crate::procfs::{self, Cost};
 use crate::results::{RunRecord, Syscalls};
@@ -52,6 +53,8 @@ pub struct Plan {
     pub peer_dir: PathBuf,
     /// The files the peers serve (present when there are peers).
     pub site: Option<Arc<Site>>,
+    /// The model run twice in every round (the A/A check), if any.
+    pub aa: Option<String>,
 }
 
 impl Plan {
@@ -74,7 +77,9 @@ impl Plan {
                 })
                 .sum::<usize>()
         };
-        let models = self.models.iter().map(|m| per_model(m)).sum::<usize>() * self.protocols.len();
+        let models = (self.models.iter().map(|m| per_model(m)).sum::<usize>()
+            + self.aa.as_deref().map_or(0, per_model))
+            * self.protocols.len();
         let peers: usize = self
             .peers
             .iter()
@@ -102,6 +107,18 @@ impl Plan {
         });
         models.chain(peers).collect()
     }
+}
+
+/// The exact counters attached to a server started by
+/// [`Server::start_accounted`].
+#[derive(Debug)]
+pub struct Accounting {
+    /// Its cgroup (CPU, peak memory), when one could be made and joined.
+    pub cgroup: Option<accounting::Cgroup>,
+    /// Its inherited context-switch counter, when perf allows it.
+    pub csw: Option<accounting::CswCounter>,
+    /// What could not be attached, and why.
+    pub problems: Vec<String>,
 }
 
 /// A started server, stopped (its stop signal, then SIGKILL) when dropped.
@@ -144,15 +161,51 @@ impl Server {
         Server::spawn(cmd, Ready::Line)
     }
 
+    /// Starts `bin` inside a fresh cgroup and under an inherited
+    /// context-switch counter (see [`accounting`]), attached before its
+    /// first instruction. What could not be attached is `None` in the
+    /// returned [`Accounting`], with the reason in its `problems`.
+    pub fn start_accounted(
+        bin: &Path,
+        protocol: Protocol,
+        workers: usize,
+    ) -> anyhow::Result<(Server, Accounting)> {
+        let mut cmd = Command::new(bin);
+        cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
+            .args(["--workers", &workers.to_string()])
+            .stderr(Stdio::null());
+        let cgroup = accounting::Cgroup::create();
+        Server::spawn_with(cmd, Ready::Line, move |c| {
+            let (child, csw, problems) = accounting::spawn(c, cgroup.as_ref())?;
+            Ok((
+                child,
+                Accounting {
+                    cgroup: cgroup.filter(|_| !problems.iter().any(|p| p.starts_with("cgroup"))),
+                    csw,
+                    problems,
+                },
+            ))
+        })
+    }
+
     /// Starts `cmd` and waits at most 10 s until it is ready. Every server
     /// the suite measures, model or peer, is started here.
-    pub fn spawn(mut cmd: Command, ready: Ready) -> anyhow::Result<Server> {
+    pub fn spawn(cmd: Command, ready: Ready) -> anyhow::Result<Server> {
+        Server::spawn_with(cmd, ready, |c| Ok((c.spawn()?, ()))).map(|(s, ())| s)
+    }
+
+    /// [`Server::spawn`] with the process started by `spawn` (which may
+    /// attach something to it and return it beside the child).
+    fn spawn_with<T>(
+        mut cmd: Command,
+        ready: Ready,
+        spawn: impl FnOnce(&mut Command) -> std::io::Result<(Child, T)>,
+    ) -> anyhow::Result<(Server, T)> {
         cmd.stdin(Stdio::null()).stdout(match ready {
             Ready::Line => Stdio::piped(),
             Ready::Accepts(_) => Stdio::null(),
         });
-        let mut child = cmd
-            .spawn()
+        let (mut child, extra) = spawn(&mut cmd)
             .map_err(|e| anyhow::anyhow!("cannot start {:?}: {e}", cmd.get_program()))?;
         if let Ready::Accepts(addrs) = ready {
             let mut server = Server {
@@ -178,7 +231,7 @@ impl Server {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
-            return Ok(server);
+            return Ok((server, extra));
         }
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
@@ -202,7 +255,7 @@ impl Server {
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(addr) => {
                 server.addr = addr;
-                Ok(server)
+                Ok((server, extra))
             }
             Err(_) => anyhow::bail!("{:?} printed no ready line within 10 s", cmd.get_program()),
         }
@@ -217,12 +270,18 @@ impl Server {
     /// the tree still alive (a daemon orphaned by its parent's death) is
     /// killed too, so no run leaves a server behind.
     pub fn stop(&mut self) {
+        self.stop_within(Duration::from_secs(3));
+    }
+
+    /// [`Server::stop`] with `grace` instead of 3 s before SIGKILL (a
+    /// server under valgrind needs longer to write its counts).
+    pub fn stop_within(&mut self, grace: Duration) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
         let tree = crate::survivors::tree(self.child.id());
         let _ = kill(Pid::from_raw(self.child.id() as i32), self.stop_signal);
-        let end = Instant::now() + Duration::from_secs(3);
+        let end = Instant::now() + grace;
         let mut exited = false;
         while Instant::now() < end {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -281,6 +340,7 @@ pub fn run_one(
         server: None,
         generator_limited: false,
         error: None,
+        aa: false,
     };
     let q = crate::models::quirks(model);
     if q.fd_setsize && load.idle + load.connections + 16 > 1024 {
@@ -322,9 +382,14 @@ fn measure(
     protocol: Protocol,
     load: &Load,
 ) -> anyhow::Result<(loadgen::Report, Cost)> {
-    let mut server = Server::start(&server_bin(&plan.bin_dir, model), protocol, plan.workers)?;
+    let (mut server, acct) =
+        Server::start_accounted(&server_bin(&plan.bin_dir, model), protocol, plan.workers)?;
     let t = target(&server.addr, protocol)?;
-    measure_on(plan, &mut server, t, &[], scenario, load)
+    let measured = measure_accounted(plan, &mut server, t, &[], scenario, load, Some(&acct));
+    // The cgroup is removed once the server has left it.
+    server.stop();
+    drop(acct);
+    measured
 }
 
 /// Warms up, then measures one run of `scenario` against the started
@@ -337,6 +402,21 @@ pub fn measure_on(
     params: &[String],
     scenario: Scenario,
     load: &Load,
+) -> anyhow::Result<(loadgen::Report, Cost)> {
+    measure_accounted(plan, server, t, params, scenario, load, None)
+}
+
+/// [`measure_on`] with the server's exact counters, when it has them
+/// (CPU and memory peak from its cgroup, context switches from perf);
+/// without, the /proc figures are kept and marked.
+fn measure_accounted(
+    plan: &Plan,
+    server: &mut Server,
+    t: Target,
+    params: &[String],
+    scenario: Scenario,
+    load: &Load,
+    acct: Option<&Accounting>,
 ) -> anyhow::Result<(loadgen::Report, Cost)> {
     if plan.warmup_s > 0.0 {
         // Warm-up without the idle connections (they are opened by the
@@ -359,32 +439,62 @@ pub fn measure_on(
     // Run::new connects once and opens nothing else: the snapshot taken
     // after it brackets the idle connections and the measured load.
     let run = loadgen::Run::new(&c).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cg = acct.and_then(|a| a.cgroup.as_ref());
+    let csw = acct.and_then(|a| a.csw.as_ref());
+    let cpu_before = cg.and_then(|g| g.cpu());
+    let csw_before = csw.and_then(|c| c.read());
     let before = procfs::snapshot(server.pid());
     let t0 = Instant::now();
     let report = run.start().map_err(|e| anyhow::anyhow!("{e}"))?;
     let wall = t0.elapsed().as_secs_f64();
     let after = procfs::snapshot(server.pid());
+    let csw_after = csw.and_then(|c| c.read());
+    let cpu_after = cg.and_then(|g| g.cpu());
     server.stop();
     let attempts = report.requests + report.errors.transport();
-    Ok((report, Cost::between(&before, &after, attempts, wall)))
+    let mut cost = Cost::between(&before, &after, attempts, wall);
+    if let (Some(g), Some(b), Some(a)) = (cg, cpu_before, cpu_after) {
+        cost = cost.with_cgroup_cpu(g.cpu_source(), b, a, attempts, wall);
+    }
+    if let (Some(b), Some(a)) = (csw_before, csw_after) {
+        cost = cost.with_csw_count(b, a, attempts);
+    }
+    cost.cgroup_peak_kib = cg.and_then(|g| g.memory_peak_kib());
+    Ok((report, cost))
 }
 
-/// Runs the whole plan; `progress` draws a line on stderr (only when it is
-/// a terminal).
+/// Runs the whole plan, round by round: every round runs each scenario
+/// (and idle level) for every model, then every peer, before the next
+/// scenario, so the models compared in a scenario run seconds apart and
+/// share the machine's noise; `--repeat N` makes N such rounds (A B C,
+/// A B C, …), never A A A. The A/A model runs twice in each cell, right
+/// after itself. The open loop runs last in each round, at one rate for
+/// every model (per protocol): equal load, so its latencies compare.
+///
+/// `progress`: on a terminal, one line redrawn on stderr; otherwise (a CI
+/// log) one line per finished run with the elapsed time.
 pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
     crate::survivors::adopt_orphans();
     let total = plan.count();
-    let tty = progress && std::io::stderr().is_terminal();
+    let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut done = 0usize;
     let mut out = Vec::new();
     let mut scenarios = plan.scenarios.clone();
     scenarios.sort();
     scenarios.dedup();
-    // The open loop runs last, at one rate for every model (per protocol):
-    // equal load, so its latencies compare.
     let open = scenarios.contains(&Scenario::Open);
     scenarios.retain(|s| *s != Scenario::Open && *s != Scenario::Sweep);
+    // (name, protocols, A/A copy): the models, the A/A copy right after its
+    // original, then the peers.
+    let mut entrants: Vec<(String, Vec<Protocol>, bool)> = Vec::new();
+    for (name, peer, protocols) in plan.subjects() {
+        let aa = peer.is_none() && plan.aa.as_deref() == Some(name.as_str());
+        entrants.push((name.clone(), protocols.clone(), false));
+        if aa {
+            entrants.push((name, protocols, true));
+        }
+    }
     for rep in 0..plan.repeat {
         let first = out.len();
         for pass in [
@@ -398,10 +508,11 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
                     let hello = out[first..]
                         .iter()
                         // The models' hello maxima set the equal load; a
-                        // peer's (fcgiwrap's, say) does not pull it down.
+                        // peer's (fcgiwrap's, say) or an A/A copy's does not.
                         .filter(|r: &&RunRecord| {
                             r.scenario == Scenario::Hello
                                 && r.protocol == p
+                                && !r.aa
                                 && !plan.peers.iter().any(|x| x.name() == r.model)
                         })
                         .map(|r| (r.model.as_str(), r.rps() * scenarios::OPEN_FRACTION));
@@ -411,31 +522,42 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
                     )
                 })
                 .collect();
-            for (model, _, protocols) in plan.subjects() {
-                let model = &model;
-                for &protocol in &protocols {
-                    for &scenario in &pass {
-                        let levels: Vec<usize> = match scenario {
-                            Scenario::Idle if plan.sweeps(model) => plan.idle_levels.clone(),
-                            Scenario::Idle => continue,
-                            _ => vec![0],
-                        };
-                        for idle in levels {
-                            if tty {
+            for &protocol in &plan.protocols {
+                for &scenario in &pass {
+                    let mut levels: Vec<usize> = match scenario {
+                        Scenario::Idle => plan.idle_levels.clone(),
+                        _ => vec![0],
+                    };
+                    levels.dedup();
+                    for idle in levels {
+                        for (model, protocols, aa) in &entrants {
+                            let (model, aa) = (model.as_str(), *aa);
+                            if !protocols.contains(&protocol)
+                                || (scenario == Scenario::Idle && !plan.sweeps(model))
+                            {
+                                continue;
+                            }
+                            let what = format!(
+                                "{model}{} {} {}{}",
+                                if aa { " (A/A)" } else { "" },
+                                scenario.name(),
+                                protocol.name(),
+                                if scenario == Scenario::Idle {
+                                    format!(" idle={idle}")
+                                } else {
+                                    String::new()
+                                }
+                            );
+                            if progress && tty {
                                 let mut e = std::io::stderr();
                                 let _ = write!(
                                     e,
-                                    "\r\x1b[2K[{}/{}] {:.0}s {model} {} {}{}",
+                                    "\r\x1b[2K[{}/{}] {:.0}s round {}/{} {what}",
                                     done + 1,
                                     total,
                                     started.elapsed().as_secs_f64(),
-                                    scenario.name(),
-                                    protocol.name(),
-                                    if scenario == Scenario::Idle {
-                                        format!(" idle={idle}")
-                                    } else {
-                                        String::new()
-                                    }
+                                    rep + 1,
+                                    plan.repeat
                                 );
                                 let _ = e.flush();
                             }
@@ -449,16 +571,31 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
                                     scenario.route(),
                                 );
                             }
-                            let rec = run_one(plan, model, scenario, protocol, rep, load);
-                            out.push(rec);
+                            let mut rec = run_one(plan, model, scenario, protocol, rep, load);
+                            rec.aa = aa;
                             done += 1;
+                            if progress && !tty {
+                                let outcome = match (&rec.report, &rec.skipped, &rec.error) {
+                                    (Some(r), _, _) => format!("{:.0} req/s", r.rps),
+                                    (_, Some(s), _) => format!("skipped: {s}"),
+                                    (_, _, Some(e)) => format!("failed: {e}"),
+                                    _ => String::new(),
+                                };
+                                eprintln!(
+                                    "iomodels: [{done}/{total}] {:.0} s  round {}/{}  {what}: {outcome}",
+                                    started.elapsed().as_secs_f64(),
+                                    rep + 1,
+                                    plan.repeat
+                                );
+                            }
+                            out.push(rec);
                         }
                     }
                 }
             }
         }
     }
-    if tty {
+    if progress && tty {
         eprint!("\r\x1b[2K");
     }
     out
@@ -559,8 +696,15 @@ mod tests {
             peers: vec![Peer::Nginx, Peer::PhpFpm],
             peer_dir: PathBuf::new(),
             site: None,
+            aa: None,
         };
         // Models: both protocols; each peer: its own protocol only.
         assert_eq!(plan.count(), ((3 + 1) * 2 + 1 + 1) * 2);
+        // The A/A copy of epoll: its 3 runs again in both protocols.
+        let aa = Plan {
+            aa: Some("epoll".into()),
+            ..plan
+        };
+        assert_eq!(aa.count(), ((3 + 1 + 3) * 2 + 1 + 1) * 2);
     }
 }

@@ -14,6 +14,7 @@ const CHARTS: &[&str] = &[
     "chart-latency-http",
     "chart-idle-http",
     "chart-cpu-http",
+    "chart-instructions-http",
     "chart-rps-fcgi",
     "chart-latency-fcgi",
     "chart-idle-fcgi",
@@ -42,6 +43,19 @@ fn markdown_and_html_hold_every_chart() {
     let md = report::markdown(&r);
     assert!(md.contains("| epoll | hello | http |"), "{md}");
     assert!(md.contains("How to read"));
+    assert!(
+        md.contains("## A/A check") && md.contains("Noise floor"),
+        "{md}"
+    );
+    assert!(
+        md.contains("## Instructions per request (valgrind)"),
+        "{md}"
+    );
+    assert!(md.contains("cputime_adjust"), "the user/system note: {md}");
+    assert!(
+        !md.contains("/aa |"),
+        "A/A copies stay out of the main table"
+    );
     let html = report::html(&r).unwrap();
     for id in CHARTS {
         let svg = svg_element(&html, id).unwrap_or_else(|| panic!("no {id} in the HTML"));

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use iomodels_suite::accounting::{CpuSource, CswSource};
+use iomodels_suite::cost::InstrCost;
 use iomodels_suite::procfs::Cost;
 use iomodels_suite::results::{Machine, Results, RunConfig, RunRecord, SCHEMA_VERSION};
 use iomodels_suite::scenarios::{self, Scenario};
@@ -78,7 +80,9 @@ fn report(protocol: Protocol, rps: f64, p50: u64, conn_mode: ConnMode, idle: u64
 }
 
 /// A result set with three models, four scenarios (an idle sweep among
-/// them) and both protocols, with plausible, exactly representable figures.
+/// them) and both protocols, with plausible, exactly representable figures,
+/// an A/A copy of epoll-server (identical: a noise floor of 0) and
+/// instructions per request for hello and new-conn.
 pub fn fixture() -> Results {
     let models = ["epoll", "select", "prefork"];
     let mut runs = Vec::new();
@@ -125,13 +129,49 @@ pub fn fixture() -> Results {
                         threads: 1,
                         peak_rss_kib: 4096,
                         pss_kib: 2048,
+                        cpu_source: CpuSource::CgroupV1,
+                        csw_per_request: Some(0.25),
+                        csw_source: Some(CswSource::Perf),
+                        syscr_per_request: Some(1.0),
+                        syscw_per_request: Some(1.0),
+                        cgroup_peak_kib: Some(3072),
                     }),
                     generator_limited: false,
                     error: None,
+                    aa: false,
                 });
             }
         }
     }
+    // The A/A copy of epoll-server: the same figures (a noise floor of 0).
+    let copies: Vec<RunRecord> = runs
+        .iter()
+        .filter(|r| r.model == "epoll")
+        .map(|r| RunRecord {
+            aa: true,
+            ..r.clone()
+        })
+        .collect();
+    runs.extend(copies);
+    let cost = models
+        .iter()
+        .enumerate()
+        .flat_map(|(mi, m)| {
+            [Scenario::Hello, Scenario::NewConn].map(|scenario| InstrCost {
+                model: m.to_string(),
+                scenario,
+                protocol: Protocol::Http,
+                connections: 1,
+                new_conn: scenario == Scenario::NewConn,
+                requests: [2000, 12000],
+                instructions: [6_000_000, 6_000_000 + 10_000 * (2048 + 512 * mi as u64)],
+                per_request: Some((2048 + 512 * mi) as f64),
+                samples: vec![(2048 + 512 * mi) as f64],
+                skipped: None,
+                error: None,
+            })
+        })
+        .collect();
     Results {
         schema_version: SCHEMA_VERSION,
         run_id: "20261123-120000".into(),
@@ -163,6 +203,7 @@ pub fn fixture() -> Results {
         },
         runs,
         syscalls: vec![],
+        cost,
         sweep: Some(iomodels_suite::sweep::SweepSpec::default()),
         sweeps: models
             .iter()
