@@ -77,12 +77,14 @@ const FIXED_WORKERS: &[&str] = &[
 /// `/status` write timeouts, FastCGI's request time limit and sigio's
 /// EMFILE recovery.)
 const AWAITING: &[(&str, &[&str], &str)] = &[(
-    "no_spin_at_fd_limit",
+    "fd_limit",
     &["swoole-server"],
-    "swoole-server does not spin at the descriptor limit: under ulimit -n 64 it \
-     used 36-137 % of a core in about one suite run of three (never alone); \
-     before 5d1ea6b its workers exited at EMFILE and were restarted in a loop, \
-     after it no restart is logged and one run still measured 99 %",
+    "swoole-server neither spins at the descriptor limit nor stays stuck after \
+     it: under ulimit -n 64, in about one suite run of three (never alone), it \
+     used 36-185 % of a core at the limit and once served 0 of 98 waiting \
+     clients within 3 s after the holders left (its workers exited with status \
+     0 after 4.3 s and were restarted); before 5d1ea6b the workers exited at \
+     once and were restarted in a loop",
 )];
 
 const PROTOCOLS: [Protocol; 2] = [Protocol::Http, Protocol::Fcgi];
@@ -1937,7 +1939,8 @@ fn descriptor_exhaustion(ctx: &Ctx) -> Result<Option<Server>, String> {
             waiting.len()
         ),
     );
-    if !ctx.awaiting("no_spin_at_fd_limit") {
+    let waits = ctx.awaiting("fd_limit");
+    if !waits {
         ensure!(
             at_limit < 25.0,
             "spins at the descriptor limit: {at_limit:.0}% of a core"
@@ -1972,6 +1975,11 @@ fn descriptor_exhaustion(ctx: &Ctx) -> Result<Option<Server>, String> {
         }),
     );
     drop(waiting);
+    if waits {
+        // Measured and printed; the fresh-client and spin checks go to the
+        // shared server instead of this one.
+        return Ok(None);
+    }
     let t = recovered.ok_or_else(|| {
         format!(
             "{} of {want} waiting clients served within 3 s after the holders left",
