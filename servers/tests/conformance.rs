@@ -1,5 +1,6 @@
 //! The conformance suite: every server binary × {http, fcgi} goes through
-//! the same cases. Adding a model is one line in [`SERVERS`]. Set
+//! the same cases. Adding a model is one line in `SERVERS`
+//! (tests/util/models.rs, shared with the abuse suite). Set
 //! `IOMODELS_ONLY=bin,bin` to run the cases for some binaries only.
 
 mod util;
@@ -11,69 +12,8 @@ use std::time::{Duration, Instant};
 
 use iomodels_workload::fcgi::{self, ProtocolStatus};
 use iomodels_workload::{http, Protocol};
+use util::models::{chosen, Model, SERVERS};
 use util::{Client, Server};
-
-/// A model as the suite starts it.
-struct Model {
-    bin: &'static str,
-    flags: &'static [&'static str],
-    /// Serves many requests per connection (all but the CGI-style fork-server).
-    keep_alive: bool,
-    /// Serves several connections at once (all but iterative-server, whose
-    /// lesson is that it does not: there a slow client delays everyone).
-    concurrent: bool,
-}
-
-const fn model(bin: &'static str, flags: &'static [&'static str]) -> Model {
-    Model {
-        bin,
-        flags,
-        keep_alive: true,
-        concurrent: true,
-    }
-}
-
-/// Every server model with the flags the suite starts it with. Blocking
-/// models get 4 workers: the slow-client case pins one of them.
-const SERVERS: &[Model] = &[
-    Model {
-        bin: "iterative-server",
-        flags: &[],
-        keep_alive: true,
-        concurrent: false,
-    },
-    Model {
-        bin: "fork-server",
-        flags: &[],
-        keep_alive: false,
-        concurrent: true,
-    },
-    model("prefork-server", &["--workers", "4"]),
-    model("prefork-server", &["--workers", "4", "--accept", "flock"]),
-    // Not `--accept reuseport`: there a connection waits for the worker
-    // its socket belongs to even when others are idle, so a pinned worker
-    // delays some of the cases' clients (tests/accept.rs shows that).
-    model(
-        "prefork-server",
-        &["--workers", "4", "--accept", "exclusive"],
-    ),
-    model("thread-server", &[]),
-    model("threadpool-server", &["--workers", "4", "--queue", "256"]),
-    model("nonblocking-server", &[]),
-    model("select-server", &[]),
-    model("poll-server", &[]),
-    model("sigio-server", &[]),
-    model("epoll-server", &[]),
-    model("epoll-server", &["--edge"]),
-    model("mio-server", &["--workers", "2"]),
-    model("oneshot-server", &["--workers", "3"]),
-    model("uring-server", &[]),
-    // The fallbacks: one-shot accept and recv, and a buffer ring so small
-    // that it runs dry (ENOBUFS) whenever several connections receive.
-    model("uring-server", &["--single-shot", "--buffers", "4"]),
-    model("fpm-server", &["--pm", "static", "--max-children", "4"]),
-    model("swoole-server", &["--reactors", "2", "--workers", "2"]),
-];
 
 const PROTOCOLS: [Protocol; 2] = [Protocol::Http, Protocol::Fcgi];
 
@@ -82,12 +22,6 @@ const PROTOCOLS: [Protocol; 2] = [Protocol::Http, Protocol::Fcgi];
 /// disabled by sysctl or seccomp) is skipped with a message.
 /// `IOMODELS_ONLY=uring-server,epoll-server` runs the cases for those
 /// binaries only (for working on one model; CI runs them all).
-fn chosen(bin: &str) -> bool {
-    let only = std::env::var("IOMODELS_ONLY").ok();
-    only.as_deref()
-        .is_none_or(|o| o.split(',').any(|b| b == bin))
-}
-
 fn each(extra: &[&str], case: impl Fn(&mut Server, &Model)) {
     for m in SERVERS.iter().filter(|m| chosen(m.bin)) {
         for protocol in PROTOCOLS {

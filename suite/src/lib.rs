@@ -15,13 +15,15 @@
 //! load–latency curves and capacity at an SLO), [`charts`] (the palette,
 //! legends and small multiples the report draws with), [`curves`] (the
 //! sweeps' charts and tables), [`peers`] (real servers as rows),
-//! [`survivors`] (no server left running).
+//! [`survivors`] (no server left running), [`lab`] (teaching labs:
+//! classic results, one command each, with a verdict on their shape).
 
 pub mod accounting;
 pub mod charts;
 pub mod compare;
 pub mod cost;
 pub mod curves;
+pub mod lab;
 pub mod models;
 pub mod noise;
 pub mod peers;

@@ -43,6 +43,11 @@ enum Cmd {
     Run(RunArgs),
     /// Sweep open-loop rates per model: load–latency curves, capacity at an SLO.
     Sweep(SweepArgs),
+    /// Teaching labs: reproduce a classic result, get a sheet and a verdict.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
     /// Render report.md and report.html from a results.json.
     Report {
         /// The results file.
@@ -318,6 +323,87 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
+#[derive(Debug, Subcommand)]
+enum LabCmd {
+    /// List the labs and the shape each one checks.
+    List,
+    /// Run one lab: writes results/labs/NAME/<run-id>/ (chart, sheet, verdict).
+    Run {
+        /// The lab (see `iomodels lab list`).
+        name: String,
+        #[command(flatten)]
+        opts: LabOpts,
+    },
+    /// Run every lab, one after the other; exit 1 if a shape differs.
+    All {
+        #[command(flatten)]
+        opts: LabOpts,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct LabOpts {
+    /// Short runs (under a minute per lab; the full run gives steadier figures).
+    #[arg(long)]
+    quick: bool,
+    /// Where labs write their runs.
+    #[arg(long, default_value = "results/labs")]
+    out: PathBuf,
+}
+
+fn run_lab(cmd: LabCmd) -> anyhow::Result<ExitCode> {
+    use iomodels_suite::lab;
+    let (names, opts) = match cmd {
+        LabCmd::List => {
+            for l in lab::labs() {
+                println!("{:<22} {}\n{:<22} shape: {}", l.name, l.title, "", l.shape);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        LabCmd::Run { name, opts } => {
+            if lab::find(&name).is_none() {
+                let known: Vec<&str> = lab::labs().iter().map(|l| l.name).collect();
+                return Err(Usage(format!(
+                    "no lab named {name:?} (labs: {})",
+                    known.join(", ")
+                ))
+                .into());
+            }
+            (vec![name], opts)
+        }
+        LabCmd::All { opts } => (
+            lab::labs().iter().map(|l| l.name.to_string()).collect(),
+            opts,
+        ),
+    };
+    iomodels_suite::survivors::adopt_orphans();
+    let run_id = results::run_id(std::time::SystemTime::now());
+    let mut all_hold = true;
+    for name in names {
+        let Some(l) = lab::find(&name) else { continue };
+        eprintln!("lab {name}: {}", l.title);
+        let (o, dir) = lab::run(
+            &l,
+            &models::bin_dir(),
+            opts.quick,
+            &opts.out,
+            &run_id,
+            &mut |m| eprintln!("{m}"),
+        )?;
+        all_hold &= o.judgement.holds;
+        println!("{name}: {}", o.judgement.word());
+        for r in &o.judgement.reasons {
+            println!("  {r}");
+        }
+        println!("  sheet: {}", dir.join("sheet.md").display());
+    }
+    Ok(if all_hold {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -369,6 +455,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Run(args) => run_matrix(args),
         Cmd::Cost(args) => run_cost(args),
         Cmd::Sweep(args) => run_sweep(args),
+        Cmd::Lab { cmd } => run_lab(cmd),
         Cmd::Report { results, out } => {
             let r = results::Results::load(&results)?;
             let dir =

@@ -515,7 +515,7 @@ impl Conn {
             Some(Parked::File(..)) => None,
             // A request handed on that never comes back (its worker died)
             // ends the connection at the idle timeout.
-            Some(Parked::Relay(..)) => Some(self.last_activity + self.timeouts.idle),
+            Some(Parked::Relay(..)) => Some(self.relay_deadline()),
             None if self.input_partial && self.output().is_empty() => {
                 Some(self.partial_since + self.timeouts.header)
             }
@@ -527,7 +527,7 @@ impl Conn {
     pub fn handle_timeout(&mut self, now: Instant, host: &mut dyn Host) {
         let timeouts = self.timeouts;
         if let Some(Parked::Relay(..)) = self.parked {
-            if now >= self.last_activity + timeouts.idle {
+            if now >= self.relay_deadline() {
                 if !self.output().is_empty() {
                     host.on_write_timeout();
                 }
@@ -594,6 +594,16 @@ impl Conn {
     /// The server is stopping: answer requests already received, then close.
     pub fn drain(&mut self) {
         self.draining = true;
+    }
+
+    /// When a relayed request is given up. With response bytes pending, the
+    /// idle timeout (a peer that reads nothing: a write timeout). Waiting
+    /// for the answer, four idle timeouts: it may queue at its worker
+    /// behind slow clients, and only a request whose worker crashed never
+    /// comes back (the connection then closes).
+    fn relay_deadline(&self) -> Instant {
+        let waits = if self.output().is_empty() { 4 } else { 1 };
+        self.last_activity + self.timeouts.idle * waits
     }
 
     /// Hand whole requests on instead of running them (see the module

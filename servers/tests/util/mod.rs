@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod models;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
@@ -48,12 +50,24 @@ impl Server {
     /// [`UNAVAILABLE`] (io_uring disabled by sysctl or seccomp) is skipped:
     /// a message on stderr and `None`. Any other early exit fails the test.
     pub fn start_or_skip(bin: &str, protocol: Protocol, extra: &[&str]) -> Option<Server> {
+        Server::start_with(bin, protocol, extra, |_| {})
+    }
+
+    /// Like [`Server::start_or_skip`], with `setup` applied to the command
+    /// before it is spawned (a lowered descriptor limit in `pre_exec`).
+    pub fn start_with(
+        bin: &str,
+        protocol: Protocol,
+        extra: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Option<Server> {
         let mut cmd = Command::new(bin_path(bin));
         cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        setup(&mut cmd);
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));

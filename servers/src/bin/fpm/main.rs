@@ -158,7 +158,7 @@ struct Args {
     #[arg(long, value_name = "S", default_value = "60", value_parser = cli::parse_seconds)]
     emergency_restart_interval: Duration,
 
-    /// Pools file (INI: a [name] section per pool; see docs/models/fpm.md); without it one pool "www" from the flags
+    /// Pools file (INI: a `[name]` section per pool; see docs/models/fpm.md); without it one pool "www" from the flags
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }

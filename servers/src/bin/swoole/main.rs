@@ -60,7 +60,8 @@
 //! `--max-request N` recycles a worker after N requests (the manager forks
 //! its replacement, which reads the same socket pairs, so nothing queued is
 //! lost). A request held by a worker that *crashes* is lost: its connection
-//! waits for the idle timeout, then closes.
+//! waits four idle timeouts (a request may queue that long behind slow
+//! clients), then closes.
 //!
 //! **Trade-off.** Idle and slow connections cost the reactors a slab entry,
 //! not a process: thousands of keep-alive clients no longer pin workers,
