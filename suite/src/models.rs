@@ -150,7 +150,7 @@ mod tests {
             read("servers/Cargo.toml"),
             read("docs/models/README.md"),
             read("README.md"),
-            read("servers/tests/conformance.rs"),
+            read("servers/tests/util/models.rs"),
         );
         for (model, _) in KNOWN {
             let bin = format!("{model}-server");
@@ -165,7 +165,7 @@ mod tests {
             assert!(readme.contains(&format!("`{bin}`")), "{bin} in README.md");
             assert!(
                 conformance.contains(&format!("\"{bin}\"")),
-                "{bin} in conformance.rs"
+                "{bin} in servers/tests/util/models.rs (the conformance and abuse list)"
             );
         }
     }

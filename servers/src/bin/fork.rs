@@ -50,7 +50,9 @@ use std::time::Duration;
 use clap::Parser;
 use iomodels_servers::blocking::{self, Origin};
 use iomodels_servers::cli::{self, Common};
-use iomodels_servers::host::{DataDir, ServerHost, Shared};
+use iomodels_servers::host::ServerHost;
+use iomodels_servers::net::ListenOptions;
+use iomodels_servers::startup::{Startup, Workers};
 use iomodels_servers::{net, signals};
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -85,7 +87,18 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    signals::install()?;
+    let Startup {
+        data: _data,
+        shared,
+        listener,
+        shown,
+        ..
+    } = Startup::begin(
+        "fork",
+        &args.common,
+        Workers::Fixed(0),
+        ListenOptions::BLOCKING,
+    )?;
     let reap = SigAction::new(
         SigHandler::Handler(reap_children),
         SaFlags::SA_NOCLDSTOP,
@@ -94,11 +107,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     // SAFETY: the handler calls only waitpid(2) and atomics, both
     // async-signal-safe; no SA_RESTART, so accept(2) returns EINTR.
     unsafe { signal::sigaction(Signal::SIGCHLD, &reap)? };
-    let data = DataDir::prepare(args.common.data_dir.as_deref())?;
     let limit = args.common.max_conns.unwrap_or(256) as usize;
-    let shared = Shared::new("fork", &args.common, &data, 0)?;
-    let (listener, shown) =
-        net::listen(&args.common.listen, args.common.backlog, Default::default())?;
     net::set_recv_timeout(&listener, blocking::TICK);
     let parent = nix::unistd::getpid();
     cli::ready(&shown);

@@ -168,6 +168,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             match owner {
                 Owner::Listener => {
                     let Some(l) = &listener else { continue };
+                    if reactor.accept_paused(now) {
+                        // Out of descriptors a moment ago: retry once the
+                        // pause ends, not on every signal meanwhile.
+                        accept_again = true;
+                        continue;
+                    }
                     fresh.clear();
                     let end = reactor.accept(l, now, |token, fd| {
                         // O_ASYNC on each new socket, then try it at once:

@@ -287,6 +287,10 @@ pub fn start(
     bin_dir: &Path,
     workers: usize,
 ) -> anyhow::Result<Started> {
+    // Absolute: a daemon resolves a relative config path against its own
+    // root (Apache's ServerRoot, php-fpm's prefix), not our directory.
+    let dir = &std::path::absolute(dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let env = config::Env {
         dir,
         site,
