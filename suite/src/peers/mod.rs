@@ -289,8 +289,7 @@ pub fn start(
 ) -> anyhow::Result<Started> {
     // Absolute: a daemon resolves a relative config path against its own
     // root (Apache's ServerRoot, php-fpm's prefix), not our directory.
-    let dir = &std::path::absolute(dir)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let dir = &std::path::absolute(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let env = config::Env {
         dir,
         site,
