@@ -76,16 +76,7 @@ const FIXED_WORKERS: &[&str] = &[
 /// memory bound, absolute-form, writers released at the idle timeout,
 /// `/status` write timeouts, FastCGI's request time limit and sigio's
 /// EMFILE recovery.)
-const AWAITING: &[(&str, &[&str], &str)] = &[(
-    "fd_limit",
-    &["swoole-server"],
-    "swoole-server neither spins at the descriptor limit nor stays stuck after \
-     it: under ulimit -n 64, in about one suite run of three (never alone), it \
-     used 36-185 % of a core at the limit and once served 0 of 98 waiting \
-     clients within 3 s after the holders left (its workers exited with status \
-     0 after 4.3 s and were restarted); before 5d1ea6b the workers exited at \
-     once and were restarted in a loop",
-)];
+const AWAITING: &[(&str, &[&str], &str)] = &[];
 
 const PROTOCOLS: [Protocol; 2] = [Protocol::Http, Protocol::Fcgi];
 

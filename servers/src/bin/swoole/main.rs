@@ -234,10 +234,15 @@ fn run(args: Args) -> anyhow::Result<()> {
             dispatch: args.dispatch,
             offload: tasks > 0,
         };
+        let front = reactor::new(cfg, pairs, rx)?;
         threads.push(
             std::thread::Builder::new()
                 .name(format!("reactor-{index}"))
-                .spawn(move || reactor::run(cfg, pairs, rx))?,
+                .spawn(move || {
+                    // Said at once: the acceptor only sees the feed break.
+                    reactor::run(front)
+                        .inspect_err(|e| eprintln!("swoole-server: reactor {index}: {e:#}"))
+                })?,
         );
     }
     cli::ready(&shown);

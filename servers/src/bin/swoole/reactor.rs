@@ -48,7 +48,8 @@ struct Pair {
     blocked_on: Option<usize>,
 }
 
-struct Front {
+/// One reactor: its connections, its pairs with the workers, its feed.
+pub struct Front {
     cfg: Cfg,
     epoll: Epoll,
     reactor: Reactor,
@@ -63,16 +64,21 @@ struct Front {
     next_worker: usize,
 }
 
-/// The reactor thread's body: until a stop, once the acceptor is done and
-/// every connection closed.
-pub fn run(cfg: Cfg, pairs: Vec<OwnedFd>, feed: OwnedFd) -> anyhow::Result<()> {
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+/// Sets a reactor up — its epoll instance, the feed and the pairs in it —
+/// in the master's main thread, before the acceptor takes a connection: a
+/// reactor that made its epoll instance later could find every descriptor
+/// taken (EMFILE) by a flood of connections. Then [`run`] on its thread.
+pub fn new(cfg: Cfg, pairs: Vec<OwnedFd>, feed: OwnedFd) -> anyhow::Result<Front> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+        .map_err(|e| anyhow::anyhow!("epoll_create: {e}"))?;
     epoll.add(&feed, EpollEvent::new(EpollFlags::EPOLLIN, FEED))?;
     let mut ps = Vec::new();
     for (w, fd) in pairs.into_iter().enumerate() {
         fcntl(fd.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         let ev = EpollEvent::new(EpollFlags::EPOLLIN, PAIR_BASE + w as u64);
-        epoll.add(&fd, ev)?;
+        epoll
+            .add(&fd, ev)
+            .map_err(|e| anyhow::anyhow!("epoll_ctl: {e}"))?;
         ps.push(Pair {
             fd,
             out: Vec::new(),
@@ -82,7 +88,7 @@ pub fn run(cfg: Cfg, pairs: Vec<OwnedFd>, feed: OwnedFd) -> anyhow::Result<()> {
         });
     }
     let host = ServerHost::for_thread(&cfg.shared, cfg.index);
-    let mut front = Front {
+    Ok(Front {
         reactor: Reactor::new(host, ReadUntil::WouldBlock, false),
         cfg,
         epoll,
@@ -92,7 +98,12 @@ pub fn run(cfg: Cfg, pairs: Vec<OwnedFd>, feed: OwnedFd) -> anyhow::Result<()> {
         gens: Vec::new(),
         next_gen: 0,
         next_worker: 0,
-    };
+    })
+}
+
+/// The reactor thread's body: until a stop, once the acceptor is done and
+/// every connection closed.
+pub fn run(mut front: Front) -> anyhow::Result<()> {
     front.serve()
 }
 

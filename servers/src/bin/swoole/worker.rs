@@ -188,31 +188,26 @@ fn task_worker(shared: &Shared, pairs: &[OwnedFd]) -> i32 {
 }
 
 /// Waits (a tick at most) for one of `fds` to be readable; its index.
-/// Descriptors marked `closed` are left out (a reactor that has gone).
+/// Descriptors marked `closed` are left out (a reactor that has gone:
+/// poll would report its hang-up at once, every time).
 fn wait_readable(fds: &[OwnedFd], closed: &[bool], start: usize) -> Option<usize> {
-    let mut polls: Vec<PollFd> = fds
+    let open: Vec<usize> = (0..fds.len()).filter(|&i| !closed[i]).collect();
+    let mut polls: Vec<PollFd> = open
         .iter()
-        .zip(closed)
-        .map(|(fd, &gone)| {
-            let events = if gone {
-                PollFlags::empty()
-            } else {
-                PollFlags::POLLIN
-            };
-            PollFd::new(fd.as_fd(), events)
-        })
+        .map(|&i| PollFd::new(fds[i].as_fd(), PollFlags::POLLIN))
         .collect();
     match poll(&mut polls, PollTimeout::from(1000u16)) {
         Ok(n) if n > 0 => {}
         _ => return None,
     }
-    let ready: Vec<bool> = polls
+    let ready: Vec<usize> = polls
         .iter()
-        .zip(closed)
-        .map(|(p, &gone)| !gone && p.revents().is_some_and(|r| !r.is_empty()))
+        .zip(&open)
+        .filter(|(p, _)| p.revents().is_some_and(|r| !r.is_empty()))
+        .map(|(_, &i)| i)
         .collect();
     // Start from a rotating index so no reactor starves the others.
     (0..fds.len())
         .map(|i| (start + i) % fds.len())
-        .find(|&i| ready[i])
+        .find(|i| ready.contains(i))
 }
