@@ -91,14 +91,7 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
 /// Runs a server's `main`: parses `A`, runs `run`, and turns any error into
 /// one line `NAME: error: …` and exit status 1 (2 for a bad command line).
 pub fn main<A: Parser>(run: impl FnOnce(A) -> anyhow::Result<()>) -> ExitCode {
-    let name = std::env::args()
-        .next()
-        .and_then(|p| {
-            std::path::Path::new(&p)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-        })
-        .unwrap_or_else(|| "server".into());
+    let name = crate::net::program();
     let args = match A::try_parse() {
         Ok(args) => args,
         Err(e) if !e.use_stderr() => {

@@ -452,22 +452,17 @@ impl Conn {
             self.out.drain(..self.out_pos);
             self.out_pos = 0;
         }
-        while st.left > 0 && self.out.len() < WINDOW {
+        // A file's pieces come from the model instead (take_file_request).
+        let produced_here = !matches!(st.source, Source::File { .. });
+        while produced_here && st.left > 0 && self.out.len() < WINDOW {
             let n = st.left.min(CHUNK);
-            let start = self.out.len();
             if let Some(id) = st.fcgi_id {
-                if matches!(st.source, Source::File { .. }) {
-                    break;
-                }
                 fcgi::push_header(&mut self.out, fcgi::STDOUT, id, n, 0);
             }
             match &st.source {
                 Source::Pattern => routes::extend_pattern_at(&mut self.out, st.pos, n),
                 Source::Bytes(b) => self.out.extend_from_slice(&b[st.pos..st.pos + n]),
-                Source::File { .. } => {
-                    self.out.truncate(start);
-                    break; // the model reads it: take_file_request
-                }
+                Source::File { .. } => unreachable!("a file is read by the model"),
             }
             st.pos += n;
             st.left -= n;

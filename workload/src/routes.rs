@@ -54,11 +54,12 @@ pub fn extend_pattern(out: &mut Vec<u8>, n: usize) {
 /// Appends bytes `start .. start + n` of the `/bytes` pattern to `out` (a
 /// body produced in chunks continues where the last chunk ended).
 pub fn extend_pattern_at(out: &mut Vec<u8>, start: usize, n: usize) {
-    const TWICE: &[u8; 52] = b"abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz";
+    const ALPHABET: &[u8; 26] = b"abcdefghijklmnopqrstuvwxyz";
     out.reserve(n);
-    let first = (26 - start % 26).min(n) % 26;
-    let first = if start % 26 == 0 { 0 } else { first };
-    out.extend_from_slice(&TWICE[start % 26..start % 26 + first]);
+    // The bytes up to the next 'a', then whole alphabets from there.
+    let at = start % 26;
+    let first = if at == 0 { 0 } else { (26 - at).min(n) };
+    out.extend_from_slice(&ALPHABET[at..at + first]);
     extend_pattern(out, n - first);
 }
 

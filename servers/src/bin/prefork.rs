@@ -234,7 +234,7 @@ fn flock_accept_loop(
     let path = format!("/proc/self/fd/{lock}");
     let file = std::fs::File::open(&path).with_context(|| format!("cannot reopen {path}"))?;
     let mut file = Some(file);
-    let locked_accept = || {
+    let mut locked_accept = || {
         let Some(f) = file.take() else {
             return Err(Errno::EBADF);
         };
@@ -255,7 +255,6 @@ fn flock_accept_loop(
         });
         accepted
     };
-    let mut locked_accept = locked_accept;
     blocking::accept_with(
         listener,
         || false,
