@@ -67,8 +67,7 @@
 //! `net::accept_ladder`/`ACCEPT_PAUSE`; the stop `signals::may_close`.
 //!
 //! **Run it**: `cargo run --release -p iomodels-servers --bin uring-server
-//! -- --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello` (`--help`
-//! says what `--workers N` does here: N rings, one lesson per ring).
+//! -- --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello`.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
@@ -182,12 +181,12 @@ impl Server {
             }
             // 3. Deadlines that came due: parked /wait, slow heads, idle peers.
             self.run_timers();
-            // 4. Stopping: close connections as they become idle; leave when
-            //    none is left and the kernel has let go of the listener (the
-            //    cancelled accept completed), so that the port is free.
+            // 4. Stopping: close idle connections, and the listener once its
+            //    cancelled accept has completed (freeing the port); then leave.
             if let Some(since) = self.stopping_since {
                 self.drain_all(since);
-                if self.conns.is_empty() && self.accept_op.is_none() {
+                self.listener = self.listener.take().filter(|_| self.accept_op.is_some());
+                if self.conns.is_empty() && self.listener.is_none() {
                     return Ok(());
                 }
             }
@@ -205,7 +204,8 @@ impl Server {
     /// Arms the accept, unless it is armed, paused, or stopped.
     fn arm_accept(&mut self, now: Instant) {
         self.accept_paused_until = self.accept_paused_until.filter(|&t| now < t);
-        if let (Some(l), None, None) = (&self.listener, self.accept_op, self.accept_paused_until) {
+        let waiting = self.accept_paused_until.or(self.stopping_since);
+        if let (Some(l), None, None) = (&self.listener, self.accept_op, waiting) {
             self.accept_op = Some(self.ring.accept(l.as_fd()));
         }
     }
@@ -298,8 +298,7 @@ impl Server {
     fn on_file(&mut self, event: Event, now: Instant) {
         let token = event.conn().unwrap_or(usize::MAX);
         if let Some(slot) = self.conns.get_mut(token).filter(|s| !s.closing) {
-            slot.file
-                .complete(event, &mut slot.conn, &mut self.host, now);
+            (slot.file).complete(event, &mut slot.conn, &mut self.host, now);
             self.drive(token);
         }
     }
@@ -366,10 +365,13 @@ impl Server {
         }
     }
 
-    /// SIGTERM/SIGINT: take what the backlog holds, cancel the accept, and
-    /// let every connection finish what it has in flight.
-    /// (The pipe is not drained: with several rings, each must see it.)
+    /// SIGTERM/SIGINT: take the backlog, cancel the accept (the listener
+    /// stays open until it completes: an accept queued in this batch would
+    /// meet a closed fd), let connections finish. (Each ring sees the pipe.)
     fn on_stop(&mut self, now: Instant) {
+        if self.stopping_since.is_some() {
+            return;
+        }
         let Some(listener) = self.listener.take() else {
             return;
         };
@@ -379,13 +381,11 @@ impl Server {
         while let Ok(Accepted::Conn(fd)) = net::accept_next(&listener, SockFlag::empty()) {
             self.add_conn(fd, now);
         }
-        // A connection the accept takes before the cancel lands is still
-        // served; the kernel holds the socket until then.
         self.ring.cancel(self.accept_op);
+        self.listener = Some(listener);
     }
 
-    /// While stopping: connections that had a request (or their grace)
-    /// close once idle.
+    /// While stopping: a connection closes once idle (`signals::may_close`).
     fn drain_all(&mut self, since: Instant) {
         let now = Instant::now();
         let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
