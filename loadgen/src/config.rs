@@ -255,6 +255,29 @@ impl Arrivals {
     }
 }
 
+/// How the load generator's threads do their I/O.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Io {
+    /// io_uring: one `io_uring_enter` per turn of a thread's loop submits
+    /// every send and reaps every response (Linux 6.0+).
+    Uring,
+    /// epoll (through mio): a `write` and a `read` per request and a share
+    /// of one `epoll_wait`. (The default of reports that predate the choice.)
+    #[default]
+    Epoll,
+}
+
+impl Io {
+    /// `uring` or `epoll`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Io::Uring => "uring",
+            Io::Epoll => "epoll",
+        }
+    }
+}
+
 /// How connections are used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -309,6 +332,10 @@ pub struct Config {
     pub hdr_log: Option<PathBuf>,
     /// Show a live progress line (only when stderr is a terminal).
     pub progress: bool,
+    /// The I/O backend; `None` picks io_uring where the kernel has what it
+    /// needs, epoll otherwise.
+    #[serde(default)]
+    pub io: Option<Io>,
 }
 
 impl Config {
@@ -334,6 +361,7 @@ impl Config {
             timeout_s: 10.0,
             hdr_log: None,
             progress: false,
+            io: None,
         }
     }
 

@@ -1,5 +1,7 @@
-//! The engine: one mio event loop per thread, driving its share of the
-//! connections.
+//! The engine: one event loop per thread, driving its share of the
+//! connections, on epoll (through mio) or on io_uring (the `uring` module:
+//! the same slots, schedule and verification; only how bytes move and how
+//! the loop waits differ).
 //!
 //! Every connection is a [`Slot`]: a socket (or none, between connections),
 //! a read buffer and a write buffer that live as long as the slot, and a
@@ -12,7 +14,9 @@
 //!
 //! # One request costs
 //!
-//! Sockets are registered once, readable and writable, edge-triggered, and
+//! With io_uring, no system call of its own: its send and its response
+//! ride on the loop's one `io_uring_enter` per turn (see `uring`). With
+//! epoll, sockets are registered once, readable and writable, edge-triggered, and
 //! never re-registered, so a keep-alive request costs one `write(2)`, one
 //! `read(2)` and a share of one `epoll_wait(2)`. A read that returns less
 //! than the room it was given has drained the socket (the kernel hands over
@@ -47,7 +51,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
@@ -61,8 +65,9 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
-use crate::config::{Addr, Arrivals, Protocol};
+use crate::config::{Addr, Arrivals, Io, Protocol};
 use crate::report::Errors;
+use crate::uring::{self, Completion};
 
 /// Timeouts are checked, failed connections retried and progress published
 /// this often.
@@ -112,6 +117,8 @@ pub(crate) struct Plan {
     pub arrivals: Arrivals,
     /// Send one histogram per second for the interval log.
     pub intervals: bool,
+    /// The I/O backend.
+    pub io: Io,
 }
 
 /// One thread's share of the run.
@@ -239,6 +246,17 @@ impl Probe {
             Addr::Unix(p) => Probe::Unix(std::os::unix::net::UnixStream::connect(p)?),
         })
     }
+
+    /// The socket itself, blocking (io_uring waits for it), without Nagle.
+    fn into_fd(self) -> io::Result<OwnedFd> {
+        Ok(match self {
+            Probe::Tcp(s) => {
+                s.set_nodelay(true)?;
+                s.into()
+            }
+            Probe::Unix(s) => s.into(),
+        })
+    }
 }
 
 /// A socket of either family.
@@ -354,6 +372,8 @@ struct Slot {
     ready_at: Instant,
     /// Failed: reconnect at the next tick, not at once.
     retry: bool,
+    /// io_uring: a send of `wbuf[wpos..]` is in flight.
+    sending: bool,
 }
 
 impl Slot {
@@ -371,6 +391,7 @@ impl Slot {
             ready: false,
             ready_at: Instant::now(),
             retry: false,
+            sending: false,
         }
     }
 
@@ -422,6 +443,7 @@ impl Slot {
         self.rend = 0;
         self.wbuf.clear();
         self.wpos = 0;
+        self.sending = false;
     }
 }
 
@@ -453,6 +475,8 @@ struct Worker<'p> {
     timer: Option<TimerFd>,
     armed_for: Option<Instant>,
     schedule_done: bool,
+    /// The io_uring backend; `None`: epoll (`poll`).
+    ring: Option<uring::Ring>,
 }
 
 /// Runs one thread's share until the end of the run.
@@ -464,7 +488,12 @@ pub(crate) fn run_thread(
     preconnected: Option<Probe>,
 ) -> io::Result<Stats> {
     let poll = Poll::new()?;
-    let timer = if plan.open_loop {
+    let ring = match plan.io {
+        Io::Uring => Some(uring::Ring::new(spec.connections, &plan.addr)?),
+        Io::Epoll => None,
+    };
+    // io_uring's wait has its own timeout, to the nanosecond.
+    let timer = if plan.open_loop && ring.is_none() {
         let t = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK)
             .map_err(io::Error::from)?;
         let fd = t.as_fd().as_raw_fd();
@@ -496,15 +525,21 @@ pub(crate) fn run_thread(
         timer,
         armed_for: None,
         schedule_done: false,
+        ring,
     };
     if w.poisson.is_some() {
         w.next_due = w.plan.t0 + w.gap();
     }
     if let Some(p) = preconnected {
         // The probe connection becomes slot 0's first connection.
-        let mut s = Stream::from_probe(p)?;
-        s.register(&w.poll, Token(0))?;
-        w.slots[0].stream = Some(s);
+        match w.ring.as_mut() {
+            Some(ring) => ring.adopt(0, p.into_fd()?)?,
+            None => {
+                let mut s = Stream::from_probe(p)?;
+                s.register(&w.poll, Token(0))?;
+                w.slots[0].stream = Some(s);
+            }
+        }
         w.slots[0].state = State::Open;
         w.stats.connections_opened += 1;
     }
@@ -516,6 +551,7 @@ pub(crate) fn run_thread(
 impl Worker<'_> {
     fn run(&mut self, progress: &Progress, intervals: Option<&Sender<Interval>>) {
         let mut events = Events::with_capacity(1024);
+        let mut completions = Vec::with_capacity(1024);
         let start = Instant::now();
         // Keep-alive: open every connection first. An open loop only sends
         // on connected slots; a closed loop sends as each one connects.
@@ -561,6 +597,19 @@ impl Worker<'_> {
             let mut wake = next_tick.min(next_interval);
             if let Some(end) = self.plan.end {
                 wake = wake.min(end);
+            }
+            if self.ring.is_some() {
+                // io_uring: the wait's timeout is also the open loop's timer.
+                if self.plan.open_loop && !self.schedule_done && !self.ready.is_empty() {
+                    wake = wake.min(self.next_due);
+                }
+                let timeout = wake.saturating_duration_since(now);
+                if self.wait_ring(timeout, &mut completions).is_err() {
+                    // Nothing sensible can go on without the ring.
+                    self.stats.errors.read += 1;
+                    break;
+                }
+                continue;
             }
             self.arm_timer(now);
             let timeout = wake.saturating_duration_since(now);
@@ -768,6 +817,7 @@ impl Worker<'_> {
         match self.slots[i].state {
             State::Closed => self.connect(i, now),
             State::Connecting(_) => {}
+            State::Open if self.ring.is_some() => self.send_ring(i),
             State::Open => {
                 if self.slots[i].flush().is_err() {
                     self.fail(i, Class::Write, now);
@@ -777,6 +827,12 @@ impl Worker<'_> {
     }
 
     fn connect(&mut self, i: usize, now: Instant) {
+        if let Some(ring) = self.ring.as_mut() {
+            return match ring.connect(i) {
+                Ok(()) => self.slots[i].state = State::Connecting(now),
+                Err(_) => self.fail(i, Class::Connect, now),
+            };
+        }
         let stream = Stream::connect(&self.plan.addr).and_then(|mut s| {
             s.register(&self.poll, Token(i))?;
             Ok(s)
@@ -816,6 +872,9 @@ impl Worker<'_> {
             Class::Write => &mut e.write,
             Class::Timeout => &mut e.timeout,
         } += failed;
+        if let Some(ring) = self.ring.as_mut() {
+            ring.close(i);
+        }
         slot.close();
         slot.fcgi = ResponseReader::new();
         slot.retry = true;
@@ -837,6 +896,9 @@ impl Worker<'_> {
         let lost = slot.inflight.drain(..).filter(|f| f.counted).count() as u64;
         self.stats.errors.read += lost;
         self.finished += lost;
+        if let Some(ring) = self.ring.as_mut() {
+            ring.close(i);
+        }
         slot.close();
         self.make_ready(i);
     }
@@ -907,18 +969,7 @@ impl Worker<'_> {
                 Ok(false) => return,
                 Err(_) => return self.fail(i, Class::Connect, now),
             }
-            self.stats.connections_opened += 1;
-            if now >= self.plan.measure_start {
-                self.stats.connect.saturating_record(micros(now - since));
-            }
-            let slot = &mut self.slots[i];
-            slot.state = State::Open;
-            for f in slot.inflight.iter_mut() {
-                f.sent.get_or_insert(now);
-            }
-            if slot.inflight.len() < self.plan.pipeline {
-                self.make_ready(i);
-            }
+            self.opened(i, since, now);
         }
         if self.slots[i].state != State::Open {
             return;
@@ -928,6 +979,138 @@ impl Worker<'_> {
         }
         if readable {
             self.read(i);
+        }
+    }
+
+    /// Slot `i`'s connect (begun at `since`) finished: the requests queued
+    /// on it count as sent now.
+    fn opened(&mut self, i: usize, since: Instant, now: Instant) {
+        self.stats.connections_opened += 1;
+        if now >= self.plan.measure_start {
+            self.stats.connect.saturating_record(micros(now - since));
+        }
+        let slot = &mut self.slots[i];
+        slot.state = State::Open;
+        for f in slot.inflight.iter_mut() {
+            f.sent.get_or_insert(now);
+        }
+        if slot.inflight.len() < self.plan.pipeline {
+            self.make_ready(i);
+        }
+    }
+
+    /// io_uring: one `io_uring_enter` (what this turn queued goes, and the
+    /// loop waits up to `timeout`), then every completion.
+    fn wait_ring(&mut self, timeout: Duration, out: &mut Vec<Completion>) -> io::Result<()> {
+        let Some(ring) = self.ring.as_mut() else {
+            return Ok(());
+        };
+        ring.wait(timeout, out)?;
+        for c in out.drain(..) {
+            let now = Instant::now();
+            match c {
+                Completion::Connected { slot, result } => {
+                    let State::Connecting(since) = self.slots[slot].state else {
+                        continue;
+                    };
+                    if result.is_err() {
+                        self.fail(slot, Class::Connect, now);
+                        continue;
+                    }
+                    self.opened(slot, since, now);
+                    if let Some(ring) = self.ring.as_mut() {
+                        ring.recv(slot);
+                    }
+                    self.send_ring(slot);
+                }
+                Completion::Received { slot, result, more } => {
+                    self.received(slot, result, more, now)
+                }
+                Completion::Sent { slot, result } => {
+                    self.slots[slot].sending = false;
+                    match result {
+                        Ok(n) if n > 0 => {
+                            let s = &mut self.slots[slot];
+                            s.wpos += n;
+                            if s.wpos >= s.wbuf.len() {
+                                s.wbuf.clear();
+                                s.wpos = 0;
+                            }
+                            self.send_ring(slot);
+                        }
+                        _ => self.fail(slot, Class::Write, now),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// io_uring: sends what slot `i` has queued, unless a send is in
+    /// flight (its completion sends the rest, in order).
+    fn send_ring(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        if slot.sending || slot.wpos >= slot.wbuf.len() || slot.state != State::Open {
+            return;
+        }
+        if let Some(ring) = self.ring.as_mut() {
+            ring.send(i, &slot.wbuf[slot.wpos..]);
+            slot.sending = true;
+        }
+    }
+
+    /// io_uring: what slot `i`'s receive got. The bytes go into the read
+    /// buffer and are answered exactly as the epoll backend's reads are.
+    fn received(
+        &mut self,
+        i: usize,
+        result: Result<Option<(u16, usize)>, nix::errno::Errno>,
+        more: bool,
+        now: Instant,
+    ) {
+        match result {
+            Ok(Some((bid, len))) => {
+                let mut done = 0;
+                while done < len {
+                    let slot = &mut self.slots[i];
+                    slot.make_room();
+                    let n = (slot.rbuf.len() - slot.rend).min(len - done);
+                    let Some(ring) = self.ring.as_ref() else {
+                        return;
+                    };
+                    slot.rbuf[slot.rend..slot.rend + n]
+                        .copy_from_slice(&ring.bytes(bid, len)[done..done + n]);
+                    slot.rend += n;
+                    done += n;
+                    if !self.answer(i, now) {
+                        break;
+                    }
+                }
+                if let Some(ring) = self.ring.as_mut() {
+                    ring.give_back(bid);
+                    // A multishot receive that stopped (a full completion
+                    // queue) is armed again.
+                    if !more && self.slots[i].state == State::Open {
+                        ring.recv(i);
+                    }
+                }
+            }
+            Ok(None) => {
+                if self.slots[i].inflight.is_empty() {
+                    // The server closed an idle keep-alive connection.
+                    self.close_clean(i);
+                } else {
+                    self.fail(i, Class::Read, now);
+                }
+            }
+            // The buffer ring ran dry: this batch's buffers are back, so
+            // receive again.
+            Err(nix::errno::Errno::ENOBUFS) if self.slots[i].state == State::Open => {
+                if let Some(ring) = self.ring.as_mut() {
+                    ring.recv(i);
+                }
+            }
+            Err(_) => self.fail(i, Class::Read, now),
         }
     }
 

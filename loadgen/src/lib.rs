@@ -26,13 +26,16 @@
 //! # Ok::<(), loadgen::Error>(())
 //! ```
 //!
-//! Modules: [`config`] (what to run), `engine` (the per-thread mio event
-//! loops), [`report`] (what was measured), `hdrlog` (the interval log).
+//! Modules: [`config`] (what to run), `engine` (the per-thread event
+//! loops), `uring` (their io_uring backend, [`Io::Uring`], the default
+//! where the kernel has it; epoll through mio otherwise), [`report`] (what
+//! was measured), `hdrlog` (the interval log).
 
 pub mod config;
 mod engine;
 mod hdrlog;
 pub mod report;
+mod uring;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -45,7 +48,7 @@ use iomodels_workload::{fcgi, http, routes, Expectation};
 use nix::sys::resource::{getrlimit, getrusage, setrlimit, Resource, UsageWho};
 
 pub use config::{
-    parse_duration, Arrivals, Config, ConnMode, Endpoint, Protocol, RouteSpec, Stop, Target,
+    parse_duration, Arrivals, Config, ConnMode, Endpoint, Io, Protocol, RouteSpec, Stop, Target,
 };
 pub use report::{Cpu, Errors, HistogramSummary, Idle, OpenLoop, Report, SCHEMA_VERSION};
 
@@ -124,6 +127,7 @@ pub struct Run {
     config: Config,
     addr: config::Addr,
     probe: engine::Probe,
+    io: Io,
 }
 
 impl Run {
@@ -132,6 +136,7 @@ impl Run {
     /// is an [`Error::Unreachable`] here, not a run full of connect errors.
     pub fn new(config: &Config) -> Result<Run, Error> {
         config.validate()?;
+        let io = resolve_io(config.io)?;
         let addr = config.target.resolve()?;
         raise_fd_limit(config.connections + config.idle + 64)?;
         let probe = engine::Probe::connect(&addr, config.timeout().min(Duration::from_secs(5)))
@@ -140,7 +145,14 @@ impl Run {
             config: config.clone(),
             addr,
             probe,
+            io,
         })
+    }
+
+    /// The I/O backend the run uses (the one asked, or the one this kernel
+    /// allows).
+    pub fn io(&self) -> Io {
+        self.io
     }
 
     /// Applies the load and returns what was measured.
@@ -154,12 +166,34 @@ impl Run {
             config,
             addr,
             probe,
+            io,
         } = self;
-        measure(&config, addr, probe)
+        measure(&config, addr, probe, io)
     }
 }
 
-fn measure(config: &Config, addr: config::Addr, probe: engine::Probe) -> Result<Measured, Error> {
+/// The backend to use: io_uring when asked (an error where the kernel
+/// cannot), epoll when asked, else io_uring where the kernel can.
+fn resolve_io(asked: Option<Io>) -> Result<Io, Error> {
+    match asked {
+        Some(Io::Epoll) => Ok(Io::Epoll),
+        Some(Io::Uring) => uring::available()
+            .map(|()| Io::Uring)
+            .map_err(|e| Error::Config(format!("--io uring: io_uring unavailable here: {e}"))),
+        None => Ok(if uring::available().is_ok() {
+            Io::Uring
+        } else {
+            Io::Epoll
+        }),
+    }
+}
+
+fn measure(
+    config: &Config,
+    addr: config::Addr,
+    probe: engine::Probe,
+    io: Io,
+) -> Result<Measured, Error> {
     let routes = prepare(config);
     let mix = mix(&config.route_specs());
 
@@ -195,6 +229,7 @@ fn measure(config: &Config, addr: config::Addr, probe: engine::Probe) -> Result<
         open_loop: config.rate.is_some(),
         arrivals: config.arrivals,
         intervals: config.hdr_log.is_some(),
+        io,
     };
     let mut log = match &config.hdr_log {
         Some(path) => Some(
@@ -383,6 +418,7 @@ fn measure(config: &Config, addr: config::Addr, probe: engine::Probe) -> Result<
             },
             utilization: (user_s + sys_s) / wall / threads as f64,
         },
+        io,
     };
     Ok(Measured {
         report,

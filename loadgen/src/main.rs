@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use loadgen::{
-    parse_duration, Arrivals, Config, ConnMode, Error, Protocol, RouteSpec, Stop, Target,
+    parse_duration, Arrivals, Config, ConnMode, Error, Io, Protocol, RouteSpec, Stop, Target,
 };
 
 /// An HTTP and FastCGI load generator for the iomodels workload: closed loop
@@ -93,6 +93,17 @@ struct Cli {
     /// Write an HdrHistogram interval log (one interval per second) here.
     #[arg(long)]
     hdr_log: Option<PathBuf>,
+    /// I/O backend: `uring` (one io_uring_enter per loop turn for all
+    /// sends and responses; Linux 6.0+) or `epoll` (a write and a read per
+    /// request) [default: uring where the kernel allows it, else epoll].
+    #[arg(long, value_enum)]
+    io: Option<IoArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum IoArg {
+    Uring,
+    Epoll,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -137,6 +148,10 @@ impl Cli {
         c.timeout_s = self.timeout.as_secs_f64();
         c.hdr_log = self.hdr_log.clone();
         c.progress = true;
+        c.io = self.io.map(|io| match io {
+            IoArg::Uring => Io::Uring,
+            IoArg::Epoll => Io::Epoll,
+        });
         c.validate()?;
         Ok(c)
     }
@@ -194,6 +209,10 @@ fn run(cli: &Cli) -> Result<(), Error> {
     if config.warmup_s > 0.0 {
         mode.push(format!("{} warm-up", fmt_secs(config.warmup_s)));
     }
+    mode.push(match load.io() {
+        Io::Uring => "io_uring".to_string(),
+        Io::Epoll => "epoll".to_string(),
+    });
     println!("Running {what} test @ {}", config.target);
     println!(
         "  {} threads and {} connections, {}",

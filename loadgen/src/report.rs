@@ -9,7 +9,7 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer}
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Arrivals, ConnMode, Protocol};
+use crate::config::{Arrivals, ConnMode, Io, Protocol};
 use crate::Error;
 
 /// Version of the JSON schema; bumped on any incompatible change.
@@ -222,6 +222,9 @@ pub struct Report {
     pub workers: BTreeMap<String, u64>,
     /// The generator's own CPU time.
     pub cpu: Cpu,
+    /// The generator's I/O backend: `uring` or `epoll`.
+    #[serde(default)]
+    pub io: Io,
 }
 
 impl Report {
@@ -356,11 +359,15 @@ impl Report {
         }
         let _ = writeln!(
             o,
-            "Generator CPU: {:.2}s user + {:.2}s sys, {:.2} us/request, {:.0}% of its threads",
+            "Generator CPU: {:.2}s user + {:.2}s sys, {:.2} us/request, {:.0}% of its threads ({})",
             self.cpu.user_s,
             self.cpu.sys_s,
             self.cpu.us_per_request,
-            self.cpu.utilization * 100.0
+            self.cpu.utilization * 100.0,
+            match self.io {
+                Io::Uring => "io_uring",
+                Io::Epoll => "epoll",
+            }
         );
         o
     }
