@@ -172,6 +172,12 @@ impl Run {
     }
 }
 
+/// Whether this kernel runs the io_uring backend ([`Io::Uring`]); `Err`
+/// says why not, in one line.
+pub fn io_uring_available() -> Result<(), String> {
+    uring::available()
+}
+
 /// The backend to use: io_uring when asked (an error where the kernel
 /// cannot), epoll when asked, else io_uring where the kernel can.
 fn resolve_io(asked: Option<Io>) -> Result<Io, Error> {

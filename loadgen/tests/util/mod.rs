@@ -238,3 +238,17 @@ fn corrupt(out: &mut [u8]) {
 pub fn socket_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("loadgen-test-{}-{name}.sock", std::process::id()))
 }
+
+/// Runs `test` on each I/O backend: epoll, then io_uring where this kernel
+/// has what it needs (else a line says why it was skipped).
+pub fn each_io(mut test: impl FnMut(loadgen::Io)) {
+    eprintln!("backend: epoll");
+    test(loadgen::Io::Epoll);
+    match loadgen::io_uring_available() {
+        Ok(()) => {
+            eprintln!("backend: io_uring");
+            test(loadgen::Io::Uring);
+        }
+        Err(e) => eprintln!("io_uring backend skipped: {e}"),
+    }
+}
