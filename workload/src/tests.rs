@@ -294,14 +294,30 @@ fn slow_head_times_out_with_408() {
 }
 
 #[test]
-fn idle_keep_alive_closes_and_holds_no_buffers() {
+fn idle_keep_alive_closes_and_holds_little() {
     let mut host = TestHost { requests: 0 };
     let t0 = Instant::now();
     let mut conn = new_conn(Protocol::Http, t0);
+    assert_eq!((conn.input.capacity(), conn.out.capacity()), (0, 0));
+    // A large response's buffer goes once it is written...
+    conn.handle_input(b"GET /bytes?n=100000 HTTP/1.1\r\n\r\n", t0, &mut host);
+    while !conn.output().is_empty() {
+        let n = conn.output().len();
+        conn.advance_output(n, t0, &mut host);
+    }
+    assert_eq!((conn.input.capacity(), conn.out.capacity()), (0, 0));
+    // ... a small one's stays for the next response (no allocation per
+    // keep-alive request), and is reused.
     conn.handle_input(b"GET /hello HTTP/1.1\r\n\r\n", t0, &mut host);
     let n = conn.output().len();
+    let buf = conn.output().as_ptr();
     conn.advance_output(n, t0, &mut host);
-    assert_eq!((conn.input.capacity(), conn.out.capacity()), (0, 0));
+    assert_eq!(conn.input.capacity(), 0);
+    assert!((1..=crate::conn::KEEP_OUTPUT).contains(&conn.out.capacity()));
+    conn.handle_input(b"GET /hello HTTP/1.1\r\n\r\n", t0, &mut host);
+    assert_eq!(conn.output().as_ptr(), buf);
+    let n = conn.output().len();
+    conn.advance_output(n, t0, &mut host);
     let idle = conn.poll_timeout().unwrap();
     assert_eq!(idle, t0 + Duration::from_secs(30));
     conn.handle_timeout(idle, &mut host);

@@ -24,8 +24,9 @@
 //! per wake-up — because the kernel will not report the same data twice.
 //!
 //! **Trade-off.** One thread serves any number of connections, and an idle
-//! connection costs only its kernel socket and a small slot here (buffers
-//! are freed between requests). But nothing may block: a slow handler — a
+//! connection costs only its kernel socket and a small slot here (large
+//! buffers are freed between requests; a response buffer of at most 1 KiB
+//! stays, which spares a keep-alive request an allocation and a free). But nothing may block: a slow handler — a
 //! blocking `/wait` (`--blocking-wait` shows it on purpose), a disk read
 //! that misses the page cache, `/cpu` with a large `n` — stalls every
 //! connection, and one thread uses one core.
