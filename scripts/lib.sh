@@ -13,7 +13,7 @@
 #   start_process              the same for any program and ready-line pattern
 #   start_nginx_hello          nginx, one worker, `return 200 "Hello, World!"`
 #   tree_ticks                 CPU ticks of whole process trees, from /proc
-#   ab_add, ab_run             the A/B benchmark: alternating rounds, medians, ratios
+#   ab_add, ab_run, ab_reset   the A/B benchmark: alternating rounds, medians, ratios
 # Everything started here is stopped when the script exits.
 
 # The servers run on CPU 1 and the load generator on CPU 0 (taskset), so
@@ -226,6 +226,18 @@ tree_ticks() {
 _AB_NAMES=()
 _AB_PIDS=()
 _AB_CMDS=()
+
+# ab_reset: forgets the contestants and results, for a second benchmark in
+# the same script (after ab_run has printed the first; its rows stay in
+# $WORK/ab.results.N, N counting from 1).
+ab_reset() {
+  _AB_NAMES=()
+  _AB_PIDS=()
+  _AB_CMDS=()
+  local n=1
+  while [ -e "$WORK/ab.results.$n" ]; do n=$((n + 1)); done
+  [ ! -e "$WORK/ab.results" ] || mv "$WORK/ab.results" "$WORK/ab.results.$n"
+}
 
 ab_add() {
   _AB_NAMES+=("$1")

@@ -13,14 +13,18 @@
 //!   completion, or a cancel aimed at a request that already finished, never
 //!   touches the request that reuses the index. Whatever the kernel reads or
 //!   writes after `io_uring_enter` returns (a send's bytes, a read's buffer,
-//!   a path, a timespec) is owned by its `Op` until the last completion.
+//!   a path) is owned by its `Op` until the last completion.
 //! * **Completions** come back as [`Event`]s with typed results (a
-//!   descriptor, a byte count, an [`Errno`]); cancels and the timeout are
+//!   descriptor, a byte count, an [`Errno`]); cancels are
 //!   handled here. A multishot request the kernel refuses (`EINVAL`) is
 //!   re-submitted in its one-shot form, for the rest of the run.
-//! * **Submission**: a full submission queue is handed to the kernel and
+//! * **Submission and waiting**: one `io_uring_enter` per turn submits and
+//!   waits; its own timeout (`IORING_ENTER_EXT_ARG`) is the model's next
+//!   deadline ([`Ring::wake_by`]), so no timer request is ever queued, and
+//!   `--batch-wait` lets it wait a little for more than one completion
+//!   (`min_wait`). A full submission queue is handed to the kernel and
 //!   retried, else the entry waits for the next turn; `io_uring_enter`
-//!   failing with `EINTR`, `EBUSY` or `EAGAIN` is not fatal.
+//!   failing with `ETIME`, `EINTR`, `EBUSY` or `EAGAIN` is not fatal.
 //! * **The provided-buffer ring**: `--buffers` buffers of 4 KiB the kernel
 //!   picks from when data arrives; a [`RecvBuf`] is one of them lent to the
 //!   model until [`Ring::give_back`].
@@ -41,7 +45,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use io_uring::types::{BufRingEntry, Fd, Timespec};
+use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use iomodels_workload::{Conn, FileRequest, Host};
 use nix::errno::Errno;
@@ -80,6 +84,10 @@ pub struct Config {
     /// Receive buffers of 4 KiB in each ring's registered buffer ring (a power of two)
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = parse_buffers)]
     pub buffers: u16,
+
+    /// Batch wake-ups: each wait lasts up to US microseconds for more completions than the first (io_uring_enter's min_wait, Linux 6.12), so one wake-up serves several requests, at the cost of up to US of latency; 0 returns with the first completion
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    pub batch_wait: u32,
 }
 
 /// A request in flight: its `user_data`.
@@ -157,10 +165,6 @@ enum Op {
     Poll {
         fd: RawFd,
     },
-    /// The kernel reads the timespec when it takes the request.
-    Timer {
-        _spec: Box<Timespec>,
-    },
     Recv {
         conn: usize,
         fd: RawFd,
@@ -193,7 +197,7 @@ impl Op {
             | Op::Send { conn, .. }
             | Op::Open { conn, .. }
             | Op::Read { conn, .. } => Some(conn),
-            Op::Accept { .. } | Op::Poll { .. } | Op::Timer { .. } => None,
+            Op::Accept { .. } | Op::Poll { .. } => None,
         }
     }
 }
@@ -214,8 +218,11 @@ pub struct Ring {
     generation: u32,
     /// Entries that found the submission queue full.
     backlog: VecDeque<squeue::Entry>,
-    /// The armed timeout: its deadline and request.
-    timer: Option<(Instant, OpId)>,
+    /// The next wait ends by then ([`Ring::wake_by`]): the wait's own
+    /// timeout, so no timer request is ever queued or re-armed.
+    deadline: Option<Instant>,
+    /// `--batch-wait`, µs.
+    batch_wait: u32,
     /// Send buffers kept for reuse.
     spare: Vec<Vec<u8>>,
     /// Requests in flight per connection token.
@@ -235,6 +242,14 @@ impl Ring {
             .unwrap_or_else(|_| "unknown".into());
         let ring = build(config, &kernel)?;
         probe(&ring, &kernel)?;
+        if !ring.params().is_feature_ext_arg() {
+            return Err(unavailable("no IORING_ENTER_EXT_ARG (5.11)", &kernel));
+        }
+        if config.batch_wait > 0 && kernel_version(&kernel) < (6, 12) {
+            anyhow::bail!(
+                "--batch-wait needs io_uring_enter's min_wait (Linux 6.12; kernel {kernel})"
+            );
+        }
         let bufs = BufRing::new(config.buffers)?;
         // SAFETY: the entries belong to `bufs`, which `Ring` drops only
         // after the io_uring (field order), so they stay valid while
@@ -261,7 +276,8 @@ impl Ring {
             ops: Slab::new(),
             generation: 0,
             backlog: VecDeque::new(),
-            timer: None,
+            deadline: None,
+            batch_wait: config.batch_wait,
             spare: Vec::new(),
             per_conn: Vec::new(),
             cqes: Vec::new(),
@@ -402,22 +418,12 @@ impl Ring {
         }
     }
 
-    /// Makes sure the ring wakes by `when`: one timeout request, replaced
-    /// when an earlier deadline comes.
+    /// Makes sure the next wait ends by `when` (the earliest of the
+    /// deadlines asked before it): the timeout of that `io_uring_enter`
+    /// itself (`IORING_ENTER_EXT_ARG`), not a timeout request.
     #[inline]
     pub fn wake_by(&mut self, when: Instant) {
-        if self.timer.is_some_and(|(armed, _)| armed <= when) {
-            return;
-        }
-        if let Some((_, old)) = self.timer.take() {
-            self.push(opcode::TimeoutRemove::new(old.0).build().user_data(IGNORE));
-        }
-        let spec = Box::new(Timespec::from(
-            when.saturating_duration_since(Instant::now()),
-        ));
-        let sqe = opcode::Timeout::new(&*spec).build();
-        let id = self.queue(Op::Timer { _spec: spec }, sqe);
-        self.timer = Some((when, id));
+        self.deadline = Some(self.deadline.map_or(when, |d| d.min(when)));
     }
 
     /// The bytes a receive put in `buf`.
@@ -437,13 +443,33 @@ impl Ring {
     /// `events`.
     pub fn submit_and_wait(&mut self, events: &mut VecDeque<Event>) -> anyhow::Result<()> {
         self.flush_backlog();
-        if let Err(e) = self.ring.submit_and_wait(1) {
+        let timeout = self
+            .deadline
+            .take()
+            .map(|d| Timespec::from(d.saturating_duration_since(Instant::now())));
+        let mut args = SubmitArgs::new();
+        let mut want = 1;
+        if self.batch_wait > 0 {
+            // Up to every request in flight, for at most batch_wait µs once
+            // one has completed.
+            want = self.ops.len().max(1);
+            args = args.min_wait_usec(self.batch_wait);
+        }
+        let entered = match &timeout {
+            Some(ts) => self
+                .ring
+                .submitter()
+                .submit_with_args(want, &args.timespec(ts)),
+            None => self.ring.submitter().submit_with_args(want, &args),
+        };
+        if let Err(e) = entered {
             match Errno::from_raw(e.raw_os_error().unwrap_or(0)) {
-                // A signal interrupted the wait (the model's poll on the
-                // signal pipe reports it); the completion queue is full
-                // (EBUSY) or the kernel is short of memory for requests
-                // (EAGAIN): reap first, submit again next turn.
-                Errno::EINTR | Errno::EBUSY | Errno::EAGAIN => {}
+                // The deadline came (ETIME); a signal interrupted the wait
+                // (the model's poll on the signal pipe reports it); the
+                // completion queue is full (EBUSY) or the kernel is short of
+                // memory for requests (EAGAIN): reap first, submit again
+                // next turn.
+                Errno::ETIME | Errno::EINTR | Errno::EBUSY | Errno::EAGAIN => {}
                 e => anyhow::bail!("io_uring_enter: {e}"),
             }
         }
@@ -527,7 +553,7 @@ impl Ring {
     }
 
     /// The event of one completion: `None` for completions handled here
-    /// (cancels, the timeout, a multishot refusal) or that belong to a
+    /// (cancels, a multishot refusal) or that belong to a
     /// request already finished (a stale generation). The request leaves
     /// the slab with its last completion.
     #[inline]
@@ -620,12 +646,6 @@ impl Ring {
             // Readable; a cancelled poll reports nothing.
             Op::Poll { .. } if result >= 0 => Event::Readable,
             Op::Poll { .. } => return None,
-            Op::Timer { .. } => {
-                if self.timer.is_some_and(|(_, t)| t == id) {
-                    self.timer = None;
-                }
-                return None;
-            }
             Op::Recv { conn, .. } => Event::Received {
                 conn,
                 result: received(result, flags),
@@ -934,8 +954,6 @@ fn probe(ring: &IoUring, kernel: &str) -> anyhow::Result<()> {
         (opcode::Accept::CODE, "IORING_OP_ACCEPT"),
         (opcode::Recv::CODE, "IORING_OP_RECV"),
         (opcode::Send::CODE, "IORING_OP_SEND"),
-        (opcode::Timeout::CODE, "IORING_OP_TIMEOUT"),
-        (opcode::TimeoutRemove::CODE, "IORING_OP_TIMEOUT_REMOVE"),
         (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
         (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
         (opcode::OpenAt::CODE, "IORING_OP_OPENAT"),
@@ -1067,6 +1085,7 @@ mod tests {
             sqpoll: false,
             single_shot: false,
             buffers: 4,
+            batch_wait: 0,
         };
         match Ring::new(&config) {
             Ok(ring) => Some(ring),

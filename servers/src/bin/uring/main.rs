@@ -37,7 +37,7 @@
 //!   the request owns. A short send leaves the rest for the next one; one
 //!   send at a time per connection keeps the bytes in order.
 //! * **`/wait`, slow heads, idle peers**: a timer heap whose earliest
-//!   deadline is one `IORING_OP_TIMEOUT`.
+//!   deadline is the timeout of the loop's `io_uring_enter` (no timer request).
 //! * **`/file`** is `IORING_OP_OPENAT`, `fstat`, then `IORING_OP_READ`
 //!   piece by piece as the connection's window has room: the one
 //!   single-threaded event loop here where a disk read that misses the page
@@ -49,9 +49,10 @@
 //!
 //! **One keep-alive request costs** no system call of its own: its recv
 //! completion and its send ride on the loop's one `io_uring_enter`, which
-//! serves many requests. Under `strace -f -c` (which slows the server and
-//! so changes the batching; `docs/models/uring.md`): 0.118 system calls per
-//! request at 50 connections, 0.028 at 500, against epoll-server's 2.03.
+//! serves many requests (`--batch-wait US`: each wait lingers up to US µs
+//! for more completions). Under `strace -f -c` (which changes the batching;
+//! `docs/models/uring.md`, with what each option costs): 0.118 system calls
+//! per request at 50 connections, 0.028 at 500; epoll-server's 2.03.
 //!
 //! **Trade-off.** Fewer system calls, no readiness round trip, but the
 //! kernel holds your buffers (ownership rules readiness models never have),
@@ -59,10 +60,9 @@
 //! with many busy connections and disk reads; **loses** with one connection
 //! at a time, and with large bodies, where copying dominates.
 //!
-//! **Where the rules live.** io_uring itself (setup flags, probe, the slab
-//! of requests in flight, the buffer ring, a full submission queue, the
-//! `/file` chain, `--sqpoll`/`--single-shot`/`--buffers`, every `unsafe`
-//! block) is `servers/src/ring.rs`. The protocol is the workload's `Conn`;
+//! **Where the rules live.** io_uring itself (setup flags, probe, slab of
+//! requests, buffer ring, waits, the `/file` chain, the flags, every
+//! `unsafe` block) is `servers/src/ring.rs`. The protocol is the workload's `Conn`;
 //! `--max-conns` is `Shared::admit`/`refuse`; accept errors and their pause
 //! `net::accept_ladder`/`ACCEPT_PAUSE`; the stop `signals::may_close`.
 //!
