@@ -214,7 +214,7 @@ tree_ticks() {
 #                                   added, round 2 the same, … (A B A B …),
 #                                   then medians and the ratio of each
 #                                   pair: the 2nd over the 1st, the 4th
-#                                   over the 3rd, …
+#                                   over the 3rd, … (AB_PAIRS=0: no ratios)
 #
 # Every line shows requests/s, the server's CPU µs per request (its whole
 # process tree, from /proc), and the generator's own CPU (user + sys from
@@ -289,7 +289,7 @@ ab_run() {
       _ab_one "$i" "$r"
     done
   done
-  awk -F'\t' -v sep="$(printf '%s\037' "${_AB_NAMES[@]}")" '
+  awk -F'\t' -v sep="$(printf '%s\037' "${_AB_NAMES[@]}")" -v pairs="${AB_PAIRS:-1}" '
     function median(name, col,   a, n, i, j, x) {
       n = 0
       for (i = 1; i <= rows; i++) if (row[i, 0] == name) a[++n] = row[i, col]
@@ -308,7 +308,7 @@ ab_run() {
         if (gen[n]) printf "  GEN in %d of %d rounds", gen[n], runs[n]
         printf "\n"
       }
-      for (i = 2; i <= k; i += 2) {
+      for (i = 2; pairs && i <= k; i += 2) {
         a = name[i - 1]; b = name[i]
         printf "ratio %s / %s: %s requests/s, %s server CPU per request, %s generator CPU per request\n",
           b, a, ratio(m[b, 1], m[a, 1]), ratio(m[b, 2], m[a, 2]), ratio(m[b, 4], m[a, 4])
