@@ -20,9 +20,8 @@
 //!   re-submitted in its one-shot form, for the rest of the run.
 //! * **Submission and waiting**: one `io_uring_enter` per turn submits and
 //!   waits; its own timeout (`IORING_ENTER_EXT_ARG`) is the model's next
-//!   deadline ([`Ring::wake_by`]), so no timer request is ever queued, and
-//!   `--batch-wait` lets it wait a little for more than one completion
-//!   (`min_wait`). A full submission queue is handed to the kernel and
+//!   deadline ([`Ring::wake_by`]), so no timer request is ever queued or
+//!   re-armed. A full submission queue is handed to the kernel and
 //!   retried, else the entry waits for the next turn; `io_uring_enter`
 //!   failing with `ETIME`, `EINTR`, `EBUSY` or `EAGAIN` is not fatal.
 //! * **The provided-buffer ring**: `--buffers` buffers of 4 KiB the kernel
@@ -84,10 +83,6 @@ pub struct Config {
     /// Receive buffers of 4 KiB in each ring's registered buffer ring (a power of two)
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = parse_buffers)]
     pub buffers: u16,
-
-    /// Batch wake-ups: each wait lasts up to US microseconds for more completions than the first (io_uring_enter's min_wait, Linux 6.12), so one wake-up serves several requests, at the cost of up to US of latency; 0 returns with the first completion
-    #[arg(long, value_name = "US", default_value_t = 0)]
-    pub batch_wait: u32,
 }
 
 /// A request in flight: its `user_data`.
@@ -221,8 +216,6 @@ pub struct Ring {
     /// The next wait ends by then ([`Ring::wake_by`]): the wait's own
     /// timeout, so no timer request is ever queued or re-armed.
     deadline: Option<Instant>,
-    /// `--batch-wait`, µs.
-    batch_wait: u32,
     /// Send buffers kept for reuse.
     spare: Vec<Vec<u8>>,
     /// Requests in flight per connection token.
@@ -244,11 +237,6 @@ impl Ring {
         probe(&ring, &kernel)?;
         if !ring.params().is_feature_ext_arg() {
             return Err(unavailable("no IORING_ENTER_EXT_ARG (5.11)", &kernel));
-        }
-        if config.batch_wait > 0 && kernel_version(&kernel) < (6, 12) {
-            anyhow::bail!(
-                "--batch-wait needs io_uring_enter's min_wait (Linux 6.12; kernel {kernel})"
-            );
         }
         let bufs = BufRing::new(config.buffers)?;
         // SAFETY: the entries belong to `bufs`, which `Ring` drops only
@@ -277,7 +265,6 @@ impl Ring {
             generation: 0,
             backlog: VecDeque::new(),
             deadline: None,
-            batch_wait: config.batch_wait,
             spare: Vec::new(),
             per_conn: Vec::new(),
             cqes: Vec::new(),
@@ -447,20 +434,11 @@ impl Ring {
             .deadline
             .take()
             .map(|d| Timespec::from(d.saturating_duration_since(Instant::now())));
-        let mut args = SubmitArgs::new();
-        let mut want = 1;
-        if self.batch_wait > 0 {
-            // Up to every request in flight, for at most batch_wait µs once
-            // one has completed.
-            want = self.ops.len().max(1);
-            args = args.min_wait_usec(self.batch_wait);
-        }
         let entered = match &timeout {
-            Some(ts) => self
-                .ring
-                .submitter()
-                .submit_with_args(want, &args.timespec(ts)),
-            None => self.ring.submitter().submit_with_args(want, &args),
+            Some(ts) => {
+                (self.ring.submitter()).submit_with_args(1, &SubmitArgs::new().timespec(ts))
+            }
+            None => self.ring.submitter().submit_and_wait(1),
         };
         if let Err(e) = entered {
             match Errno::from_raw(e.raw_os_error().unwrap_or(0)) {
@@ -1085,7 +1063,6 @@ mod tests {
             sqpoll: false,
             single_shot: false,
             buffers: 4,
-            batch_wait: 0,
         };
         match Ring::new(&config) {
             Ok(ring) => Some(ring),

@@ -49,10 +49,9 @@
 //!
 //! **One keep-alive request costs** no system call of its own: its recv
 //! completion and its send ride on the loop's one `io_uring_enter`, which
-//! serves many requests (`--batch-wait US`: each wait lingers up to US µs
-//! for more completions). Under `strace -f -c` (which changes the batching;
-//! `docs/models/uring.md`, with what each option costs): 0.118 system calls
-//! per request at 50 connections, 0.028 at 500; epoll-server's 2.03.
+//! serves many requests. Under `strace -f -c` (which changes the batching;
+//! `docs/models/uring.md`, with what each option tried cost): 0.118 system
+//! calls per request at 50 connections, 0.028 at 500; epoll-server's 2.03.
 //!
 //! **Trade-off.** Fewer system calls, no readiness round trip, but the
 //! kernel holds your buffers (ownership rules readiness models never have),
