@@ -77,11 +77,12 @@ pub enum Probe {
     /// Nothing more.
     #[default]
     None,
-    /// No warm-up; first one request on a fresh connection (`first_us`:
-    /// what the first client of a fresh server waits), then the load with a
+    /// No warm-up; 0.3 s after the ready line (the workers a server forks
+    /// at start are waiting by then) one request on a fresh connection
+    /// (`first_us`: what the first client waits), then the load with a
     /// timeline: per second `t<i>.workers` (the tree's processes minus the
-    /// master, the most seen in that second), `t<i>.p99_us` and
-    /// `t<i>.requests` (from the load generator's one-second interval log).
+    /// master, the most seen in that second), `t<i>.p99_us`, `t<i>.max_us`
+    /// and `t<i>.requests` (the load generator's one-second interval log).
     Timeline,
     /// The server's own `/status` counters before and after the measured
     /// run: `enters_status` (io_uring_enter calls), `requests_status`.
@@ -639,7 +640,16 @@ fn measure_once(
         c.stop = Stop::DurationS(secs);
         // A burst against a growing pool waits for workers longer than a
         // request ever should.
-        c.timeout_s = if timeline { 15.0 } else { 5.0 };
+        // A crash: a request unanswered for a second (fifty times its
+        // service time) is lost (a server may hold a dead worker's
+        // connection open much longer).
+        c.timeout_s = if p.crash.is_some() {
+            1.0
+        } else if timeline {
+            15.0
+        } else {
+            5.0
+        };
         c.routes = vec![RouteSpec {
             target: route.to_string(),
             weight: 1,
@@ -649,6 +659,7 @@ fn measure_once(
     let mut extra = Extra::new();
     if timeline {
         // No warm-up: the first client of a fresh server is the figure.
+        std::thread::sleep(Duration::from_millis(300));
         let (took, _) = get(&server.addr, "/hello")?;
         extra.insert("first_us".into(), took.as_secs_f64() * 1e6);
     } else {
@@ -777,9 +788,10 @@ fn measure_once(
     if let Some(log) = log {
         let text = std::fs::read(&log).unwrap_or_default();
         let _ = std::fs::remove_file(&log);
-        for (i, (n, p99)) in intervals(&text).into_iter().enumerate() {
+        for (i, (n, p99, max)) in intervals(&text).into_iter().enumerate() {
             extra.insert(format!("t{i}.requests"), n as f64);
             extra.insert(format!("t{i}.p99_us"), p99 as f64);
+            extra.insert(format!("t{i}.max_us"), max as f64);
             extra.insert(
                 format!("t{i}.workers"),
                 most.get(i).copied().unwrap_or(0) as f64,
@@ -834,8 +846,9 @@ fn newcomer(root: u32, addr: &str, want: usize) -> Extra {
     e
 }
 
-/// Requests and p99 (µs) of each interval of a load generator's interval log.
-fn intervals(text: &[u8]) -> Vec<(u64, u64)> {
+/// Requests, p99 and max (µs) of each interval of a load generator's
+/// interval log.
+fn intervals(text: &[u8]) -> Vec<(u64, u64, u64)> {
     use base64::Engine as _;
     use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
     let mut v = Vec::new();
@@ -855,7 +868,7 @@ fn intervals(text: &[u8]) -> Vec<(u64, u64)> {
             } else {
                 h.value_at_quantile(0.99)
             };
-            v.push((h.len(), p99));
+            v.push((h.len(), p99, h.max()));
         }
     }
     v
