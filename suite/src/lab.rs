@@ -308,7 +308,9 @@ fn littles_law() -> Lab {
             }
             v
         },
-        timing: ((1.0, 1), (3.0, 3)),
+        // Three quick rounds: one second at 100–400 req/s is a few hundred
+        // requests, and one slow wake-up on a loaded machine shows.
+        timing: ((1.0, 3), (3.0, 3)),
         chart: ChartSpec {
             x_desc: "workers (prefork, threadpool) · connections (epoll)",
             y_desc: "requests/s",
@@ -1097,11 +1099,31 @@ pub fn sheet(lab: &Lab, o: &Outcome) -> String {
     for (k, v) in &o.judgement.figures {
         let _ = writeln!(s, "\n- {k}: {v}");
     }
+    let exact = o.measured.iter().any(|m| !m.cost.cpu_source.is_ticks());
+    let perf = o.measured.iter().any(|m| m.extra.contains_key("csw"));
     let _ = writeln!(
         s,
         "\nEach figure is the median of the rounds; a round measures every point once, \
-         in alternating order (the machine may be shared). CPU is the server's process \
-         tree from /proc (user + system, reaped children included)."
+         in alternating order (the machine may be shared). CPU is the server's whole \
+         process tree: {}. Context switches: {}. Memory: PSS from /proc{}.",
+        if exact {
+            "exact, from its cgroup (exited threads and reaped children included)"
+        } else {
+            "from /proc in 10 ms ticks (no cgroup could be made here)"
+        },
+        if perf {
+            "an inherited perf counter (exited tasks included)"
+        } else {
+            "/proc's live tasks (perf is not available here)"
+        },
+        if o.measured
+            .iter()
+            .any(|m| m.extra.contains_key("cgroup_peak_kib"))
+        {
+            "; the cgroup's peak in lab.json (`cgroup_peak_kib`)"
+        } else {
+            ""
+        }
     );
     s
 }
