@@ -230,11 +230,14 @@ pub struct ChartSpec {
     pub ideal: Option<fn(f64) -> f64>,
     /// The lines to draw, when they are not one per series of `y` against
     /// the point's x (a timeline, percentiles of one run).
-    pub lines: Option<fn(&[Measured]) -> Vec<Line>>,
+    pub lines: Option<Lines>,
 }
 
 /// A drawn line: its name and its (x, y) points.
 pub type Line = (String, Vec<(f64, f64)>);
+
+/// What draws a lab's own lines from its measurements.
+pub type Lines = fn(&[Measured]) -> Vec<Line>;
 
 /// One lab.
 pub struct Lab {
