@@ -818,25 +818,36 @@ fn measure_once(
     Ok((report, cost, extra))
 }
 
-/// [`Probe::Newcomer`]: waits (at most 20 s) until the server holds
-/// `want` descriptors or their number has not grown for half a second,
-/// then sends one request on a fresh connection.
+/// [`Probe::Newcomer`]: waits until the load generator has opened its
+/// idle connections and the server holds `want` descriptors (or their
+/// numbers stopped growing), then sends one request on a fresh connection.
 fn newcomer(root: u32, addr: &str, want: usize) -> Extra {
-    let fds = || std::fs::read_dir(format!("/proc/{root}/fd")).map_or(0, |d| d.count());
-    let end = Instant::now() + Duration::from_secs(20);
-    let (mut last, mut since) = (0, Instant::now());
-    while Instant::now() < end {
-        let n = fds();
-        if n >= want {
-            break;
+    let count = |pid: &str| std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    // Until `n()` reaches `want` or has not grown for `still`.
+    let settle = |n: &dyn Fn() -> usize, still: Duration| {
+        let end = Instant::now() + Duration::from_secs(30);
+        let (mut last, mut since) = (0, Instant::now());
+        while Instant::now() < end {
+            let now = n();
+            if now >= want {
+                break;
+            }
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if since.elapsed() > still {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if n != last {
-            (last, since) = (n, Instant::now());
-        } else if since.elapsed() > Duration::from_millis(500) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    // First the load generator (in this process) opens the idle
+    // connections one by one — a connect that met a full listen backlog
+    // waits for its SYN to be sent again, a second or more — then the
+    // server takes the last of them.
+    let server = root.to_string();
+    settle(&|| count("self"), Duration::from_secs(3));
+    settle(&|| count(&server), Duration::from_millis(500));
+    let fds = || count(&server);
     let mut e = Extra::new();
     e.insert("server_fds".into(), fds() as f64);
     let then = procfs::snapshot(root);
