@@ -138,7 +138,13 @@ impl Run {
         config.validate()?;
         let io = resolve_io(config.io)?;
         let addr = config.target.resolve()?;
-        raise_fd_limit(config.connections + config.idle + 64)?;
+        let mut need = config.connections + config.idle + 64;
+        if io == Io::Uring {
+            // A thread's fixed file table (two entries per connection) may
+            // not be larger than the open-file limit.
+            need = need.max(uring::table_size(config.connections) as usize + 64);
+        }
+        raise_fd_limit(need)?;
         let probe = engine::Probe::connect(&addr, config.timeout().min(Duration::from_secs(5)))
             .map_err(|e| Error::Unreachable(format!("cannot connect to {addr}: {e}")))?;
         Ok(Run {

@@ -182,6 +182,13 @@ fn check(ring: &IoUring) -> Result<(), String> {
     Ok(())
 }
 
+/// Entries of the fixed file table of a thread with `connections` slots:
+/// twice the slots, since a closed connection's entry is free again only
+/// once its close completed, while the slot may already reconnect.
+pub(crate) fn table_size(connections: usize) -> u32 {
+    (connections * 2 + 16) as u32
+}
+
 /// A ring with the best set-up flags this kernel takes.
 fn build(entries: u32) -> io::Result<IoUring> {
     type Setup = fn(&mut io_uring::Builder);
@@ -220,9 +227,7 @@ impl Ring {
         let count = (connections * 2).clamp(256, 4096).next_power_of_two() as u16;
         let bufs = BufRing::new(count)?;
         bufs.register(&ring)?;
-        // Twice the slots: a closed connection's entry is free again only
-        // once its close completed, while the slot may already reconnect.
-        let table = (connections * 2 + 16) as u32;
+        let table = table_size(connections);
         ring.submitter().register_files_sparse(table)?;
         let (sockaddr, family, tcp) = match addr {
             Addr::Tcp(a) => (
