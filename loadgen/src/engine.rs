@@ -30,9 +30,10 @@
 //! an open loop requests have intended send times on a fixed schedule
 //! (`t0 + k / rate`) and a due request goes to the first ready slot; when no
 //! slot is ready it waits, and its latency still runs from its intended time
-//! (wrk2's correction for coordinated omission). A timerfd wakes the loop at
-//! the next due time with microsecond precision (`epoll_wait` alone only
-//! knows milliseconds).
+//! (wrk2's correction for coordinated omission). The loop wakes at the
+//! next due time to the microsecond: io_uring's wait has its own timeout;
+//! with epoll a timerfd does it (`epoll_wait` alone only knows
+//! milliseconds).
 //!
 //! The schedule is fixed (`t0 + k / rate`) or Poisson (exponential gaps of
 //! mean `1 / rate`, drawn from a seeded generator, so a run repeats). Two
