@@ -1008,9 +1008,12 @@ impl Worker<'_> {
         };
         ring.wait(timeout, out)?;
         for c in out.drain(..) {
+            let Some(c) = self.ring.as_mut().and_then(|ring| ring.current(c)) else {
+                continue;
+            };
             let now = Instant::now();
             match c {
-                Completion::Connected { slot, result } => {
+                Completion::Connected { slot, result, .. } => {
                     let State::Connecting(since) = self.slots[slot].state else {
                         continue;
                     };
@@ -1024,10 +1027,10 @@ impl Worker<'_> {
                     }
                     self.send_ring(slot);
                 }
-                Completion::Received { slot, result, more } => {
-                    self.received(slot, result, more, now)
-                }
-                Completion::Sent { slot, result } => {
+                Completion::Received {
+                    slot, result, more, ..
+                } => self.received(slot, result, more, now),
+                Completion::Sent { slot, result, .. } => {
                     self.slots[slot].sending = false;
                     match result {
                         Ok(n) if n > 0 => {

@@ -59,12 +59,15 @@ const CLOSE: u64 = 4;
 /// Shutdowns and cancels: nothing to do when they complete.
 const IGNORE: u64 = u64::MAX;
 
-/// A completion for the engine (stale ones never get here).
+/// A completion for the engine, of connection `gen` of its slot (stale
+/// ones are dropped in [`Ring::wait`], and by [`Ring::current`] if the
+/// connection was closed while handling an earlier one of the same batch).
 #[derive(Debug)]
 pub(crate) enum Completion {
     /// Slot `slot`'s connect finished.
     Connected {
         slot: usize,
+        gen: u32,
         result: Result<(), Errno>,
     },
     /// Slot `slot` received bytes (buffer id and length: read them with
@@ -72,12 +75,14 @@ pub(crate) enum Completion {
     /// `more`: the receive stays armed.
     Received {
         slot: usize,
+        gen: u32,
         result: Result<Option<(u16, usize)>, Errno>,
         more: bool,
     },
     /// A send of slot `slot` finished: how many bytes went.
     Sent {
         slot: usize,
+        gen: u32,
         result: Result<usize, Errno>,
     },
 }
@@ -411,6 +416,7 @@ impl Ring {
                 }
                 (self.slots[slot].gen == gen).then(|| Completion::Sent {
                     slot,
+                    gen,
                     result: if result < 0 {
                         Err(errno(result))
                     } else {
@@ -438,6 +444,7 @@ impl Ring {
                         self.slots[slot].connecting = false;
                         Some(Completion::Connected {
                             slot,
+                            gen,
                             result: if result < 0 {
                                 Err(errno(result))
                             } else {
@@ -447,6 +454,7 @@ impl Ring {
                     }
                     RECV => Some(Completion::Received {
                         slot,
+                        gen,
                         result: match (result, bid) {
                             (r, _) if r < 0 => Err(errno(r)),
                             (0, _) => Ok(None),
@@ -460,6 +468,28 @@ impl Ring {
                 }
             }
         }
+    }
+
+    /// `c` if its connection is still the slot's current one; else `None`
+    /// (it was closed while an earlier completion of the same batch was
+    /// handled), and a buffer it carried goes back to the kernel.
+    pub(crate) fn current(&mut self, c: Completion) -> Option<Completion> {
+        let (slot, gen) = match c {
+            Completion::Connected { slot, gen, .. }
+            | Completion::Received { slot, gen, .. }
+            | Completion::Sent { slot, gen, .. } => (slot, gen),
+        };
+        if self.slots[slot].gen == gen {
+            return Some(c);
+        }
+        if let Completion::Received {
+            result: Ok(Some((bid, _))),
+            ..
+        } = c
+        {
+            self.give_back(bid);
+        }
+        None
     }
 
     /// The bytes a receive put in buffer `bid`.
