@@ -163,7 +163,7 @@ impl Server {
         loop {
             // 1. One io_uring_enter: submit what was queued, wait for ≥ 1 completion.
             self.ring.submit_and_wait(&mut events)?;
-            // 2. Handle every completion. One clock read serves the whole batch.
+            // 2. Handle every completion. One clock read serves the whole turn.
             let now = Instant::now();
             while let Some(event) = events.pop_front() {
                 let conn = event.conn();
@@ -179,7 +179,7 @@ impl Server {
                 }
             }
             // 3. Deadlines that came due: parked /wait, slow heads, idle peers.
-            self.run_timers();
+            self.run_timers(now);
             // 4. Stopping: close idle connections, and the listener once its
             //    cancelled accept has completed (freeing the port); then leave.
             if let Some(since) = self.stopping_since {
@@ -190,7 +190,7 @@ impl Server {
                 }
             }
             // 5. A pause in accepting (out of descriptors) that ended.
-            self.arm_accept(Instant::now());
+            self.arm_accept(now);
             // 6. Wake by the earliest deadline (a tick while stopping or paused).
             let ticking = self.stopping_since.map(|_| Instant::now() + TICK);
             let next = [self.timers.next(), ticking, self.accept_paused_until];
@@ -350,8 +350,7 @@ impl Server {
 
     /// Fires due deadlines: a parked /wait is answered, a slow or idle peer
     /// is timed out. Stale heap entries (the deadline moved) are skipped.
-    fn run_timers(&mut self) {
-        let now = Instant::now();
+    fn run_timers(&mut self, now: Instant) {
         while let Some((when, token)) = self.timers.pop_due(now) {
             let Some(slot) = self.conns.get_mut(token).filter(|s| !s.closing) else {
                 continue;
