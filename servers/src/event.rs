@@ -335,8 +335,17 @@ impl Reactor {
 
     /// [`Reactor::expire`], telling `changed` each connection's new interest
     /// (`None`: closed). Stale heap entries are skipped.
-    pub fn expire_with(&mut self, mut changed: impl FnMut(usize, Option<Interest>, &mut Reactor)) {
-        let now = Instant::now();
+    pub fn expire_with(&mut self, changed: impl FnMut(usize, Option<Interest>, &mut Reactor)) {
+        self.expire_at(Instant::now(), changed);
+    }
+
+    /// [`Reactor::expire_with`] as of `now`: a loop that read the clock
+    /// for its batch already spares itself another read.
+    pub fn expire_at(
+        &mut self,
+        now: Instant,
+        mut changed: impl FnMut(usize, Option<Interest>, &mut Reactor),
+    ) {
         while let Some((when, token)) = self.timers.pop_due(now) {
             let Some(c) = self.conns.get_mut(token) else {
                 continue;

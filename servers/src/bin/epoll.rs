@@ -167,8 +167,9 @@ impl Server {
             }
             // 3. Deadlines that came due: parked /wait, slow heads, idle peers.
             let (epoll, edge) = (&self.epoll, self.edge);
-            self.reactor
-                .expire_with(|token, interest, r| update(epoll, edge, r, token, interest));
+            self.reactor.expire_at(now, |token, interest, r| {
+                update(epoll, edge, r, token, interest)
+            });
             // 4. Stopping: close connections as they become idle; leave when none is left.
             if self.reactor.stopping()
                 && self
