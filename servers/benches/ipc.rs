@@ -470,7 +470,12 @@ mod sys {
                 // SAFETY: buf is valid for writes of its length, which is the
                 // queue's message size.
                 let r = unsafe {
-                    libc::mq_receive(self.rx, buf.as_mut_ptr().cast(), buf.len(), std::ptr::null_mut())
+                    libc::mq_receive(
+                        self.rx,
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        std::ptr::null_mut(),
+                    )
                 };
                 Errno::result(r)
             })?;

@@ -233,6 +233,13 @@ impl Reactor {
         }
     }
 
+    /// Pauses accepting for [`net::ACCEPT_PAUSE`], as [`Reactor::accept`]
+    /// does on exhaustion, for a model that accepts by itself (one
+    /// connection per wake-up) and met it.
+    pub fn pause_accepting(&mut self, now: Instant) {
+        self.accept_paused_until = Some(now + net::ACCEPT_PAUSE);
+    }
+
     /// Whether accepting is paused after exhaustion (until
     /// [`net::ACCEPT_PAUSE`] has passed): the model leaves its listener out
     /// of what it waits for meanwhile, and [`Reactor::wait_ms`] wakes it
