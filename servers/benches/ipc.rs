@@ -21,15 +21,23 @@
 //! and `unix-dgram` and `unix-seqpacket` (socket pairs), `unix-socket` (a
 //! listening unix socket and a connection to it) against `tcp-loopback`
 //! (127.0.0.1, TCP_NODELAY), `posix-mq` (mq_send/mq_receive), `sysv-msg`
-//! (msgsnd/msgrcv), and `shm-futex` / `shm-eventfd` (a ring of slots in a
-//! shared mapping; a reader that finds it empty sleeps on a futex or reads
-//! an eventfd, and the writer wakes it only when it sleeps).
+//! (msgsnd/msgrcv), and `shm-futex` / `shm-eventfd` / `shm-sem` (a ring
+//! of slots in a shared mapping; a reader that finds it empty sleeps on a
+//! futex, reads an eventfd or waits on a process-shared POSIX semaphore,
+//! and the writer wakes it only when it sleeps).
 //!
 //! A method the kernel refuses here (POSIX queues without CONFIG_POSIX_MQUEUE,
 //! System V IPC in a restricted container) is skipped with one line that
 //! says so and why. `IOMODELS_IPC_CPUS=A,B` pins the parent to CPU A and
 //! the child to CPU B (default: wherever the caller's affinity lets them
 //! run; `taskset -c 1 cargo bench …` puts both on one core).
+//!
+//! **`IOMODELS_IPC_CLOCK=cpu`** reports the CPU time both processes spent
+//! (the parent's and the child's CPU clocks, `clock_getcpuclockid`) instead
+//! of the wall time: on a machine shared with other work, the wall time of
+//! a round trip includes whatever else ran on the core meanwhile, the CPU
+//! time only what the method cost the two processes (system calls,
+//! wake-ups, the switches between them). criterion still labels it "time".
 //!
 //! `-- --test` runs every case once (a smoke test of each method);
 //! `-- roundtrip/unix` runs a subset. docs/ipc.md has a table and what it
@@ -77,6 +85,7 @@ const METHODS: &[&str] = &[
     "sysv-msg",
     "shm-futex",
     "shm-eventfd",
+    "shm-sem",
 ];
 
 /// The two ends of `method` (the parent's, the child's), or why not here.
@@ -122,7 +131,9 @@ fn channel(method: &str, size: usize) -> anyhow::Result<(Box<dyn End>, Box<dyn E
                 Box::new(sys::MsgEnd::new(b, a, size, false)),
             )
         }
-        "shm-futex" | "shm-eventfd" => shm::channel(method == "shm-eventfd")?,
+        "shm-futex" => shm::channel(shm::How::Futex)?,
+        "shm-eventfd" => shm::channel(shm::How::EventFd)?,
+        "shm-sem" => shm::channel(shm::How::Sem)?,
         other => anyhow::bail!("no method {other}"),
     })
 }
@@ -274,6 +285,8 @@ struct Peer {
     end: Box<dyn End>,
     pid: Pid,
     msg: Vec<u8>,
+    /// The child's CPU clock, under `IOMODELS_IPC_CLOCK=cpu`.
+    child_clock: Option<libc::clockid_t>,
 }
 
 impl Peer {
@@ -306,35 +319,45 @@ impl Peer {
                 let mut msg: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
                 msg[0] = DATA;
                 msg[1] = u8::from(echo);
+                let child_clock = cpu_clock().then(|| child_cpu_clock(child)).transpose()?;
                 Ok(Peer {
                     end: parent,
                     pid: child,
                     msg,
+                    child_clock,
                 })
             }
         }
     }
 
+    /// The clock: wall time, or both processes' CPU time.
+    fn now(&self) -> Duration {
+        match self.child_clock {
+            None => Instant::now().duration_since(*EPOCH.get_or_init(Instant::now)),
+            Some(child) => read_clock(libc::CLOCK_PROCESS_CPUTIME_ID) + read_clock(child),
+        }
+    }
+
     /// `n` round trips; the time they took.
     fn round_trips(&mut self, n: u64, buf: &mut [u8]) -> Duration {
-        let start = Instant::now();
+        let start = self.now();
         for _ in 0..n {
             self.end.send(&self.msg).expect("send");
             self.end.recv(buf).expect("recv");
         }
-        start.elapsed()
+        self.now().saturating_sub(start)
     }
 
     /// `n` messages one way and the child's answer to the last.
     fn one_way(&mut self, n: u64, buf: &mut [u8]) -> Duration {
-        let start = Instant::now();
+        let start = self.now();
         for i in 0..n {
             self.msg[0] = if i + 1 == n { LAST } else { DATA };
             self.end.send(&self.msg).expect("send");
         }
         self.end.recv(buf).expect("recv");
         self.msg[0] = DATA;
-        start.elapsed()
+        self.now().saturating_sub(start)
     }
 }
 
@@ -344,6 +367,32 @@ impl Drop for Peer {
         let _ = self.end.send(&self.msg);
         let _ = waitpid(self.pid, None);
     }
+}
+
+/// Where wall-clock readings start.
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// `IOMODELS_IPC_CLOCK=cpu`: measure CPU time, not wall time.
+fn cpu_clock() -> bool {
+    std::env::var("IOMODELS_IPC_CLOCK").is_ok_and(|v| v == "cpu")
+}
+
+/// The CPU clock of process `pid`.
+fn child_cpu_clock(pid: Pid) -> anyhow::Result<libc::clockid_t> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: clock is a valid place for the result.
+    let r = unsafe { libc::clock_getcpuclockid(pid.as_raw(), &mut clock) };
+    anyhow::ensure!(r == 0, "clock_getcpuclockid: {}", Errno::from_raw(r));
+    Ok(clock)
+}
+
+/// A clock's reading.
+fn read_clock(clock: libc::clockid_t) -> Duration {
+    // SAFETY: an all-zero timespec is valid; clock_gettime fills it.
+    let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: t is a valid timespec to write.
+    unsafe { libc::clock_gettime(clock, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// `IOMODELS_IPC_CPUS=A,B`: the parent's CPU and the child's.
@@ -367,11 +416,14 @@ fn bench(c: &mut Criterion) {
     if let Some((p, ch)) = pinning() {
         eprintln!("ipc: parent on CPU {p}, child on CPU {ch}");
     }
+    if cpu_clock() {
+        eprintln!("ipc: times are CPU time of both processes (IOMODELS_IPC_CLOCK=cpu)");
+    }
     for (group, echo) in [("roundtrip", true), ("throughput", false)] {
         let mut g = c.benchmark_group(group);
         g.sample_size(20)
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2));
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1));
         for method in METHODS {
             for size in SIZES {
                 let mut peer = match Peer::start(method, size, echo) {
@@ -593,7 +645,17 @@ mod shm {
         reader_sleeps: AtomicU32,
         /// The writer sleeps, waiting for `tail` to move.
         writer_sleeps: AtomicU32,
+        /// Process-shared semaphores (shm-sem): data written, room made.
+        sems: [libc::sem_t; 2],
         slots: [[u8; SLOT]; SLOTS],
+    }
+
+    /// How a sleeper sleeps.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum How {
+        Futex,
+        EventFd,
+        Sem,
     }
 
     /// How a sleeper sleeps and is woken.
@@ -601,6 +663,8 @@ mod shm {
         Futex,
         /// (data written, room made) for this ring.
         EventFd(std::sync::Arc<(EventFd, EventFd)>),
+        /// The ring's own semaphores.
+        Sem,
     }
 
     /// One end of a ring: the writer's or the reader's view.
@@ -615,21 +679,24 @@ mod shm {
         rx: RingRef,
     }
 
-    pub fn channel(eventfd: bool) -> anyhow::Result<(Box<dyn End>, Box<dyn End>)> {
+    pub fn channel(how: How) -> anyhow::Result<(Box<dyn End>, Box<dyn End>)> {
         let a = map()?;
         let b = map()?;
         let wake = |_| -> anyhow::Result<Wake> {
-            Ok(if eventfd {
-                let e = || EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC);
-                Wake::EventFd(std::sync::Arc::new((e()?, e()?)))
-            } else {
-                Wake::Futex
+            Ok(match how {
+                How::EventFd => {
+                    let e = || EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC);
+                    Wake::EventFd(std::sync::Arc::new((e()?, e()?)))
+                }
+                How::Futex => Wake::Futex,
+                How::Sem => Wake::Sem,
             })
         };
         let (wa, wb) = (wake(0)?, wake(1)?);
         let dup = |w: &Wake| match w {
             Wake::Futex => Wake::Futex,
             Wake::EventFd(e) => Wake::EventFd(e.clone()),
+            Wake::Sem => Wake::Sem,
         };
         let parent = ShmEnd {
             tx: RingRef {
@@ -662,7 +729,14 @@ mod shm {
                 MapFlags::MAP_SHARED,
             )
         }?;
-        Ok(p.as_ptr().cast())
+        let ring: *mut Ring = p.as_ptr().cast();
+        for i in 0..2 {
+            // SAFETY: the semaphore lies in the fresh shared mapping;
+            // pshared = 1: used by both processes.
+            let r = unsafe { libc::sem_init(std::ptr::addr_of_mut!((*ring).sems[i]), 1, 0) };
+            anyhow::ensure!(r == 0, "sem_init: {}", Errno::last());
+        }
+        Ok(ring)
     }
 
     impl RingRef {
@@ -695,6 +769,10 @@ mod shm {
                         let fd = if data { &e.0 } else { &e.1 };
                         let _ = fd.read();
                     }
+                    // SAFETY: an initialised process-shared semaphore.
+                    Wake::Sem => unsafe {
+                        libc::sem_wait(self.sem(data));
+                    },
                 }
             }
             flag.store(0, Ordering::SeqCst);
@@ -714,7 +792,17 @@ mod shm {
                     let fd = if data { &e.0 } else { &e.1 };
                     let _ = fd.write(1);
                 }
+                // SAFETY: an initialised process-shared semaphore.
+                Wake::Sem => unsafe {
+                    libc::sem_post(self.sem(data));
+                },
             }
+        }
+
+        /// The ring's semaphore for data written (`data`) or room made.
+        fn sem(&self, data: bool) -> *mut libc::sem_t {
+            // SAFETY: a field of the mapped ring; no reference is made.
+            unsafe { std::ptr::addr_of_mut!((*self.ring).sems[usize::from(!data)]) }
         }
 
         fn put(&self, msg: &[u8]) {

@@ -35,7 +35,10 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("mio", "acceptor + N mio event loops (memcached)"),
     ("oneshot", "N threads share one poller with oneshot re-arm"),
     ("fpm", "php-fpm-like process manager"),
-    ("swoole", "reactor threads + worker processes (Swoole)"),
+    (
+        "swoole",
+        "reactor threads + worker processes (Swoole); --mode base: a reactor per worker",
+    ),
 ];
 
 /// The one-line description of `model`, or a neutral one for a model added
