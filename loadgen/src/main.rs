@@ -93,6 +93,16 @@ struct Cli {
     /// Write an HdrHistogram interval log (one interval per second) here.
     #[arg(long)]
     hdr_log: Option<PathBuf>,
+    /// Run as agent K (from 0) of N of a distributed run: the open-loop
+    /// schedule's request i is this agent's when i mod N = K; -c, -n and
+    /// --idle are shared out. Give every agent the same other flags.
+    #[arg(long, value_name = "K/N")]
+    segment: Option<loadgen::Segment>,
+    /// Begin at this wall-clock instant, nanoseconds since the Unix epoch
+    /// (all agents of a run begin together); refuses to run if it passed
+    /// more than 100 ms ago.
+    #[arg(long, value_name = "UNIX_TIME_NS")]
+    start_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -137,6 +147,8 @@ impl Cli {
         c.timeout_s = self.timeout.as_secs_f64();
         c.hdr_log = self.hdr_log.clone();
         c.progress = true;
+        c.segment = self.segment;
+        c.start_at_ns = self.start_at;
         c.validate()?;
         Ok(c)
     }
@@ -193,6 +205,9 @@ fn run(cli: &Cli) -> Result<(), Error> {
     }
     if config.warmup_s > 0.0 {
         mode.push(format!("{} warm-up", fmt_secs(config.warmup_s)));
+    }
+    if let Some(s) = config.segment {
+        mode.push(format!("agent {s} (its share of the load)"));
     }
     println!("Running {what} test @ {}", config.target);
     println!(
