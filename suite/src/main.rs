@@ -81,6 +81,22 @@ enum Cmd {
     /// counts subtracted, so start-up cancels. Deterministic, unlike
     /// anything timed: the CI gate's first figure.
     Cost(CostArgs),
+    /// (internal) The delaying relay of `run --netns --delay-by relay`.
+    #[command(hide = true)]
+    Relay {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: String,
+        /// Address to relay to.
+        #[arg(long)]
+        to: String,
+        /// Delay each way.
+        #[arg(long, value_parser = loadgen::parse_duration)]
+        delay: std::time::Duration,
+        /// Up to this much more, each way.
+        #[arg(long, value_parser = loadgen::parse_duration, default_value = "0s")]
+        jitter: std::time::Duration,
+    },
     /// List the models this suite knows and the server binaries found.
     Models {
         /// Print only the model names, one a line (for scripts): the known
@@ -213,6 +229,8 @@ struct RunArgs {
     /// maximum among the models that serve concurrently].
     #[arg(long)]
     rate: Option<f64>,
+    #[command(flatten)]
+    net: iomodels_suite::netns::NetArgs,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -456,6 +474,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Cost(args) => run_cost(args),
         Cmd::Sweep(args) => run_sweep(args),
         Cmd::Lab { cmd } => run_lab(cmd),
+        Cmd::Relay {
+            listen,
+            to,
+            delay,
+            jitter,
+        } => iomodels_suite::relay::serve(&listen, &to, delay, jitter).map(|()| ExitCode::SUCCESS),
         Cmd::Report { results, out } => {
             let r = results::Results::load(&results)?;
             let dir =
@@ -683,7 +707,16 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         choose_models(&dir, &args.models)?
     };
     let by_default = args.peers.is_empty() && args.models.is_empty();
-    let peer_list = choose_peers(&dir, &args.peers, &peers_named, by_default, &mut missing)?;
+    let netns = args.net.netns;
+    let peer_list = if netns {
+        if !peers_named.is_empty() || args.cost || args.syscalls {
+            let why = "--netns runs models only: no --peers, --cost or --syscalls";
+            return Err(Usage(why.into()).into());
+        }
+        Vec::new()
+    } else {
+        choose_peers(&dir, &args.peers, &peers_named, by_default, &mut missing)?
+    };
     let mut scen = if args.scenarios.is_empty() {
         scenarios::DEFAULT.to_vec()
     } else {
@@ -829,7 +862,22 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         protocols.len(),
         plan.duration_s + plan.warmup_s
     );
-    let runs = runner::run_plan(&plan, true);
+    let (runs, net) = if netns {
+        if scen.contains(&Scenario::Sweep) {
+            return Err(Usage("--netns does not run the sweep scenario yet".into()).into());
+        }
+        iomodels_suite::netns::clean_up_on_signals();
+        let (net, setup, placement) = iomodels_suite::netns::build(&args.net.spec())?;
+        eprintln!(
+            "iomodels: --netns: RTT {:.3} ms by {:?}: {}",
+            setup.rtt_ms, setup.delay_by, setup.delay_note
+        );
+        let runs = iomodels_suite::netns::run_in(placement, || runner::run_plan(&plan, true))?;
+        drop(net);
+        (runs, Some(setup))
+    } else {
+        (runner::run_plan(&plan, true), None)
+    };
     let mut syscalls = Vec::new();
     if args.syscalls {
         for m in &models {
@@ -871,6 +919,9 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
     let json = out_dir.join("results.json");
     results.save(&json)?;
+    if let Some(setup) = &net {
+        iomodels_suite::netns::record(&json, setup)?;
+    }
     let html = report::write(&results, &out_dir)?;
     if let Some(path) = &args.bmf {
         write_bmf(&results, path)?;

@@ -171,7 +171,10 @@ impl Server {
         workers: usize,
     ) -> anyhow::Result<(Server, Accounting)> {
         let mut cmd = Command::new(bin);
-        cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
+        // In a --netns run: the server's namespace, CPUs and veth address.
+        crate::netns::place_server(&mut cmd);
+        let listen = crate::netns::listen_addr();
+        cmd.args(["--listen", &listen, "--protocol", protocol.name()])
             .args(["--workers", &workers.to_string()])
             .stderr(Stdio::null());
         let cgroup = accounting::Cgroup::create();
@@ -384,7 +387,8 @@ fn measure(
 ) -> anyhow::Result<(loadgen::Report, Cost)> {
     let (mut server, acct) =
         Server::start_accounted(&server_bin(&plan.bin_dir, model), protocol, plan.workers)?;
-    let t = target(&server.addr, protocol)?;
+    // In a --netns run with the relay's delay, the relay's address.
+    let t = target(&crate::netns::route(&server.addr)?, protocol)?;
     let measured = measure_accounted(plan, &mut server, t, &[], scenario, load, Some(&acct));
     // The cgroup is removed once the server has left it.
     server.stop();
