@@ -22,11 +22,13 @@
 //! --agents`: load generator agents over SSH, histograms added exactly).
 
 pub mod accounting;
+pub mod agents;
 pub mod charts;
 pub mod compare;
 pub mod cost;
 pub mod curves;
 pub mod lab;
+pub mod merge;
 pub mod models;
 pub mod netns;
 pub mod noise;

@@ -81,6 +81,23 @@ enum Cmd {
     /// counts subtracted, so start-up cancels. Deterministic, unlike
     /// anything timed: the CI gate's first figure.
     Cost(CostArgs),
+    /// Merge load generator reports (loadgen --json, e.g. from agents run
+    /// by hand or a Kubernetes Job): histograms added, counts summed; exit
+    /// 1 if an agent saturated or the segments are not one load.
+    Merge {
+        /// The reports.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        /// Their interval logs (loadgen --hdr-log), merged into --hdr-out.
+        #[arg(long = "hdr-log")]
+        hdr_logs: Vec<PathBuf>,
+        /// Write the merged interval log here.
+        #[arg(long, requires = "hdr_logs")]
+        hdr_out: Option<PathBuf>,
+        /// Write the merged result (merged report + one line per agent) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// (internal) The delaying relay of `run --netns --delay-by relay`.
     #[command(hide = true)]
     Relay {
@@ -231,6 +248,8 @@ struct RunArgs {
     rate: Option<f64>,
     #[command(flatten)]
     net: iomodels_suite::netns::NetArgs,
+    #[command(flatten)]
+    agents: iomodels_suite::agents::AgentArgs,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -474,6 +493,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Cost(args) => run_cost(args),
         Cmd::Sweep(args) => run_sweep(args),
         Cmd::Lab { cmd } => run_lab(cmd),
+        Cmd::Merge {
+            reports,
+            hdr_logs,
+            hdr_out,
+            out,
+        } => run_merge(&reports, &hdr_logs, hdr_out.as_deref(), out.as_deref()),
         Cmd::Relay {
             listen,
             to,
@@ -697,7 +722,45 @@ fn save(
     Ok((json, html))
 }
 
+fn run_merge(
+    reports: &[PathBuf],
+    logs: &[PathBuf],
+    hdr_out: Option<&Path>,
+    out: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+    };
+    let mut rs = Vec::new();
+    for p in reports {
+        let r: loadgen::Report = serde_json::from_str(&read(p)?)
+            .map_err(|e| anyhow::anyhow!("{}: not a loadgen report: {e}", p.display()))?;
+        rs.push((p.display().to_string(), r));
+    }
+    let merged = iomodels_suite::merge::merge(&rs)?;
+    if let Some(path) = hdr_out {
+        let texts = logs.iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
+        let (base, intervals) = iomodels_suite::merge::merge_logs(&texts)?;
+        iomodels_suite::merge::write_log(path, base, &intervals)?;
+    }
+    if let Some(path) = out {
+        std::fs::write(path, serde_json::to_string_pretty(&merged)? + "\n")
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    print_out(&iomodels_suite::merge::table(&merged));
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if !args.agents.agents.is_empty() || args.agents.agents_file.is_some() {
+        let load = iomodels_suite::agents::Load {
+            duration: args.duration,
+            warmup: args.warmup,
+            rate: args.rate,
+        };
+        let out_dir = args.out.join(results::run_id(SystemTime::now()));
+        return iomodels_suite::agents::run(&args.agents, &load, &out_dir);
+    }
     let dir = args.bin_dir.clone().unwrap_or_else(models::bin_dir);
     let peers_named = peers::parse_list(&args.peers).map_err(Usage)?;
     let only_peers = args.models.is_empty() && !peers_named.is_empty();
