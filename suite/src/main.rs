@@ -249,7 +249,7 @@ struct RunArgs {
     #[command(flatten)]
     net: iomodels_suite::netns::NetArgs,
     #[command(flatten)]
-    agents: iomodels_suite::agents::AgentArgs,
+    agents: Box<iomodels_suite::agents::AgentArgs>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
