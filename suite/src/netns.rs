@@ -591,6 +591,9 @@ pub fn build(spec: &LinkSpec) -> anyhow::Result<(Net, NetSetup, Placement)> {
         (None, false) => DelayBy::Relay,
     };
     let note = match (delay_by, netem) {
+        _ if spec.rtt.is_zero() && spec.jitter.is_zero() => {
+            "no delay asked (RTT 0): the veth pair alone, no relay".to_string()
+        }
         (DelayBy::Netem, _) => "netem on both ends of the veth pair, RTT/2 each way".to_string(),
         (DelayBy::Relay, false) => "this kernel has no sch_netem: a relay in the generator's namespace holds each chunk RTT/2 each way (no packet loss, reordering or cwnd growth at the link)".to_string(),
         (DelayBy::Relay, true) => "asked: a relay in the generator's namespace holds each chunk RTT/2 each way (no packet loss, reordering or cwnd growth at the link)".to_string(),
