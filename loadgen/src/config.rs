@@ -316,6 +316,10 @@ pub struct Config {
     /// Begin the load at this wall-clock instant, ns since the Unix epoch.
     #[serde(default)]
     pub start_at_ns: Option<u64>,
+    /// An agent whose own send lag reaches this p99 is saturated, µs
+    /// (`None`: [`crate::segment::LAG_LIMIT_US`]).
+    #[serde(default)]
+    pub max_lag_us: Option<u64>,
 }
 
 impl Config {
@@ -343,6 +347,7 @@ impl Config {
             progress: false,
             segment: None,
             start_at_ns: None,
+            max_lag_us: None,
         }
     }
 

@@ -407,7 +407,7 @@ fn measure(config: &Config, addr: config::Addr, probe: engine::Probe) -> Result<
                 generator_lag.value_at_quantile(0.99)
             }
         });
-        let why = segment::saturation(lag_p99, report.cpu.utilization);
+        let why = segment::saturation(lag_p99, config.max_lag_us, report.cpu.utilization);
         report.agent = Some(Agent {
             segment: config.segment,
             start_at_ns: config.start_at_ns,

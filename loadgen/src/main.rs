@@ -103,6 +103,10 @@ struct Cli {
     /// more than 100 ms ago.
     #[arg(long, value_name = "UNIX_TIME_NS")]
     start_at: Option<u64>,
+    /// An agent (--segment, --start-at) whose own send lag reaches this
+    /// p99 reports itself saturated: 10ms (default), 50ms on a busy host.
+    #[arg(long, value_parser = parse_duration)]
+    max_lag: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -149,6 +153,7 @@ impl Cli {
         c.progress = true;
         c.segment = self.segment;
         c.start_at_ns = self.start_at;
+        c.max_lag_us = self.max_lag.map(|d| d.as_micros() as u64);
         c.validate()?;
         Ok(c)
     }

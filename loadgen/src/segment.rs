@@ -39,7 +39,8 @@ use crate::Error;
 
 /// An agent starting this much after `--start-at` refuses to run.
 pub const LATE_LIMIT: Duration = Duration::from_millis(100);
-/// The generator's own send lag at p99 that marks an agent saturated, µs.
+/// The generator's own send lag at p99 that marks an agent saturated, µs
+/// (by default; `--max-lag` sets another).
 pub const LAG_LIMIT_US: u64 = 10_000;
 /// The share of its threads' time an agent may spend on CPU before it is
 /// marked saturated (the orchestrator's `GEN` mark uses the same).
@@ -166,13 +167,18 @@ pub(crate) fn wait_for_start(start_at_ns: u64) -> Result<Duration, Error> {
 }
 
 /// The report's verdict on the agent: why it is saturated, if it is.
-pub(crate) fn saturation(generator_lag_p99_us: Option<u64>, cpu_utilization: f64) -> String {
+pub(crate) fn saturation(
+    generator_lag_p99_us: Option<u64>,
+    limit_us: Option<u64>,
+    cpu_utilization: f64,
+) -> String {
     let mut why = Vec::new();
-    if let Some(p99) = generator_lag_p99_us.filter(|&p| p >= LAG_LIMIT_US) {
+    let limit = limit_us.unwrap_or(LAG_LIMIT_US);
+    if let Some(p99) = generator_lag_p99_us.filter(|&p| p >= limit) {
         why.push(format!(
             "its own send lag reached p99 {:.1} ms (limit {} ms)",
             p99 as f64 / 1e3,
-            LAG_LIMIT_US / 1000
+            limit as f64 / 1e3
         ));
     }
     if cpu_utilization >= CPU_LIMIT {

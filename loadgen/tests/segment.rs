@@ -71,6 +71,20 @@ fn open_loop_rate_is_the_agents_share() {
 }
 
 #[test]
+fn an_agent_over_its_lag_limit_says_it_saturated() {
+    let server = TestServer::start(Options::default());
+    let mut c = agent(&server.url("/hello"), 0, 1);
+    c.rate = Some(200.0);
+    c.stop = Stop::DurationS(0.3);
+    // Every send lags at least 1 µs (the histogram's floor): over the limit.
+    c.max_lag_us = Some(1);
+    let r = loadgen::run(&c).expect("run");
+    let a = r.agent.expect("agent block");
+    assert!(a.saturated);
+    assert!(a.saturated_why.contains("send lag"), "{}", a.saturated_why);
+}
+
+#[test]
 fn a_start_already_past_is_refused() {
     let server = TestServer::start(Options::default());
     let mut c = agent(&server.url("/hello"), 0, 2);

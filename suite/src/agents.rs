@@ -65,6 +65,9 @@ pub struct AgentArgs {
     /// ssh's configuration file (ssh -F) [default: the user's].
     #[arg(long, help_heading = "Agents (--agents)")]
     pub ssh_config: Option<String>,
+    /// An agent whose own send lag reaches this p99 is saturated (loadgen --max-lag).
+    #[arg(long, default_value = "10ms", value_parser = loadgen::parse_duration, help_heading = "Agents (--agents)")]
+    pub agent_max_lag: Duration,
     /// Agree the start this far in the future (after the clocks are measured).
     #[arg(long, default_value = "3s", value_parser = loadgen::parse_duration, help_heading = "Agents (--agents)")]
     pub start_in: Duration,
@@ -540,6 +543,8 @@ pub fn run(args: &AgentArgs, load: &Load, out_dir: &Path) -> anyhow::Result<Exit
                     format!("{k}/{n}"),
                     "--start-at".to_string(),
                     (start + off).to_string(),
+                    "--max-lag".to_string(),
+                    format!("{}us", args.agent_max_lag.as_micros()),
                 ];
                 if let Some(r) = load.rate {
                     flags.extend(["-R".to_string(), r.to_string()]);

@@ -184,6 +184,9 @@ fn agents_over_ssh_merge_exactly_and_fail_loudly() {
             .args(["--ssh-option", "UserKnownHostsFile=/dev/null"])
             .args(["--ssh-option", "StrictHostKeyChecking=no"])
             .args(["--ssh-option", "LogLevel=ERROR"])
+            // A busy neighbour may delay an agent's sends by tens of ms:
+            // saturation is tested by loadgen's own tests, not here.
+            .args(["--agent-max-lag", "500ms"])
             .args(["--start-in", "2s", "--out", &t(out)]);
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         c
@@ -247,6 +250,40 @@ fn agents_over_ssh_merge_exactly_and_fail_loudly() {
     assert!(
         (achieved - RATE).abs() / RATE < 0.02,
         "achieved {achieved:.1} req/s in all, asked {RATE}"
+    );
+    // `iomodels merge` on the same reports: the same sum; and it refuses a
+    // report whose agent said it saturated, naming it.
+    let files: Vec<String> = (0..AGENTS)
+        .map(|k| {
+            dir.join(format!("agents/{k}.json"))
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let o = Command::new(bin.join("iomodels"))
+        .arg("merge")
+        .args(&files)
+        .args(["--out", &t("hand.json")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let hand: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t("hand.json")).unwrap()).unwrap();
+    assert_eq!(hand["merged"]["requests"].as_u64(), Some(sum));
+    let mut bad: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&files[2]).unwrap()).unwrap();
+    bad["agent"]["saturated"] = true.into();
+    bad["agent"]["saturated_why"] = "test".into();
+    std::fs::write(t("bad.json"), bad.to_string()).unwrap();
+    let o = Command::new(bin.join("iomodels"))
+        .args(["merge", &files[0], &files[1], &t("bad.json")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("bad.json (test)"),
+        "{err}"
     );
     // The relay's RTT is in every latency.
     assert!(
