@@ -135,12 +135,19 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
     };
     let b: BTreeMap<String, Row> = base_rows
         .into_iter()
-        .filter(|r| !r.aa)
+        .filter(|r| !r.aa && !r.base)
         .map(|r| (r.key.clone(), r))
+        .collect();
+    let new_floor = noise::floor(&new_rows);
+    // The new set's base copies (`--base-bins`), by their new row's key.
+    let same_run: BTreeMap<String, Row> = new_rows
+        .iter()
+        .filter(|r| r.base)
+        .filter_map(|r| Some((r.key.strip_suffix("/base")?.to_string(), r.clone())))
         .collect();
     let n: BTreeMap<String, Row> = new_rows
         .into_iter()
-        .filter(|r| !r.aa)
+        .filter(|r| !r.aa && !r.base)
         .map(|r| (r.key.clone(), r))
         .collect();
     let mut changes = Vec::new();
@@ -207,6 +214,8 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
         };
         let cpu_gate = if br.cpu_ticks || nr.cpu_ticks {
             Err("tick-based CPU")
+        } else if same_run.contains_key(k) {
+            Err("gated in the same run, against the base binaries")
         } else {
             wall(noise.map(|x| x.1))
         };
@@ -277,6 +286,41 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
             "p99_us",
             (br.p99_us, nr.p99_us),
             false,
+            Err(""),
+            0.0,
+            None,
+        );
+    }
+    // The same-run A/B: each new row against its base copy, run beside it
+    // in the same rounds, so that a busy neighbour slows both alike. CPU
+    // per request is gated beyond the threshold and this run's own A/A
+    // floor; requests/s is informational.
+    for (k, nr) in &n {
+        let Some(br) = same_run.get(k).filter(|b| b.reps > 0 && nr.reps > 0) else {
+            continue;
+        };
+        let gate = match new_floor.as_ref() {
+            _ if br.requests < MIN_REQUESTS || nr.requests < MIN_REQUESTS => {
+                Err("fewer than 1,000 requests")
+            }
+            _ if br.cpu_ticks || nr.cpu_ticks => Err("tick-based CPU"),
+            None => Err("no A/A noise floor in the new set"),
+            Some(f) => Ok(t.wall.max(f.cpu_us)),
+        };
+        push(
+            k,
+            "cpu_us_per_request_vs_base_same_run",
+            (br.cpu_us, nr.cpu_us),
+            false,
+            gate,
+            0.0,
+            Some((br.cpu_range, nr.cpu_range)),
+        );
+        push(
+            k,
+            "requests_per_s_vs_base_same_run",
+            (br.rps, nr.rps),
+            true,
             Err(""),
             0.0,
             None,
@@ -399,7 +443,10 @@ pub fn markdown(c: &Comparison) -> String {
 /// Bencher Metric Format: `{ "model/scenario/proto": { measure: {value} } }`.
 pub fn bmf(r: &Results) -> serde_json::Value {
     let mut m = serde_json::Map::new();
-    for row in summary::rows(r).into_iter().filter(|r| r.reps > 0 && !r.aa) {
+    for row in summary::rows(r)
+        .into_iter()
+        .filter(|r| r.reps > 0 && !r.aa && !r.base)
+    {
         let mut v = json!({
             "throughput": {"value": row.rps},
             "cpu-us-per-request": {"value": row.cpu_us},

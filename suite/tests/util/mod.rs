@@ -140,6 +140,7 @@ pub fn fixture() -> Results {
                     generator_limited: false,
                     error: None,
                     aa: false,
+                    base: false,
                 });
             }
         }
@@ -201,6 +202,7 @@ pub fn fixture() -> Results {
             idle_models: vec!["epoll".into(), "select".into(), "prefork".into()],
             missing: vec![],
             peers: vec![],
+            base_bins: None,
         },
         runs,
         syscalls: vec![],
