@@ -7,6 +7,7 @@
 # total rate from one agent, to compare the merged percentiles.
 #
 #   scripts/distributed-demo.sh [RATE] [DURATION]     (default 3000, 5s)
+#   MAXLAG=50ms: the agents' saturation limit (loadgen --max-lag; 10ms)
 #
 # Needs a release build (cargo build --release --workspace) and
 # openssh-server (scripts/install-peers.sh). Everything it makes is removed
@@ -61,7 +62,7 @@ done
 sleep 1
 run() {
   "$bin/iomodels" run --agents "$1" --target http://127.0.0.1:9000/hello --rate "$rate" -d "$dur" \
-    --warmup 500ms --agent-connections 60 --agent-loadgen "$bin/loadgen" --ssh-config none \
+    --warmup 500ms --agent-connections 60 --agent-max-lag "${MAXLAG:-10ms}" --agent-loadgen "$bin/loadgen" --ssh-config none \
     --ssh-option "IdentityFile=$tmp/id" --ssh-option UserKnownHostsFile=/dev/null \
     --ssh-option StrictHostKeyChecking=no --ssh-option LogLevel=ERROR --out "${OUT:-results/distributed}"
 }
