@@ -187,7 +187,7 @@ fn agents_over_ssh_merge_exactly_and_fail_loudly() {
             // A busy neighbour may delay an agent's sends by tens of ms:
             // saturation is tested by loadgen's own tests, not here.
             .args(["--agent-max-lag", "500ms"])
-            .args(["--start-in", "2s", "--out", &t(out)]);
+            .args(["--start-in", "3s", "--out", &t(out)]);
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         c
     };
@@ -304,8 +304,9 @@ fn agents_over_ssh_merge_exactly_and_fail_loudly() {
         assert!(Instant::now() < end, "agent 1's loadgen never started");
         std::thread::sleep(Duration::from_millis(50));
     };
-    // Past the agreed start (2 s) and into the measured time.
-    std::thread::sleep(Duration::from_secs(3));
+    // Past the agreed start (3 s after the agents were located) and
+    // into the measured time (6 s).
+    std::thread::sleep(Duration::from_secs(5));
     for p in pids {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(p),
