@@ -43,7 +43,9 @@ pub struct AgentArgs {
     #[arg(long, help_heading = "Agents (--agents)")]
     pub agents_file: Option<PathBuf>,
     /// The URL every agent loads (a server you started, reachable from the
-    /// agents): http://HOST:PORT/path or fcgi://HOST:PORT/path.
+    /// agents): http://HOST:PORT/path or fcgi://HOST:PORT/path. With
+    /// --models: http://HOST:{port}, how the agents reach this machine
+    /// ({port} becomes each server's port; the scenario gives the path).
     #[arg(long, help_heading = "Agents (--agents)")]
     pub target: Option<String>,
     /// Connections in all (shared out between the agents).
@@ -68,6 +70,11 @@ pub struct AgentArgs {
     /// An agent whose own send lag reaches this p99 is saturated (loadgen --max-lag).
     #[arg(long, default_value = "10ms", value_parser = loadgen::parse_duration, help_heading = "Agents (--agents)")]
     pub agent_max_lag: Duration,
+    /// With --models: where the servers listen, as the agents need it
+    /// (all interfaces by default; a fixed port if a relay or firewall
+    /// must know it).
+    #[arg(long, default_value = "0.0.0.0:0", help_heading = "Agents (--agents)")]
+    pub agent_listen: String,
     /// Agree the start this far in the future (after the clocks are measured).
     #[arg(long, default_value = "3s", value_parser = loadgen::parse_duration, help_heading = "Agents (--agents)")]
     pub start_in: Duration,
@@ -455,28 +462,25 @@ fn launch(
     })
 }
 
-/// `iomodels run --agents …`: the whole distributed run. Writes
-/// `<out_dir>/agents/<K>.json|.hlog`, `merged.json`, `merged.hlog`.
-pub fn run(args: &AgentArgs, load: &Load, out_dir: &Path) -> anyhow::Result<ExitCode> {
+/// Agents located and their clocks measured: ready to run loads.
+pub struct Prepared {
+    agents: Vec<Agent>,
+    /// Per agent: loadgen's path there, its clock offset (ns), the round trip.
+    ready: Vec<(String, i128, Duration)>,
+}
+
+/// Steps 1–2 for every agent at once: locate (or copy) loadgen, measure
+/// the clock. Fails naming every agent that could not be prepared.
+pub fn prepare(args: &AgentArgs) -> anyhow::Result<Prepared> {
     let agents = list(args)?;
     if agents.is_empty() {
         anyhow::bail!("--agents: no agent given");
     }
-    let Some(target) = args.target.clone() else {
-        anyhow::bail!("--agents needs --target URL: the server the agents load, as they reach it");
-    };
-    loadgen::Target::parse(&target, None, None).map_err(|e| anyhow::anyhow!("--target: {e}"))?;
-    if args.agent_connections < agents.len() {
-        anyhow::bail!(
-            "--agent-connections {} is fewer than the {} agents",
-            args.agent_connections,
-            agents.len()
-        );
-    }
     let local = crate::models::bin_dir().join("loadgen");
-    let n = agents.len();
-    eprintln!("iomodels: {n} agent(s): locating loadgen and measuring clocks");
-    // 1–2. Locate loadgen and measure the clock, every agent at once.
+    eprintln!(
+        "iomodels: {} agent(s): locating loadgen and measuring clocks",
+        agents.len()
+    );
     let prepared: Vec<anyhow::Result<(String, i128, Duration)>> = std::thread::scope(|s| {
         let hs: Vec<_> = agents
             .iter()
@@ -515,41 +519,39 @@ pub fn run(args: &AgentArgs, load: &Load, out_dir: &Path) -> anyhow::Result<Exit
             rtt.as_secs_f64() * 1e3 / 2.0
         );
     }
-    // 3. Agree a start and run every agent's segment.
+    Ok(Prepared { agents, ready })
+}
+
+/// Steps 3–6: every agent runs its segment of `flags` (loadgen's flags
+/// without --segment/--start-at), starting together; their reports and
+/// logs are written into `dir` and merged. `limit` bounds the whole run.
+pub fn run_once(
+    prep: &Prepared,
+    args: &AgentArgs,
+    flags: &[String],
+    limit: Duration,
+    dir: &Path,
+) -> anyhow::Result<merge::Merged> {
+    let n = prep.agents.len();
     let start = now_ns() + args.start_in.as_nanos() as i128;
-    let limit = args.start_in + load.warmup + load.duration + Duration::from_secs(30);
-    eprintln!(
-        "iomodels: starting {n} agent(s) together in {:.1} s against {target} for {:.1} s",
-        args.start_in.as_secs_f64(),
-        load.duration.as_secs_f64()
-    );
+    let limit = args.start_in + limit + Duration::from_secs(30);
     let outcomes: Vec<anyhow::Result<Outcome>> = std::thread::scope(|s| {
-        let hs: Vec<_> = agents
+        let hs: Vec<_> = prep
+            .agents
             .iter()
-            .zip(&ready)
+            .zip(&prep.ready)
             .enumerate()
             .map(|(k, (a, (path, off, _)))| {
-                let mut flags = vec![
-                    target.clone(),
-                    "-d".to_string(),
-                    format!("{}ms", load.duration.as_millis()),
-                    "--warmup".to_string(),
-                    format!("{}ms", load.warmup.as_millis()),
-                    "-c".to_string(),
-                    args.agent_connections.to_string(),
-                    "-t".to_string(),
-                    args.agent_threads.to_string(),
+                let mut f = flags.to_vec();
+                f.extend([
                     "--segment".to_string(),
                     format!("{k}/{n}"),
                     "--start-at".to_string(),
                     (start + off).to_string(),
                     "--max-lag".to_string(),
                     format!("{}us", args.agent_max_lag.as_micros()),
-                ];
-                if let Some(r) = load.rate {
-                    flags.extend(["-R".to_string(), r.to_string()]);
-                }
-                s.spawn(move || launch(a, args, path, &flags, limit))
+                ]);
+                s.spawn(move || launch(a, args, path, &f, limit))
             })
             .collect();
         hs.into_iter()
@@ -559,16 +561,20 @@ pub fn run(args: &AgentArgs, load: &Load, out_dir: &Path) -> anyhow::Result<Exit
             })
             .collect()
     });
-    let dir = out_dir.join("agents");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    let agents_dir = dir.join("agents");
+    std::fs::create_dir_all(&agents_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", agents_dir.display()))?;
+    let mut failed = Vec::new();
     let mut reports = Vec::new();
     let mut logs = Vec::new();
-    for (k, (a, o)) in agents.iter().zip(outcomes).enumerate() {
+    for (k, (a, o)) in prep.agents.iter().zip(outcomes).enumerate() {
         match o {
             Ok(o) => {
-                std::fs::write(dir.join(format!("{k}.json")), o.report.to_json() + "\n")?;
-                std::fs::write(dir.join(format!("{k}.hlog")), &o.log)?;
+                std::fs::write(
+                    agents_dir.join(format!("{k}.json")),
+                    o.report.to_json() + "\n",
+                )?;
+                std::fs::write(agents_dir.join(format!("{k}.hlog")), &o.log)?;
                 reports.push((a.url.clone(), o.report));
                 logs.push(o.log);
             }
@@ -580,16 +586,186 @@ pub fn run(args: &AgentArgs, load: &Load, out_dir: &Path) -> anyhow::Result<Exit
     }
     let merged = merge::merge(&reports)?;
     let (base, intervals) = merge::merge_logs(&logs)?;
-    merge::write_log(&out_dir.join("merged.hlog"), base, &intervals)?;
-    let json = out_dir.join("merged.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&merged)? + "\n")?;
+    merge::write_log(&dir.join("merged.hlog"), base, &intervals)?;
+    std::fs::write(
+        dir.join("merged.json"),
+        serde_json::to_string_pretty(&merged)? + "\n",
+    )?;
+    Ok(merged)
+}
+
+/// `iomodels run --agents … --target URL`: one distributed run against a
+/// server you started. Writes `<out_dir>/agents/<K>.json|.hlog`,
+/// `merged.json`, `merged.hlog`.
+pub fn run(args: &AgentArgs, load: &Load, out_dir: &Path) -> anyhow::Result<ExitCode> {
+    let Some(target) = args.target.clone() else {
+        anyhow::bail!("--agents needs --target URL: the server the agents load, as they reach it");
+    };
+    loadgen::Target::parse(&target, None, None).map_err(|e| anyhow::anyhow!("--target: {e}"))?;
+    let n = list(args)?.len();
+    if args.agent_connections < n {
+        anyhow::bail!(
+            "--agent-connections {} is fewer than the {n} agents",
+            args.agent_connections
+        );
+    }
+    let prep = prepare(args)?;
+    let mut flags = vec![
+        target.clone(),
+        "-d".to_string(),
+        format!("{}ms", load.duration.as_millis()),
+        "--warmup".to_string(),
+        format!("{}ms", load.warmup.as_millis()),
+        "-c".to_string(),
+        args.agent_connections.to_string(),
+        "-t".to_string(),
+        args.agent_threads.to_string(),
+    ];
+    if let Some(r) = load.rate {
+        flags.extend(["-R".to_string(), r.to_string()]);
+    }
+    eprintln!(
+        "iomodels: starting {n} agent(s) together in {:.1} s against {target} for {:.1} s",
+        args.start_in.as_secs_f64(),
+        load.duration.as_secs_f64()
+    );
+    let merged = run_once(&prep, args, &flags, load.warmup + load.duration, out_dir)?;
     print!("{}", merge::table(&merged));
     println!(
         "results: {} (agents' reports and logs in {})",
-        json.display(),
-        dir.display()
+        out_dir.join("merged.json").display(),
+        out_dir.join("agents").display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// loadgen's flags for `c`, its target's host and port replaced by
+/// `base` (`http://HOST:{port}`, `{port}` being `port`).
+pub fn flags_for(c: &loadgen::Config, base: &str, port: u16) -> Vec<String> {
+    use loadgen::{Arrivals, ConnMode, Protocol, Stop};
+    let base = base.replace("{port}", &port.to_string());
+    let base = base.trim_end_matches('/');
+    let base = match (c.target.protocol, base.split_once("://")) {
+        (Protocol::Fcgi, Some((_, rest))) => format!("fcgi://{rest}"),
+        (Protocol::Http, Some((_, rest))) => format!("http://{rest}"),
+        _ => base.to_string(),
+    };
+    let mut f = vec![format!("{base}{}", c.target.path)];
+    let mut add = |a: &str, b: String| f.extend([a.to_string(), b]);
+    add("-c", c.connections.to_string());
+    add("-t", c.threads.to_string());
+    match c.stop {
+        Stop::DurationS(d) => add("-d", format!("{}ms", (d * 1e3).round() as u64)),
+        Stop::Requests(n) => add("-n", n.to_string()),
+    }
+    add(
+        "--warmup",
+        format!("{}ms", (c.warmup_s * 1e3).round() as u64),
+    );
+    add(
+        "--timeout",
+        format!("{}ms", (c.timeout_s * 1e3).round() as u64),
+    );
+    if let Some(r) = c.rate {
+        add("-R", r.to_string());
+        if c.arrivals == Arrivals::Poisson {
+            add("--arrivals", "poisson".to_string());
+        }
+    }
+    for r in &c.routes {
+        add("--route", format!("{}:{}", r.target, r.weight));
+    }
+    if let Some(m) = &c.method {
+        add("-m", m.clone());
+    }
+    for h in &c.headers {
+        add("-H", h.clone());
+    }
+    for p in &c.params {
+        add("--param", p.clone());
+    }
+    if c.body_size > 0 {
+        add("--body-size", c.body_size.to_string());
+    }
+    if c.pipeline > 1 {
+        add("--pipeline", c.pipeline.to_string());
+    }
+    if c.idle > 0 {
+        add("--idle", c.idle.to_string());
+    }
+    if c.conn_mode == ConnMode::NewConn {
+        f.push("--new-conn".to_string());
+    }
+    f
+}
+
+/// The agents that carry this thread's measured loads (`iomodels run
+/// --agents … --models …`): set by [`install`], used by the runner.
+struct Remote {
+    prep: Prepared,
+    args: AgentArgs,
+    dir: PathBuf,
+    runs: usize,
+}
+
+thread_local! {
+    static REMOTE: std::cell::RefCell<Option<Remote>> = const { std::cell::RefCell::new(None) };
+}
+
+/// From now on the runner's measured loads in this thread come from the
+/// agents (their warm-ups stay local); each run's agent reports and logs
+/// go to `<dir>/agents-<N>/`. Servers listen on `--agent-listen`.
+pub fn install(args: &AgentArgs, dir: &Path) -> anyhow::Result<()> {
+    let Some(t) = &args.target else {
+        anyhow::bail!(
+            "--agents with --models needs --target http://HOST:{{port}}: the servers as the agents reach them"
+        );
+    };
+    if !t.contains("://") {
+        anyhow::bail!("--target {t:?}: expected http://HOST:{{port}} or http://HOST:PORT");
+    }
+    let prep = prepare(args)?;
+    crate::netns::listen_on(Some(args.agent_listen.clone()));
+    REMOTE.with(|r| {
+        *r.borrow_mut() = Some(Remote {
+            prep,
+            args: args.clone(),
+            dir: dir.to_path_buf(),
+            runs: 0,
+        })
+    });
+    Ok(())
+}
+
+/// The runner's hook: `None` when no agents are installed (the load is
+/// local), else the agents' merged report for `c` (whose target is the
+/// server's own address: its port is kept, its host is --target's).
+pub fn remote(c: &loadgen::Config) -> Option<anyhow::Result<Report>> {
+    REMOTE.with(|r| {
+        let mut r = r.borrow_mut();
+        let rem = r.as_mut()?;
+        let port = match &c.target.endpoint {
+            loadgen::Endpoint::Tcp { port, .. } => *port,
+            loadgen::Endpoint::Unix { .. } => {
+                return Some(Err(anyhow::anyhow!("agents cannot reach a unix socket")))
+            }
+        };
+        let base = rem.args.target.clone().unwrap_or_default();
+        let flags = flags_for(c, &base, port);
+        rem.runs += 1;
+        let dir = rem.dir.join(format!("agents-{}", rem.runs));
+        let limit = match c.stop {
+            loadgen::Stop::DurationS(d) => Duration::from_secs_f64(d + c.warmup_s),
+            loadgen::Stop::Requests(_) => Duration::from_secs(600),
+        };
+        Some(
+            run_once(&rem.prep, &rem.args, &flags, limit, &dir).map(|m| {
+                let mut report = m.merged;
+                report.target = flags[0].clone();
+                report
+            }),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -759,7 +759,8 @@ fn run_merge(
 }
 
 fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
-    if !args.agents.agents.is_empty() || args.agents.agents_file.is_some() {
+    let with_agents = !args.agents.agents.is_empty() || args.agents.agents_file.is_some();
+    if with_agents && args.models.is_empty() {
         let load = iomodels_suite::agents::Load {
             duration: args.duration,
             warmup: args.warmup,
@@ -778,9 +779,10 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let by_default = args.peers.is_empty() && args.models.is_empty();
     let netns = args.net.netns;
-    let peer_list = if netns {
-        if !peers_named.is_empty() || args.cost || args.syscalls {
-            let why = "--netns runs models only: no --peers, --cost or --syscalls";
+    let peer_list = if netns || with_agents {
+        if !peers_named.is_empty() || args.cost || args.syscalls || (netns && with_agents) {
+            let why =
+                "--netns and --agents run models only: no --peers, --cost, --syscalls, or both";
             return Err(Usage(why.into()).into());
         }
         Vec::new()
@@ -966,6 +968,12 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         drop(net);
         (runs, Some(setup))
     } else {
+        if with_agents {
+            if scen.contains(&Scenario::Sweep) {
+                return Err(Usage("--agents does not run the sweep scenario".into()).into());
+            }
+            iomodels_suite::agents::install(&args.agents, &out_dir)?;
+        }
         (runner::run_plan(&plan, true), None)
     };
     let mut syscalls = Vec::new();

@@ -482,6 +482,13 @@ pub struct Placement {
 
 thread_local! {
     static PLACEMENT: RefCell<Option<Placement>> = const { RefCell::new(None) };
+    static LISTEN: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Makes the servers this thread starts listen on `addr` (agents on other
+/// hosts must reach them); `None` restores the default.
+pub fn listen_on(addr: Option<String>) {
+    LISTEN.with(|l| *l.borrow_mut() = addr);
 }
 
 impl Placement {
@@ -492,8 +499,12 @@ impl Placement {
     }
 }
 
-/// The address a server listens on: the veth's in a `--netns` run.
+/// The address a server listens on: the veth's in a `--netns` run, the
+/// one given to [`listen_on`] in a run with agents.
 pub fn listen_addr() -> String {
+    if let Some(a) = LISTEN.with(|l| l.borrow().clone()) {
+        return a;
+    }
     PLACEMENT.with(|p| {
         p.borrow()
             .as_ref()

@@ -454,7 +454,11 @@ fn measure_accounted(
     let csw_before = csw.and_then(|c| c.read());
     let before = procfs::snapshot(server.pid());
     let t0 = Instant::now();
-    let report = run.start().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // With --agents (and --models) the measured load comes from them.
+    let report = match crate::agents::remote(&c) {
+        Some(r) => r?,
+        None => run.start().map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
     let wall = t0.elapsed().as_secs_f64();
     let after = procfs::snapshot(server.pid());
     let csw_after = csw.and_then(|c| c.read());

@@ -162,7 +162,8 @@ fn agents_over_ssh_merge_exactly_and_fail_loudly() {
         // bare connect would be logged as an error.)
         d.stderr(Stdio::null());
         d.args(["-D", "-e", "-f", &t("sshd_config")])
-            .args(["-o", &format!("ListenAddress=10.214.{k}.2:22")]);
+            .args(["-o", &format!("ListenAddress=10.214.{k}.2:22")])
+            .args(["-o", &format!("ListenAddress=10.215.{k}.2:22")]);
         netns::place(&mut d, &fd, &cpus);
         let addr = format!("10.214.{k}.2:22");
         servers.push(Server::spawn(d, Ready::Accepts(vec![addr])).expect("sshd"));
@@ -326,6 +327,78 @@ fn agents_over_ssh_merge_exactly_and_fail_loudly() {
         err.contains("agent ssh://10.214.1.2 failed: loadgen was killed"),
         "the killed agent is named: {err}"
     );
+
+    // 3. The matrix with agents: iomodels itself in the server's namespace
+    // starts epoll-server on the port the relays forward to (the hand-made
+    // one is stopped first), the agents carry the measured load, and the
+    // run's results.json has the merged report beside the server's CPU.
+    servers.remove(0).stop();
+    let mut c = Command::new(bin.join("iomodels"));
+    c.args([
+        "run",
+        "--models",
+        "epoll",
+        "--scenarios",
+        "hello",
+        "--protocol",
+        "http",
+    ])
+    .args(["-d", "2s", "--aa", "none", "--agents"])
+    .arg(
+        (0..AGENTS)
+            .map(|k| format!("ssh://10.215.{k}.2"))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+    .args([
+        "--target",
+        "http://127.0.0.1:9000",
+        "--agent-listen",
+        "0.0.0.0:8080",
+    ])
+    .args(["--agent-loadgen", bin.join("loadgen").to_str().unwrap()])
+    .args(["--ssh-config", "none", "--agent-max-lag", "500ms"])
+    .args(["--ssh-option", &format!("IdentityFile={}", t("id"))])
+    .args(["--ssh-option", "UserKnownHostsFile=/dev/null"])
+    .args(["--ssh-option", "StrictHostKeyChecking=no"])
+    .args(["--ssh-option", "LogLevel=ERROR", "--out", &t("matrix")]);
+    netns::place(&mut c, &srv_fd, &cpus);
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let dir = std::fs::read_dir(t("matrix"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let r = iomodels_suite::results::Results::load(&dir.join("results.json")).unwrap();
+    assert_eq!(r.runs.len(), 1);
+    let run = &r.runs[0];
+    let rep = run
+        .report
+        .as_ref()
+        .unwrap_or_else(|| panic!("{:?}", run.error));
+    assert_eq!(rep.target, "http://127.0.0.1:9000/");
+    assert_eq!(rep.routes, ["/hello:1"]);
+    assert!(rep.requests > 100 && rep.errors.total() == 0, "{rep:?}");
+    assert_eq!(
+        rep.connections, 10,
+        "the scenario's 10 connections, shared out"
+    );
+    let merged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("agents-1/merged.json")).unwrap())
+            .unwrap();
+    assert_eq!(merged["agents"].as_array().map(Vec::len), Some(AGENTS));
+    assert!(run
+        .server
+        .as_ref()
+        .is_some_and(|c| c.cpu_us_per_request > 0.0));
+
     drop(servers);
     drop(net);
     for a in agents.iter().chain([&srv]) {
