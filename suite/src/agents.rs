@@ -48,10 +48,11 @@ pub struct AgentArgs {
     /// ({port} becomes each server's port; the scenario gives the path).
     #[arg(long, help_heading = "Agents (--agents)")]
     pub target: Option<String>,
-    /// Connections in all (shared out between the agents).
+    /// Connections in all, shared out between the agents (with --models the
+    /// scenario sets them).
     #[arg(long, default_value_t = 30, help_heading = "Agents (--agents)")]
     pub agent_connections: usize,
-    /// Threads per agent.
+    /// Threads per agent (with --models: one, as the scenarios).
     #[arg(long, default_value_t = 1, help_heading = "Agents (--agents)")]
     pub agent_threads: usize,
     /// loadgen's path on the agents [default: on their PATH, else copied
