@@ -318,6 +318,8 @@ struct SweepArgs {
     /// Directory holding the server binaries [default: beside iomodels].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    net: iomodels_suite::netns::NetArgs,
 }
 
 /// Arrivals choice on the command line.
@@ -1084,7 +1086,34 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
         .cloned()
         .chain(peer_list.iter().map(|p| p.name().to_string()))
         .collect();
-    let curves = sweep::sweep_all(&dir, &subjects, &protocols, &spec);
+    let (curves, net) = if args.net.netns {
+        if !peer_list.is_empty() {
+            return Err(Usage("--netns sweeps models only: no --peers".into()).into());
+        }
+        // Every request pays the round trip: the SLO is on top of it.
+        let rtt_us = args.net.rtt.unwrap_or_default().as_secs_f64() * 1e6;
+        spec.slo_us += rtt_us;
+        spec.cap_us += rtt_us;
+        if rtt_us > 0.0 {
+            eprintln!(
+                "iomodels: --netns: the SLO and the saturation cap count from the route's wait + the RTT ({})",
+                sweep::fmt_ms(rtt_us)
+            );
+        }
+        iomodels_suite::netns::clean_up_on_signals();
+        let (net, setup, placement) = iomodels_suite::netns::build(&args.net.spec())?;
+        eprintln!(
+            "iomodels: --netns: RTT {:.3} ms by {:?}: {}",
+            setup.rtt_ms, setup.delay_by, setup.delay_note
+        );
+        let curves = iomodels_suite::netns::run_in(placement, || {
+            sweep::sweep_all(&dir, &subjects, &protocols, &spec)
+        })?;
+        drop(net);
+        (curves, Some(setup))
+    } else {
+        (sweep::sweep_all(&dir, &subjects, &protocols, &spec), None)
+    };
     let results = results::Results {
         schema_version: SCHEMA_VERSION,
         run_id: run_id.clone(),
@@ -1113,6 +1142,9 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
     let json = out_dir.join("results.json");
     results.save(&json)?;
+    if let Some(setup) = &net {
+        iomodels_suite::netns::record(&json, setup)?;
+    }
     let html = report::write(&results, &out_dir)?;
     print_out(&sweep::capacity_table(&results.sweeps));
     let took = start.elapsed().map_or(0.0, |d| d.as_secs_f64());

@@ -159,7 +159,10 @@ impl Server {
         protocol: Protocol,
         workers: usize,
     ) -> anyhow::Result<Server> {
-        cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
+        // In a --netns run: the server's namespace, CPUs and veth address.
+        crate::netns::place_server(&mut cmd);
+        let listen = crate::netns::listen_addr();
+        cmd.args(["--listen", &listen, "--protocol", protocol.name()])
             .args(["--workers", &workers.to_string()])
             .stderr(Stdio::null());
         Server::spawn(cmd, Ready::Line)
