@@ -177,7 +177,15 @@ impl Server {
         protocol: Protocol,
         workers: usize,
     ) -> anyhow::Result<(Server, Accounting)> {
-        let mut cmd = Command::new(bin);
+        Server::start_accounted_with(Command::new(bin), protocol, workers)
+    }
+
+    /// [`Server::start_accounted`] of the server `cmd` runs (with its flags).
+    pub fn start_accounted_with(
+        mut cmd: Command,
+        protocol: Protocol,
+        workers: usize,
+    ) -> anyhow::Result<(Server, Accounting)> {
         // In a --netns run: the server's namespace, CPUs and veth address.
         crate::netns::place_server(&mut cmd);
         let listen = crate::netns::listen_addr();
