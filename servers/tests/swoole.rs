@@ -190,28 +190,40 @@ fn base_mode_workers_are_reactors_and_a_blocking_handler_holds_its_own() {
     assert_eq!(kids.len(), 2, "{kids:?}");
     assert_eq!(threads(s.child.id()), 1);
     assert!(kids.iter().all(|&k| threads(k) == 1), "{kids:?}");
-    // Connections until one worker holds two (a, b) and the other one (d).
+    // Two connections on one worker (a, b). Under a light load they land
+    // on the same one: EPOLLEXCLUSIVE wakes the first worker that waits.
     let mut conns: Vec<(util::Client, String)> = Vec::new();
-    let (a, b, d) = loop {
-        assert!(conns.len() < 64, "connections never reached both workers");
+    let (a, b) = loop {
+        assert!(conns.len() < 64, "no two connections reached one worker");
         let mut c = s.connect();
         let w = c.request("GET", "/hello", b"").worker.unwrap();
         conns.push((c, w));
-        let first = &conns[0].1;
-        let same: Vec<usize> = (0..conns.len()).filter(|&i| &conns[i].1 == first).collect();
-        let other = (0..conns.len()).find(|&i| &conns[i].1 != first);
-        if let (true, Some(d)) = (same.len() >= 2, other) {
-            break (same[0], same[1], d);
+        let last = conns.len() - 1;
+        if let Some(a) = (0..last).find(|&i| conns[i].1 == conns[last].1) {
+            break (a, last);
         }
     };
     // a's worker sleeps 3 s in its loop.
     let wire = conns[a].0.encode("GET", "/wait?us=3000000", b"");
     conns[a].0.send(&wire).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // Until that worker sleeps (its kernel wait channel names a nanosleep,
+    // not epoll), so that it cannot be the one to take the next connection.
+    let wchan = format!("/proc/{}/wchan", conns[a].1);
+    let end = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("sleep")) {
+        assert!(Instant::now() < end, "the worker never slept");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let start = Instant::now();
-    // d's worker is free: d is answered while a's request is still running.
-    conns[d].0.request("GET", "/hello", b"");
+    // A new connection goes to a worker that waits in epoll_wait: the
+    // other one, which answers while a's request is still running.
+    let mut d = s.connect();
+    let d_worker = d.request("GET", "/hello", b"").worker.unwrap();
     let d_took = start.elapsed();
+    assert_ne!(
+        d_worker, conns[a].1,
+        "the sleeping worker took a connection"
+    );
     // b shares a's worker: its answer waits for the sleep to end.
     conns[b].0.request("GET", "/hello", b"");
     let b_took = start.elapsed();

@@ -19,7 +19,11 @@
 //! connection wakes one waiting worker (or a few), not all of them, and a
 //! worker takes **one** connection per wake-up (nginx's `multi_accept off`)
 //! so a burst spreads over the workers that are waiting instead of landing
-//! on the first one awake. SO_REUSEPORT (Swoole's `enable_reuse_port`)
+//! on the first one awake. Only a worker asleep in `epoll_wait` counts as
+//! woken, and the wake-up walks the listener's wait queue from the same
+//! end each time: under a light load one worker takes every connection,
+//! and a busy one (inside a handler) is passed over — the same balance
+//! nginx's workers get without `accept_mutex`. SO_REUSEPORT (Swoole's `enable_reuse_port`)
 //! would give each worker its own queue chosen by a hash of the 4-tuple: a
 //! worker busy in a blocking handler would still be handed new
 //! connections while others idle, and it does not work for `unix:`

@@ -64,7 +64,10 @@ pub fn manage(args: &Args, shared: &Shared, board: Scoreboard, wiring: &Wiring) 
 /// body streams within the workload's window here too, and a reactor that
 /// stops reading (its client does not read) stops this worker. A `/wait`
 /// sleeps here and a `/file` is read here: the worker blocks, the reactors
-/// do not.
+/// do not. The newest piece is held back until it is known whether more
+/// follows, so that the last one carries the end: a small response is one
+/// frame, not a piece and an empty "that was all" (one `write` here and
+/// one `read` in the reactor less per request).
 fn execute(
     host: &mut ServerHost,
     flags: u8,
@@ -77,16 +80,24 @@ fn execute(
         conn.single_request();
     }
     conn.handle_input(request, Instant::now(), host);
+    let mut held: Option<Vec<u8>> = None;
     loop {
         if !conn.output().is_empty() {
-            send(conn.output(), false)?;
+            if let Some(piece) = held.take() {
+                send(&piece, false)?;
+            }
+            held = Some(conn.output().to_vec());
             let n = conn.output().len();
             conn.advance_output(n, Instant::now(), host);
         } else if let Some(until) = conn.parked_until() {
+            // What is ready goes out before the sleep.
+            if let Some(piece) = held.take() {
+                send(&piece, false)?;
+            }
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
             conn.handle_timeout(Instant::now(), host);
         } else if !host.serve_file(&mut conn, &mut file, Instant::now()) {
-            return send(&[], true);
+            return send(held.as_deref().unwrap_or_default(), true);
         }
     }
 }
