@@ -39,9 +39,10 @@
 //! **One request costs**, counted from the code: in the reactor a `read` of
 //! the client socket, a `write` to the worker's socket, an `epoll_wait`
 //! wake-up and a `read` of the answer, a `write` to the client; in the
-//! worker a `poll`, two `read`s and a `write` — about nine system calls
-//! where prefork-server makes two, and at least two context switches (the
-//! orchestrator's syscall and context-switch columns measure them).
+//! worker a `poll`, two `read`s (one on a datagram pair) and a `write` —
+//! about nine system calls where prefork-server makes two, and at least two
+//! context switches (the orchestrator's syscall and context-switch columns
+//! measure them; docs/models/swoole.md counts them under strace).
 //!
 //! **`--dispatch`** (Swoole's `dispatch_mode`): `round-robin` (1) — each
 //! reactor cycles through the workers; `fd-mod` (2, Swoole's own default) —
