@@ -61,6 +61,8 @@ pub const SERVERS: &[Model] = &[
     model("uring-server", &["--single-shot", "--buffers", "4"]),
     model("fpm-server", &["--pm", "static", "--max-children", "4"]),
     model("swoole-server", &["--reactors", "2", "--workers", "2"]),
+    // A thread per connection; each request forks and executes hello-cgi.
+    model("cgi-server", &[]),
 ];
 
 /// Whether `bin` is chosen: `IOMODELS_ONLY=uring-server,epoll-server` runs
