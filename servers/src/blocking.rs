@@ -95,7 +95,8 @@ pub fn serve<H: ServeHost>(fd: OwnedFd, host: &mut H, buf: &mut [u8], origin: Or
         // 1. Write everything there is to write. A peer that reads nothing
         // for a whole idle timeout is a stuck writer: the worker lets go.
         let mut progress = Instant::now();
-        while !conn.output().is_empty() {
+        // (A connection that must close now, dropping its output, skips it.)
+        while !conn.output().is_empty() && !conn.wants_close() {
             match socket::send(fd.as_raw_fd(), conn.output(), MsgFlags::MSG_DONTWAIT) {
                 Ok(n) => {
                     progress = Instant::now();

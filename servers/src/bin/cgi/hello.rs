@@ -93,15 +93,13 @@ fn run() -> std::io::Result<()> {
     let data_dir = std::path::PathBuf::from(var("DOCUMENT_ROOT"));
     let head_only = var("REQUEST_METHOD") == "HEAD";
     let mut out = std::io::stdout().lock();
-    let (mut records, mut file, mut in_head) = (Vec::new(), None, true);
+    let (mut file, mut in_head) = (None, true);
     loop {
-        // 3. Unwrap the STDOUT records: their content is the CGI response
-        // (for HEAD, its head only: RFC 3875 §4.3.3).
-        records.extend_from_slice(conn.output());
-        let n = conn.output().len();
-        conn.advance_output(n, Instant::now(), &mut host);
+        // 3. Unwrap the STDOUT records straight from the output (it holds
+        // whole records): their content is the CGI response (for HEAD, its
+        // head only: RFC 3875 §4.3.3).
         let mut used = 0;
-        while let Ok(Some(rec)) = fcgi::parse_record(&records[used..]) {
+        while let Ok(Some(rec)) = fcgi::parse_record(&conn.output()[used..]) {
             used += rec.len;
             match rec.header.kind {
                 fcgi::STDOUT if in_head && head_only => {
@@ -115,7 +113,7 @@ fn run() -> std::io::Result<()> {
                 _ => {}
             }
         }
-        records.drain(..used);
+        conn.advance_output(used, Instant::now(), &mut host);
         // 4. A parked /wait sleeps; /file is read here, blocking.
         if let Some(until) = conn.parked_until() {
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
@@ -129,7 +127,7 @@ fn run() -> std::io::Result<()> {
                 &mut host,
                 Instant::now(),
             );
-        } else if conn.output().is_empty() {
+        } else if used == 0 {
             return Err(std::io::Error::other("the workload gave no answer"));
         }
     }

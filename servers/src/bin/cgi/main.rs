@@ -120,7 +120,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Workers::Fixed(0),
         ListenOptions::BLOCKING,
     )?;
-    let program = Arc::new(program.with_data_dir(&shared.data_dir));
+    let program = Arc::new(program.with_server(&shared.data_dir, shared.timeouts.idle));
     net::set_recv_timeout(&listener, blocking::TICK);
     let live = Arc::new(AtomicUsize::new(0));
     let mut next = 0usize;

@@ -25,6 +25,8 @@ pub struct Program {
     path: CString,
     script: Option<String>,
     timeout: Duration,
+    /// `--idle-timeout`: a client that reads nothing for this long is let go.
+    idle: Duration,
     document_root: String,
     /// Variables the server adds for programs: the data dir for /file.
     extra: Vec<(String, String)>,
@@ -52,28 +54,30 @@ impl Program {
             "--program {} is not an executable file",
             path.display()
         );
-        if let Some(s) = script {
-            std::fs::File::open(s)
-                .with_context(|| format!("--script {}: cannot be read", s.display()))?;
-        }
-        let script = script.map(|s| {
-            std::path::absolute(s)
-                .unwrap_or(s.to_path_buf())
-                .display()
-                .to_string()
-        });
+        // php-cgi refuses a SCRIPT_FILENAME with `..` in it: canonical.
+        let script = match script {
+            Some(s) => {
+                std::fs::File::open(s)
+                    .with_context(|| format!("--script {}: cannot be read", s.display()))?;
+                Some(std::fs::canonicalize(s)?.display().to_string())
+            }
+            None => None,
+        };
         Ok(Program {
             path: CString::new(path.as_os_str().as_bytes())?,
             script,
             timeout,
+            idle: Duration::from_secs(60),
             document_root: String::new(),
             extra: Vec::new(),
         })
     }
 
-    /// Programs find the data dir (`/file`) as DOCUMENT_ROOT, and as
+    /// `idle`: the server's idle timeout (a stuck writer is let go). And
+    /// programs find the data dir (`/file`) as DOCUMENT_ROOT, and as
     /// IOMODELS_DATA_DIR (the name the PHP workload reads).
-    pub fn with_data_dir(mut self, dir: &Path) -> Program {
+    pub fn with_server(mut self, dir: &Path, idle: Duration) -> Program {
+        self.idle = idle;
         self.document_root = dir.display().to_string();
         self.extra = vec![("IOMODELS_DATA_DIR".into(), self.document_root.clone())];
         self
@@ -89,7 +93,15 @@ impl Program {
     ) {
         let env = self.environment(request, sock);
         match spawn(&self.path, &env) {
-            Ok(child) => pump(child, &request.body, conn, sock, self.timeout, host),
+            Ok(child) => pump(
+                child,
+                &request.body,
+                conn,
+                sock,
+                self.timeout,
+                self.idle,
+                host,
+            ),
             Err(e) => {
                 eprintln!("cgi-server: cannot start the program: {e}");
                 conn.program_exit(ProgramExit::Failed, Instant::now(), host);
@@ -224,19 +236,24 @@ fn pump(
     conn: &mut Conn,
     sock: BorrowedFd<'_>,
     timeout: Duration,
+    idle: Duration,
     host: &mut dyn Host,
 ) {
     let deadline = Instant::now() + timeout;
+    let mut progress = Instant::now();
     let exit_fd = pidfd(child.pid).ok();
     let mut stdin = (!body.is_empty()).then_some(child.stdin);
     let mut stdout = Some(child.stdout);
     let (mut sent, mut exit) = (0, None);
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 16 * 1024];
     let end = loop {
         // 1. Write what the connection has for the client.
         while !conn.output().is_empty() {
             match socket::send(sock.as_raw_fd(), conn.output(), MsgFlags::MSG_DONTWAIT) {
-                Ok(n) => conn.advance_output(n, Instant::now(), host),
+                Ok(n) => {
+                    progress = Instant::now();
+                    conn.advance_output(n, progress, host);
+                }
                 Err(Errno::EINTR) => continue,
                 Err(_) => break,
             }
@@ -252,6 +269,12 @@ fn pump(
         let now = Instant::now();
         if now >= deadline {
             break Some(ProgramExit::TimedOut);
+        }
+        // A client that reads none of the response for a whole idle
+        // timeout: let go of it (and of its program).
+        if !conn.output().is_empty() && now >= progress + idle {
+            host.on_write_timeout();
+            break Some(ProgramExit::Failed);
         }
         // 3. Wait for any of: room on the socket, room in the stdin pipe,
         // output from the program (while the window has room), its exit.
@@ -270,7 +293,11 @@ fn pump(
             exit_fd.as_ref(),
             flag(exit.is_none(), PollFlags::POLLIN),
         );
-        let ms = (deadline - now).as_millis().clamp(1, 1000) as u16;
+        let wake = deadline.min(progress + idle);
+        let ms = wake
+            .saturating_duration_since(now)
+            .as_millis()
+            .clamp(1, 1000) as u16;
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => break Some(ProgramExit::Failed),
