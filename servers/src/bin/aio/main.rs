@@ -21,45 +21,38 @@
 //!     pread(sock) = ESPIPE -> read(sock) (blocks until data) -> rt_sigqueueinfo
 //! ```
 //!
-//! **What glibc does underneath.** Linux has no asynchronous read for a
-//! socket that POSIX AIO could use (the kernel's own AIO, `io_submit`, is
-//! asynchronous only for files opened O_DIRECT). glibc implements POSIX AIO
-//! in user space: each request goes to a queue served by a pool of threads
-//! (`aio_init`: `--aio-threads`, default 20, made on demand, gone after an
-//! idle second); a thread takes it and makes the *blocking* call. On a
-//! socket that is `pread`, which fails with ESPIPE, then `read`, which
-//! blocks until the client sends. Then the thread queues the signal. So an
-//! idle keep-alive connection holds a thread blocked in `read`, exactly as
-//! in thread-server — and requests on one descriptor are served in order by
-//! one thread, so a write waits behind a read still blocked on the same
-//! socket. A pool smaller than the open connections starves: the requests
-//! of new connections queue behind reads that wait for idle clients.
+//! **What glibc does underneath.** Linux has no asynchronous socket read
+//! that POSIX AIO could use (the kernel's `io_submit` is asynchronous only
+//! for O_DIRECT files), so glibc runs each request in a thread of a pool
+//! (`aio_init`; `--aio-threads`), made whenever no pool thread is idle at
+//! that instant and gone after an idle second. The thread makes the
+//! *blocking* call — on a socket `pread` (ESPIPE), then `read`, which waits
+//! for the client; `pwrite`, then `write` — and queues the signal with
+//! `rt_sigqueueinfo`. So an idle keep-alive connection holds a thread
+//! blocked in `read`, as in thread-server; requests on one descriptor are
+//! served in order, so a write waits behind a read still blocked on the
+//! same socket; and connections beyond the pool starve.
 //!
-//! **One keep-alive request costs** in this thread an `aio_read`
-//! (a futex wake of a pool thread, or a `clone` when none is idle), a
-//! `poll` and a signalfd `read` for its completion, the same for the
-//! `aio_write`; in the pool threads `pread` + `read`, `write`, two
-//! `rt_sigqueueinfo` and futex waits; and at least four context switches
-//! (this thread ⇄ a pool thread, twice). Measured against uring-server in
-//! `docs/models/cgi-fastcgi.md`.
+//! **One keep-alive request costs** here an `aio_read` and an `aio_write`
+//! (a futex wake of a pool thread, or a new thread), a `poll` and a
+//! signalfd `read` per completion; in the pool the calls above and futex
+//! waits. Measured (`docs/models/cgi-fastcgi.md`): 48.9 µs of CPU, 3.65
+//! context switches and 0.37 new threads per `/hello`, against
+//! uring-server's 7.35 µs and 0.35 switches.
 //!
-//! **signalfd or aio_suspend?** `aio_suspend(list, n, timeout)` waits until
-//! one of *n* control blocks is done, then the caller scans them all with
-//! `aio_error`: select(2)'s O(n) per wake-up again, and no way to wait for a
-//! listener or a pipe beside it. A queued real-time signal names its
-//! operation (si_value), and a signalfd turns the queue into a descriptor
-//! that `poll` waits on with everything else, many siginfo per `read`. Its
-//! limit is sigio-server's: the queue is bounded (RLIMIT_SIGPENDING); one
-//! operation per connection keeps it below `--max-conns`, and a sweep of
-//! `aio_error` over every operation once a second (the aio_suspend way)
-//! finds any notice that was lost.
+//! **signalfd or aio_suspend?** `aio_suspend(list, n)` wakes when one of
+//! *n* control blocks is done and the caller scans them all (select's O(n),
+//! and nothing else to wait on beside them). A queued real-time signal
+//! names its operation (si_value), and a signalfd puts the queue in the
+//! loop's one `poll`. Its limit is sigio-server's bounded queue: one
+//! operation per connection keeps it below `--max-conns`, and a
+//! once-a-second `aio_error` sweep catches a lost notice.
 //!
-//! **Why servers do not use it.** Every operation costs a thread hand-off
-//! and a signal, on top of the blocking call it replaces; connections
-//! cannot outnumber threads; signals are process-wide state; and epoll
-//! (readiness) or io_uring (true completions, in the kernel) do the same
-//! job without any of it. `/file` reads go through `aio_read` too (glibc
-//! `pread` in a pool thread); native AIO with O_DIRECT is not shown here.
+//! **Why servers do not use it.** A thread hand-off and a signal per
+//! operation, on top of the blocking call it replaces; no more connections
+//! than threads; signals are process-wide. epoll and io_uring (completions
+//! in the kernel) do the job without any of it. `/file` goes through
+//! `aio_read` too (`pread` in a pool thread); native O_DIRECT AIO is not shown.
 //!
 //! **Run it**: `cargo run --release -p iomodels-servers --bin aio-server
 //! -- --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello`.
@@ -73,7 +66,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Parser;
 use iomodels_servers::cli::{self, Common};
-use iomodels_servers::host::{Admitted, ServerHost};
+use iomodels_servers::host::{self, Admitted, ServerHost};
 use iomodels_servers::net::{self, Accepted, ListenOptions};
 use iomodels_servers::signals;
 use iomodels_servers::startup::{Startup, Workers};
@@ -90,18 +83,15 @@ use slab::Slab;
 struct Args {
     #[command(flatten)]
     common: Common,
-    /// Most threads glibc's AIO pool may run (aio_init's aio_threads). Each
-    /// open connection holds one blocked in read: connections beyond it wait
-    /// (default: --max-conns, at most 4096).
+    /// Most threads glibc's AIO pool may run (aio_init's aio_threads; each
+    /// open connection holds one). Default: --max-conns, at most 4096.
     #[arg(long, value_name = "N")]
     aio_threads: Option<u32>,
 }
 
 /// Bytes asked for per socket read.
 const READ_LEN: usize = 16 * 1024;
-/// How often every operation in flight is looked at with aio_error (a
-/// completion notice lost to a full signal queue), and the wake-up while
-/// stopping.
+/// How often every operation in flight is looked at (a lost notice).
 const SWEEP: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
@@ -300,47 +290,44 @@ impl Server {
             return;
         };
         let now = Instant::now();
-        if slot.op.is_none() {
+        if slot.op.is_some() {
+            // A read blocked in a glibc thread, while the connection now has
+            // a response to write (a 408) or must close: end it.
+            let (close, write) = (slot.conn.wants_close(), !slot.conn.output().is_empty());
+            posix::unblock(
+                slot.op.as_deref(),
+                &slot.fd,
+                close,
+                write || !slot.conn.wants_read(),
+            );
+        } else {
             let (fd, sig) = (slot.fd.as_raw_fd(), self.signal);
+            let start =
+                |kind, fd, len, data: &[u8], at| Op::start(kind, fd, len, data, at, sig, token);
             let started = match slot.conn.take_file_request() {
+                Some(FileRequest::Read { offset, len }) if slot.file.is_some() => {
+                    let file = slot.file.as_ref().map_or(-1, |f| f.as_raw_fd());
+                    Some(start(Kind::FileRead, file, len, &[], offset))
+                }
                 // open(2) has no asynchronous form in POSIX AIO: done here.
-                Some(FileRequest::Open(name)) => {
-                    let opened = std::fs::File::open(self.host.shared().file_path(&name))
-                        .and_then(|f| Ok((f.metadata()?.len(), f)));
-                    let size = opened.map(|(size, f)| {
-                        slot.file = Some(f);
-                        size
-                    });
-                    slot.conn.file_opened(size, now, &mut self.host);
+                Some(request) => {
+                    let dir = self.host.shared().data_dir.clone();
+                    host::serve_file(
+                        &dir,
+                        request,
+                        &mut slot.conn,
+                        &mut slot.file,
+                        &mut self.host,
+                        now,
+                    );
                     return self.drive(token);
                 }
-                Some(FileRequest::Read { offset, len }) => match &slot.file {
-                    Some(f) => Some(Op::start(
-                        Kind::FileRead,
-                        f.as_raw_fd(),
-                        len,
-                        &[],
-                        offset,
-                        sig,
-                        token,
-                    )),
-                    None => {
-                        slot.conn.file_read(
-                            Err(std::io::ErrorKind::NotFound.into()),
-                            now,
-                            &mut self.host,
-                        );
-                        return self.drive(token);
-                    }
-                },
                 None if !slot.conn.output().is_empty() => {
                     let out = slot.conn.output();
-                    Some(Op::start(Kind::Send, fd, out.len(), out, 0, sig, token))
+                    Some(start(Kind::Send, fd, out.len(), out, 0))
                 }
                 None if slot.conn.wants_close() => return self.close(token),
-                None if slot.conn.wants_read() => {
-                    Some(Op::start(Kind::Recv, fd, READ_LEN, &[], 0, sig, token))
-                }
+                None if slot.conn.wants_read() => Some(start(Kind::Recv, fd, READ_LEN, &[], 0)),
                 None => None,
             };
             match started {
@@ -351,8 +338,6 @@ impl Server {
                 }
                 None => {}
             }
-        } else {
-            unblock(slot);
         }
         self.timers
             .schedule(&mut slot.timer, token, slot.conn.poll_timeout());
@@ -412,22 +397,4 @@ impl Server {
             self.drive(token);
         }
     }
-}
-
-/// A connection whose state changed while a read is in flight: when it now
-/// has a response to write (a 408) or must close, the read blocked in a
-/// glibc thread is ended by shutting the socket's reading side (a write
-/// would otherwise queue behind it); a write stuck on a peer that reads
-/// nothing ends when the connection must close.
-fn unblock(slot: &mut Slot) {
-    let Some(op) = &slot.op else {
-        return;
-    };
-    let how = match op.kind {
-        Kind::Recv if slot.conn.wants_close() => Shutdown::Both,
-        Kind::Recv if !slot.conn.output().is_empty() || !slot.conn.wants_read() => Shutdown::Read,
-        Kind::Send if slot.conn.wants_close() => Shutdown::Both,
-        _ => return,
-    };
-    let _ = shutdown(slot.fd.as_raw_fd(), how);
 }

@@ -179,3 +179,20 @@ pub fn read_completions(fd: &OwnedFd, mut done: impl FnMut(usize)) {
         }
     }
 }
+
+/// Ends an operation blocked in a glibc thread that the connection no
+/// longer wants to wait for (glibc cannot cancel a request its thread is
+/// running: `aio_cancel` answers AIO_NOTCANCELED). A read is ended by
+/// shutting the socket's reading side when the connection must `close` or
+/// has a response to write (it would queue behind the read: requests on one
+/// descriptor are served in order); a write stuck on a peer that reads
+/// nothing, when the connection must close. The call then completes.
+pub fn unblock(op: Option<&Op>, sock: &OwnedFd, close: bool, write_waits: bool) {
+    use nix::sys::socket::{shutdown, Shutdown};
+    let how = match op.map(|op| op.kind) {
+        Some(Kind::Recv | Kind::Send) if close => Shutdown::Both,
+        Some(Kind::Recv) if write_waits => Shutdown::Read,
+        _ => return,
+    };
+    let _ = shutdown(sock.as_raw_fd(), how);
+}
