@@ -203,7 +203,7 @@ fn littles_law() -> Lab {
     Lab {
         name: "littles-law",
         title: "Little's law: a blocking server's throughput is capped at workers ÷ service time",
-        shape: "throughput ≈ N ÷ 10 ms for N workers (prefork, threadpool) or N connections (epoll), within 0.6–1.1×, rising with N",
+        shape: "throughput proportional to N (X(N) ÷ (N·X(1)) within 0.6–1.6, rising), never above the cap N ÷ 10 ms (1.1×) nor far below it (0.4×)",
         points: |quick| {
             let ns: &[usize] = if quick { &[1, 2, 4] } else { &[1, 2, 4, 8] };
             let route = "/wait?us=10000";
@@ -233,11 +233,23 @@ fn littles_law() -> Lab {
             for s in series_names(ms) {
                 let pts: Vec<&Measured> = ms.iter().filter(|m| m.point.series == s).collect();
                 let mut line = format!("{s}:");
+                // The cap is N ÷ 10 ms. What a busy machine adds to each
+                // 10 ms (scheduling, timer slack) lowers every point alike,
+                // so the verdict is the proportionality, not the distance
+                // to the cap (printed).
+                let one = pts.first().map_or(0.0, |m| m.rps / m.point.x);
                 for m in &pts {
                     let cap = m.point.x / (WAIT_US / 1e6);
                     let r = m.rps / cap;
-                    holds &= (0.6..=1.1).contains(&r) && m.error.is_none();
-                    let _ = write!(line, " N={} {:.0}/{:.0} req/s = {:.2}×;", m.point.x, m.rps, cap, r);
+                    let prop = m.rps / m.point.x / one;
+                    holds &= (0.4..=1.1).contains(&r)
+                        && (0.6..=1.6).contains(&prop)
+                        && m.error.is_none();
+                    let _ = write!(
+                        line,
+                        " N={} {:.0}/{:.0} req/s = {:.2}× the cap, {:.2}× N·X(1);",
+                        m.point.x, m.rps, cap, r, prop
+                    );
                 }
                 let rising = pts.windows(2).all(|w| w[1].rps > w[0].rps);
                 holds &= rising;

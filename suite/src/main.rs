@@ -189,6 +189,12 @@ struct RunArgs {
     /// the first model].
     #[arg(long, value_name = "MODEL")]
     aa: Option<String>,
+    /// Also run every model from the `*-server` binaries in DIR (e.g. a
+    /// build of the base commit), beside the new one in the same rounds:
+    /// a same-run A/B whose CPU per request `compare` gates on, where
+    /// machine noise hits both sides alike (scripts/ci-perf.sh).
+    #[arg(long, value_name = "DIR")]
+    base_bins: Option<PathBuf>,
     /// Add an `strace -f -c` pass per model: system calls per request by
     /// name, measured under strace (which slows the server and changes its
     /// batching: read the names, trust /proc's read+write counts).
@@ -636,6 +642,7 @@ fn run_cost(args: CostArgs) -> anyhow::Result<ExitCode> {
             idle_models: Vec::new(),
             missing,
             peers: Vec::new(),
+            base_bins: None,
         },
         runs: Vec::new(),
         syscalls: Vec::new(),
@@ -729,6 +736,25 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(args.idle_models.clone())
     };
+    if let Some(base) = &args.base_bins {
+        let absent: Vec<&str> = models
+            .iter()
+            .map(String::as_str)
+            .filter(|m| !runner::server_bin(base, m).is_file())
+            .collect();
+        if !absent.is_empty() {
+            return Err(Usage(format!(
+                "--base-bins {}: no {} there",
+                base.display(),
+                absent
+                    .iter()
+                    .map(|m| format!("{m}-server"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        }
+    }
     let aa = match args.aa.as_deref() {
         Some("none") => None,
         Some(m) if models.iter().any(|x| x == m) => Some(m.to_string()),
@@ -819,6 +845,7 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         peers: peer_list.clone(),
         peer_dir: out_dir.join("peers"),
         site,
+        base_bin_dir: args.base_bins.clone(),
     };
     eprintln!(
         "iomodels: {} runs: {} model(s) and {} peer(s) × {} scenario(s) × {} protocol(s), {:.1} s each",
@@ -857,6 +884,7 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
             idle_models: idle_models.unwrap_or_else(|| plan.models.clone()),
             missing,
             peers: peer_list.iter().map(|p| p.name().to_string()).collect(),
+            base_bins: args.base_bins.as_ref().map(|d| d.display().to_string()),
         },
         runs,
         syscalls,
@@ -951,6 +979,7 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
             idle_models: Vec::new(),
             missing,
             peers: peer_list.iter().map(|p| p.name().to_string()).collect(),
+            base_bins: None,
         },
         runs: Vec::new(),
         syscalls: Vec::new(),

@@ -139,6 +139,7 @@ pub fn fixture() -> Results {
                     generator_limited: false,
                     error: None,
                     aa: false,
+                    base: false,
                 });
             }
         }
@@ -200,6 +201,7 @@ pub fn fixture() -> Results {
             idle_models: vec!["epoll".into(), "select".into(), "prefork".into()],
             missing: vec![],
             peers: vec![],
+            base_bins: None,
         },
         runs,
         syscalls: vec![],
