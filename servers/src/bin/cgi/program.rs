@@ -207,10 +207,12 @@ unsafe fn exec_child(
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
         // The server ignores SIGPIPE and blocks nothing; a program starts
         // with the defaults (an ignored signal stays ignored across exec).
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut());
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         libc::execve(*argv, argv, envp);
         libc::_exit(127)
     }
