@@ -174,7 +174,15 @@ impl Server {
         protocol: Protocol,
         workers: usize,
     ) -> anyhow::Result<(Server, Accounting)> {
-        let mut cmd = Command::new(bin);
+        Server::start_accounted_with(Command::new(bin), protocol, workers)
+    }
+
+    /// [`Server::start_accounted`] of the server `cmd` runs (with its flags).
+    pub fn start_accounted_with(
+        mut cmd: Command,
+        protocol: Protocol,
+        workers: usize,
+    ) -> anyhow::Result<(Server, Accounting)> {
         cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
             .args(["--workers", &workers.to_string()])
             .stderr(Stdio::null());
