@@ -6,6 +6,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -103,7 +104,13 @@ impl Program {
                 host,
             ),
             Err(e) => {
-                eprintln!("cgi-server: cannot start the program: {e}");
+                // Out of descriptors or processes, every request fails the
+                // same way: one line a second says so, not one per request.
+                static LAST: AtomicU64 = AtomicU64::new(0);
+                let now_s = host_seconds();
+                if LAST.swap(now_s, Ordering::Relaxed) != now_s {
+                    eprintln!("cgi-server: cannot start the program: {e} (answering 502)");
+                }
                 conn.program_exit(ProgramExit::Failed, Instant::now(), host);
             }
         }
@@ -362,4 +369,11 @@ fn watch<'a>(fds: &mut Vec<PollFd<'a>>, fd: Option<&'a OwnedFd>, f: PollFlags) -
     let fd = fd?;
     fds.push(PollFd::new(fd.as_fd(), f));
     Some(fds.len() - 1)
+}
+
+/// Whole seconds since the Unix epoch (for rate-limiting a message).
+fn host_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
