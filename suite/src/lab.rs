@@ -856,8 +856,11 @@ fn measure_placed(
 /// Whether any of `labs` measures across a link (needs root, and the
 /// namespaces must go on Ctrl-C: see [`crate::netns::clean_up_on_signals`]).
 pub fn uses_netns(labs: &[Lab]) -> bool {
-    labs.iter()
-        .any(|l| [true, false].iter().any(|&q| (l.points)(q).iter().any(|p| p.rtt.is_some())))
+    labs.iter().any(|l| {
+        [true, false]
+            .iter()
+            .any(|&q| (l.points)(q).iter().any(|p| p.rtt.is_some()))
+    })
 }
 
 /// [`Probe::Newcomer`]: waits until the load generator has opened its

@@ -7,8 +7,8 @@
 //! A blocking worker holds its connection for the route's 10 ms *and* the
 //! round trip before the next request on it arrives, so prefork with 2
 //! workers serves at most 2 ÷ (10 ms + RTT). An event loop holds no thread
-//! while a request is on the wire: its capacity is its connections ÷ (10 ms
-//! + RTT), far above the load offered here. The load is an open loop at
+//! while a request is on the wire: its capacity is its connections ÷
+//! (10 ms + RTT), far above the load offered here. The load is an open loop at
 //! [`RATE`] requests/s on [`CONNECTIONS`] connections, the same for both
 //! models at every RTT: what a model serves of it is its capacity.
 
