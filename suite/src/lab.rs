@@ -4,7 +4,7 @@
 //!
 //! A lab is declarative: a list of [`Point`]s (a model with its flags, a
 //! route, connections, idle connections, workers, a rate, optionally a
-//! background load or a freeze), a chart, and a judge that turns the
+//! background load, a freeze, a crash or a round-trip time), a chart, and a judge that turns the
 //! measured points into figures and a verdict. The runner measures every
 //! point against a fresh server, `rounds` times in alternating order (the
 //! machine may be shared: each figure is the median of its rounds), and
