@@ -76,6 +76,7 @@ fn report(protocol: Protocol, rps: f64, p50: u64, conn_mode: ConnMode, idle: u64
             us_per_request: 10.0,
             utilization: 0.5,
         },
+        agent: None,
     }
 }
 
