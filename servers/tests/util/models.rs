@@ -70,6 +70,10 @@ pub const SERVERS: &[Model] = &[
     // SWOOLE_BASE: each worker accepts and runs its own reactor; 4 of
     // them, since a slow client's blocked handler holds its worker's loop.
     model("swoole-server", &["--mode", "base", "--workers", "4"]),
+    // A thread per connection; each request forks and executes hello-cgi.
+    model("cgi-server", &[]),
+    // One thread and glibc's POSIX AIO thread pool underneath.
+    model("aio-server", &[]),
 ];
 
 /// Whether `bin` is chosen: `IOMODELS_ONLY=uring-server,epoll-server` runs
