@@ -11,3 +11,5 @@ cargo test --workspace
 # The end-to-end benches build from a fresh checkout and measure every
 # model: criterion's --test mode runs each once (README, Benchmarks).
 cargo bench -p iomodels-servers --bench models -- --test
+# The IPC methods between two processes, each case once (about a second).
+cargo bench -p iomodels-servers --bench ipc -- --test

@@ -336,6 +336,17 @@ pub struct Config {
     /// needs, epoll otherwise.
     #[serde(default)]
     pub io: Option<Io>,
+    /// Run only slice K of N of this load: one agent of a distributed run
+    /// (see the `segment` module).
+    #[serde(default)]
+    pub segment: Option<crate::Segment>,
+    /// Begin the load at this wall-clock instant, ns since the Unix epoch.
+    #[serde(default)]
+    pub start_at_ns: Option<u64>,
+    /// An agent whose own send lag reaches this p99 is saturated, µs
+    /// (`None`: [`crate::segment::LAG_LIMIT_US`]).
+    #[serde(default)]
+    pub max_lag_us: Option<u64>,
 }
 
 impl Config {
@@ -362,6 +373,9 @@ impl Config {
             hdr_log: None,
             progress: false,
             io: None,
+            segment: None,
+            start_at_ns: None,
+            max_lag_us: None,
         }
     }
 

@@ -93,6 +93,20 @@ struct Cli {
     /// Write an HdrHistogram interval log (one interval per second) here.
     #[arg(long)]
     hdr_log: Option<PathBuf>,
+    /// Run as agent K (from 0) of N of a distributed run: the open-loop
+    /// schedule's request i is this agent's when i mod N = K; -c, -n and
+    /// --idle are shared out. Give every agent the same other flags.
+    #[arg(long, value_name = "K/N")]
+    segment: Option<loadgen::Segment>,
+    /// Begin at this wall-clock instant, nanoseconds since the Unix epoch
+    /// (all agents of a run begin together); refuses to run if it passed
+    /// more than 100 ms ago.
+    #[arg(long, value_name = "UNIX_TIME_NS")]
+    start_at: Option<u64>,
+    /// An agent (--segment, --start-at) whose own send lag reaches this
+    /// p99 reports itself saturated: 10ms (default), 50ms on a busy host.
+    #[arg(long, value_parser = parse_duration)]
+    max_lag: Option<std::time::Duration>,
     /// I/O backend: `uring` (one io_uring_enter per loop turn for all
     /// sends and responses; Linux 6.0+) or `epoll` (a write and a read per
     /// request) [default: uring where the kernel allows it, else epoll].
@@ -152,6 +166,9 @@ impl Cli {
             IoArg::Uring => Io::Uring,
             IoArg::Epoll => Io::Epoll,
         });
+        c.segment = self.segment;
+        c.start_at_ns = self.start_at;
+        c.max_lag_us = self.max_lag.map(|d| d.as_micros() as u64);
         c.validate()?;
         Ok(c)
     }
@@ -213,6 +230,9 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Io::Uring => "io_uring".to_string(),
         Io::Epoll => "epoll".to_string(),
     });
+    if let Some(s) = config.segment {
+        mode.push(format!("agent {s} (its share of the load)"));
+    }
     println!("Running {what} test @ {}", config.target);
     println!(
         "  {} threads and {} connections, {}",

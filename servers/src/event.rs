@@ -102,7 +102,15 @@ impl Connection {
         until: ReadUntil,
         blocking_wait: bool,
     ) -> Option<Interest> {
+        let mut now = now;
         loop {
+            // A blocking handler's clock is the real one: `now` was read
+            // before the loop slept through other connections' /wait, and
+            // a /wait parsed with it would end that much sooner (a batch
+            // of them would all sleep as one).
+            if blocking_wait {
+                now = Instant::now();
+            }
             let mut progress = false;
             // Read one chunk per round, so responses go out before more is read.
             if self.readable && self.conn.wants_read() {
@@ -231,6 +239,13 @@ impl Reactor {
                 }
             }
         }
+    }
+
+    /// Pauses accepting for [`net::ACCEPT_PAUSE`], as [`Reactor::accept`]
+    /// does on exhaustion, for a model that accepts by itself (one
+    /// connection per wake-up) and met it.
+    pub fn pause_accepting(&mut self, now: Instant) {
+        self.accept_paused_until = Some(now + net::ACCEPT_PAUSE);
     }
 
     /// Whether accepting is paused after exhaustion (until

@@ -472,11 +472,16 @@ fn sigterm_during_load_loses_no_accepted_request() {
 /// connection each (iterative, prefork, fpm: `--max-conns` is per process)
 /// leave the others waiting in the listen backlog instead, and fork-server
 /// ends each connection after one request, so only the "at most 10" part
-/// applies to them.
+/// applies to them. swoole-server `--mode base` runs an event loop in each
+/// worker process: at most 10 in each, and all answered at once.
 #[test]
 fn max_conns_refuses_beyond_the_limit() {
     each(&["--max-conns", "10"], |s, m| {
         let one_per_worker = ["iterative-server", "prefork-server", "fpm-server"].contains(&m.bin);
+        // swoole-server --mode base: an event loop in each of its worker
+        // processes, each with its own 10 places.
+        let loop_per_process = m.flags.windows(2).any(|f| f == ["--mode", "base"]);
+        let mut by_worker = std::collections::HashMap::<String, usize>::new();
         let mut clients: Vec<Client> = (0..20).map(|_| s.connect()).collect();
         for c in &mut clients {
             let wire = c.encode("GET", "/hello", b"");
@@ -491,7 +496,10 @@ fn max_conns_refuses_beyond_the_limit() {
                 .set_read_timeout(Some(left.max(Duration::from_millis(20))))
                 .unwrap();
             match c.read_response(false) {
-                Ok(r) if r.status == 200 => served += 1,
+                Ok(r) if r.status == 200 => {
+                    served += 1;
+                    *by_worker.entry(r.worker.unwrap_or_default()).or_default() += 1;
+                }
                 Ok(r) if r.status == 503 => refused += 1,
                 Ok(r) if r.fcgi_status == Some(ProtocolStatus::Overloaded) => refused += 1,
                 Ok(r) => panic!("{}: unexpected answer {}", m.bin, r.status),
@@ -502,6 +510,13 @@ fn max_conns_refuses_beyond_the_limit() {
         if !m.keep_alive {
             // fork-server: a child per connection, gone after its one
             // answer, so "at once" cannot be seen from the answers.
+        } else if loop_per_process {
+            assert_eq!(served + refused, 20, "{}: all answered at once", m.bin);
+            assert!(
+                by_worker.values().all(|&n| n <= 10),
+                "{}: more than 10 at once in one worker: {by_worker:?}",
+                m.bin
+            );
         } else if one_per_worker {
             assert!(served <= 10, "{}: {served} served at once", m.bin);
         } else {

@@ -170,3 +170,92 @@ fn a_client_gone_during_its_request_is_not_a_busy_loop() {
     // The worker finishes; the server goes on serving.
     s.connect().request("GET", "/hello", b"");
 }
+
+/// The threads of process `pid`.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+}
+
+/// `--mode base`: the workers are the master's own children, one thread
+/// each (no manager, no reactor threads); a handler that blocks holds up
+/// the other connections of its worker, not those of the other workers.
+#[test]
+fn base_mode_workers_are_reactors_and_a_blocking_handler_holds_its_own() {
+    let s = Server::start(
+        "swoole-server",
+        Protocol::Http,
+        &["--mode", "base", "--workers", "2"],
+    );
+    let kids = children_of(s.child.id());
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    assert_eq!(threads(s.child.id()), 1);
+    assert!(kids.iter().all(|&k| threads(k) == 1), "{kids:?}");
+    // Two connections on one worker (a, b). Under a light load they land
+    // on the same one: EPOLLEXCLUSIVE wakes the first worker that waits.
+    let mut conns: Vec<(util::Client, String)> = Vec::new();
+    let (a, b) = loop {
+        assert!(conns.len() < 64, "no two connections reached one worker");
+        let mut c = s.connect();
+        let w = c.request("GET", "/hello", b"").worker.unwrap();
+        conns.push((c, w));
+        let last = conns.len() - 1;
+        if let Some(a) = (0..last).find(|&i| conns[i].1 == conns[last].1) {
+            break (a, last);
+        }
+    };
+    // a's worker sleeps 3 s in its loop.
+    let wire = conns[a].0.encode("GET", "/wait?us=3000000", b"");
+    conns[a].0.send(&wire).unwrap();
+    // Until that worker sleeps (its kernel wait channel names a nanosleep,
+    // not epoll), so that it cannot be the one to take the next connection.
+    let wchan = format!("/proc/{}/wchan", conns[a].1);
+    let end = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("sleep")) {
+        assert!(Instant::now() < end, "the worker never slept");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let start = Instant::now();
+    // A new connection goes to a worker that waits in epoll_wait: the
+    // other one, which answers while a's request is still running.
+    let mut d = s.connect();
+    let d_worker = d.request("GET", "/hello", b"").worker.unwrap();
+    let d_took = start.elapsed();
+    assert_ne!(
+        d_worker, conns[a].1,
+        "the sleeping worker took a connection"
+    );
+    // b shares a's worker: its answer waits for the sleep to end.
+    conns[b].0.request("GET", "/hello", b"");
+    let b_took = start.elapsed();
+    assert!(
+        b_took >= Duration::from_secs(2),
+        "b answered after {b_took:?}"
+    );
+    // (Seconds of slack: d needs its own worker, not the end of a's sleep.)
+    assert!(
+        d_took < Duration::from_millis(2500),
+        "d answered after {d_took:?}"
+    );
+    let r = conns[a].0.read_response(false).unwrap();
+    assert_eq!(r.body, b"waited 3000000 us");
+}
+
+/// `--mode base` takes no process-mode-only flags it cannot honour.
+#[test]
+fn base_mode_refuses_task_workers() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_swoole-server"))
+        .args([
+            "--mode",
+            "base",
+            "--task-workers",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--mode process"), "{err}");
+}

@@ -159,7 +159,10 @@ impl Server {
         protocol: Protocol,
         workers: usize,
     ) -> anyhow::Result<Server> {
-        cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
+        // In a --netns run: the server's namespace, CPUs and veth address.
+        crate::netns::place_server(&mut cmd);
+        let listen = crate::netns::listen_addr();
+        cmd.args(["--listen", &listen, "--protocol", protocol.name()])
             .args(["--workers", &workers.to_string()])
             .stderr(Stdio::null());
         Server::spawn(cmd, Ready::Line)
@@ -183,7 +186,10 @@ impl Server {
         protocol: Protocol,
         workers: usize,
     ) -> anyhow::Result<(Server, Accounting)> {
-        cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
+        // In a --netns run: the server's namespace, CPUs and veth address.
+        crate::netns::place_server(&mut cmd);
+        let listen = crate::netns::listen_addr();
+        cmd.args(["--listen", &listen, "--protocol", protocol.name()])
             .args(["--workers", &workers.to_string()])
             .stderr(Stdio::null());
         let cgroup = accounting::Cgroup::create();
@@ -397,7 +403,8 @@ fn measure(
 ) -> anyhow::Result<(loadgen::Report, Cost)> {
     let (mut server, acct) =
         Server::start_accounted(&server_bin(&plan.bin_dir, model), protocol, plan.workers)?;
-    let t = target(&server.addr, protocol)?;
+    // In a --netns run with the relay's delay, the relay's address.
+    let t = target(&crate::netns::route(&server.addr)?, protocol)?;
     let measured = measure_accounted(plan, &mut server, t, &[], scenario, load, Some(&acct));
     // The cgroup is removed once the server has left it.
     server.stop();
@@ -458,7 +465,11 @@ fn measure_accounted(
     let csw_before = csw.and_then(|c| c.read());
     let before = procfs::snapshot(server.pid());
     let t0 = Instant::now();
-    let report = run.start().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // With --agents (and --models) the measured load comes from them.
+    let report = match crate::agents::remote(&c) {
+        Some(r) => r?,
+        None => run.start().map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
     let wall = t0.elapsed().as_secs_f64();
     let after = procfs::snapshot(server.pid());
     let csw_after = csw.and_then(|c| c.read());

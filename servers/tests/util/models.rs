@@ -62,6 +62,18 @@ pub const SERVERS: &[Model] = &[
     model("uring-server", &["--single-shot", "--buffers", "4"]),
     model("fpm-server", &["--pm", "static", "--max-children", "4"]),
     model("swoole-server", &["--reactors", "2", "--workers", "2"]),
+    // Swoole's own reactor <-> worker channel: datagram pairs, chunked.
+    model(
+        "swoole-server",
+        &["--reactors", "2", "--workers", "2", "--ipc", "dgram"],
+    ),
+    // SWOOLE_BASE: each worker accepts and runs its own reactor; 4 of
+    // them, since a slow client's blocked handler holds its worker's loop.
+    model("swoole-server", &["--mode", "base", "--workers", "4"]),
+    // A thread per connection; each request forks and executes hello-cgi.
+    model("cgi-server", &[]),
+    // One thread and glibc's POSIX AIO thread pool underneath.
+    model("aio-server", &[]),
 ];
 
 /// Whether `bin` is chosen: `IOMODELS_ONLY=uring-server,epoll-server` runs

@@ -77,6 +77,7 @@ fn report(protocol: Protocol, rps: f64, p50: u64, conn_mode: ConnMode, idle: u64
             utilization: 0.5,
         },
         io: loadgen::Io::Epoll,
+        agent: None,
     }
 }
 

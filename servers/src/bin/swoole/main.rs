@@ -39,9 +39,10 @@
 //! **One request costs**, counted from the code: in the reactor a `read` of
 //! the client socket, a `write` to the worker's socket, an `epoll_wait`
 //! wake-up and a `read` of the answer, a `write` to the client; in the
-//! worker a `poll`, two `read`s and a `write` — about nine system calls
-//! where prefork-server makes two, and at least two context switches (the
-//! orchestrator's syscall and context-switch columns measure them).
+//! worker a `poll`, two `read`s (one on a datagram pair) and a `write` —
+//! about nine system calls where prefork-server makes two, and at least two
+//! context switches (the orchestrator's syscall and context-switch columns
+//! measure them; docs/models/swoole.md counts them under strace).
 //!
 //! **`--dispatch`** (Swoole's `dispatch_mode`): `round-robin` (1) — each
 //! reactor cycles through the workers; `fd-mod` (2, Swoole's own default) —
@@ -52,7 +53,16 @@
 //! worker's other connections in the tests and labs. Swoole's reactor ↔
 //! worker channels are `SOCK_DGRAM` pairs; these are `SOCK_STREAM` pairs
 //! with a frame header, which one `read` per frame cannot tell apart on a
-//! machine this size.
+//! machine this size; `--ipc dgram` (or `seqpacket`) uses message pairs
+//! instead: one `send` and one `recv` per frame, a frame longer than a
+//! datagram split into chunks ([`ipc`] explains; the page measures it).
+//!
+//! **`--mode base`** (SWOOLE_BASE) is the other half of Swoole: no reactor
+//! threads, no manager, no hop. `--workers` processes each accept from the
+//! shared listener and run their own reactor *and* the requests in it,
+//! like nginx workers ([`base`] explains the listener and what a blocking
+//! handler does there). `--reactors`, `--dispatch`, `--ipc`,
+//! `--task-workers` and `--max-request` are process-mode flags.
 //!
 //! **Task workers**: a `/cpu` request whose query has `task=1` is offloaded:
 //! the worker forwards it to a task worker and waits for the answer
@@ -78,6 +88,7 @@
 //! finish requests in flight (answers say `Connection: close`), then the
 //! manager stops the workers and everything exits 0.
 
+mod base;
 mod reactor;
 mod worker;
 
@@ -108,6 +119,36 @@ enum Dispatch {
     Idle,
 }
 
+/// Swoole's server modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// SWOOLE_PROCESS: reactor threads hand whole requests to worker processes.
+    Process,
+    /// SWOOLE_BASE: each worker process accepts and runs its own reactor; no hop.
+    Base,
+}
+
+/// The socket pairs between reactors and workers (process mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Ipc {
+    /// SOCK_STREAM: frames back to back, found by their lengths.
+    Stream,
+    /// SOCK_DGRAM, as Swoole's own: one datagram per frame (chunks beyond 64 KiB).
+    Dgram,
+    /// SOCK_SEQPACKET: datagrams in a connection (end of file when a peer closes).
+    Seqpacket,
+}
+
+impl Ipc {
+    fn kind(self) -> ipc::Kind {
+        match self {
+            Ipc::Stream => ipc::Kind::Stream,
+            Ipc::Dgram => ipc::Kind::Dgram,
+            Ipc::Seqpacket => ipc::Kind::SeqPacket,
+        }
+    }
+}
+
 /// Swoole's design: reactor threads own the connections, worker processes run the requests.
 #[derive(Debug, Parser)]
 #[command(name = "swoole-server", version, about, long_about = None)]
@@ -115,19 +156,27 @@ struct Args {
     #[command(flatten)]
     common: Common,
 
-    /// Reactor threads in the master process
+    /// process: reactor threads + worker processes; base: each worker accepts and runs its own reactor (no hop)
+    #[arg(long, value_enum, default_value_t = Mode::Process)]
+    mode: Mode,
+
+    /// Socket pairs between reactors and workers (process mode)
+    #[arg(long, value_enum, default_value_t = Ipc::Stream)]
+    ipc: Ipc,
+
+    /// Reactor threads in the master process (process mode)
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
     reactors: u32,
 
-    /// How a reactor picks a worker for each request (Swoole dispatch_mode 1, 2, 3)
+    /// How a reactor picks a worker for each request (Swoole dispatch_mode 1, 2, 3; process mode)
     #[arg(long, value_enum, default_value_t = Dispatch::RoundRobin)]
     dispatch: Dispatch,
 
-    /// Task worker processes for offloaded requests (/cpu?…&task=1); 0: run them in the worker
+    /// Task worker processes for offloaded requests (/cpu?…&task=1); 0: run them in the worker (process mode)
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=256))]
     task_workers: u32,
 
-    /// Requests a worker serves before the manager replaces it (0: never)
+    /// Requests a worker serves before the manager replaces it (0: never; process mode)
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_request: u64,
 }
@@ -157,6 +206,12 @@ struct Wiring {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if args.mode == Mode::Base {
+        anyhow::ensure!(
+            args.task_workers == 0 && args.max_request == 0,
+            "--task-workers and --max-request need --mode process"
+        );
+    }
     let Startup {
         data: _data,
         shared,
@@ -175,6 +230,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         args.reactors as usize,
         args.task_workers as usize,
     );
+    if args.mode == Mode::Base {
+        return base::run(&shared, listener, workers, &shown);
+    }
+    let kind = args.ipc.kind();
     let board = Scoreboard::shared(workers)?;
 
     // 1. The socket pairs: reactor × worker, worker × task worker.
@@ -186,14 +245,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     for r in 0..reactors {
         for w in 0..workers {
-            let (a, b) = ipc::socket_pair()?;
+            let (a, b) = ipc::socket_pair(kind)?;
             wiring.reactor[r].push(a);
             wiring.worker[w].push(b);
         }
     }
     for w in 0..workers {
         for t in 0..tasks {
-            let (a, b) = ipc::socket_pair()?;
+            let (a, b) = ipc::socket_pair(kind)?;
             wiring.task_client[w].push(a);
             wiring.task_server[t].push(b);
         }
@@ -233,6 +292,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             board,
             dispatch: args.dispatch,
             offload: tasks > 0,
+            kind,
         };
         let front = reactor::new(cfg, pairs, rx)?;
         threads.push(

@@ -29,6 +29,8 @@ pub struct Cfg {
     pub dispatch: Dispatch,
     /// Task workers exist: `/cpu?…&task=1` goes to one.
     pub offload: bool,
+    /// What kind of socket pairs connect it with the workers.
+    pub kind: ipc::Kind,
 }
 
 /// Tokens above any slab index.
@@ -40,7 +42,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// This reactor's socket pair with one worker.
 struct Pair {
     fd: OwnedFd,
-    out: Vec<u8>,
+    out: ipc::Outbox,
     input: Vec<u8>,
     /// Requests this reactor has at this worker.
     queued: usize,
@@ -81,7 +83,7 @@ pub fn new(cfg: Cfg, pairs: Vec<OwnedFd>, feed: OwnedFd) -> anyhow::Result<Front
             .map_err(|e| anyhow::anyhow!("epoll_ctl: {e}"))?;
         ps.push(Pair {
             fd,
-            out: Vec::new(),
+            out: ipc::Outbox::new(cfg.kind),
             input: Vec::new(),
             queued: 0,
             blocked_on: None,
@@ -228,7 +230,7 @@ impl Front {
         };
         let p = &mut self.pairs[w];
         p.queued += 1;
-        ipc::push(&mut p.out, head, &bytes);
+        p.out.push(head, &bytes);
         self.flush(w);
     }
 
@@ -262,16 +264,9 @@ impl Front {
             return;
         }
         let p = &mut self.pairs[w];
-        let mut sent = 0;
-        while sent < p.out.len() {
-            match nix::unistd::write(&p.fd, &p.out[sent..]) {
-                Ok(n) => sent += n,
-                Err(Errno::EINTR) => {}
-                // Full (the worker reads it) or gone (the manager replaces it).
-                Err(_) => break,
-            }
-        }
-        p.out.drain(..sent);
+        // Until full (the worker reads it); an error means the worker has
+        // gone, and the manager replaces it on the same pair.
+        let _ = p.out.flush(&p.fd);
         let mut want = if p.blocked_on.is_some() {
             EpollFlags::empty()
         } else {
@@ -295,7 +290,8 @@ impl Front {
         if self.pairs[w].blocked_on.is_some() {
             return Ok(());
         }
-        let mut buf = [0u8; 64 * 1024];
+        // A message pair's datagrams are at most a chunk: never cut short.
+        let mut buf = [0u8; ipc::CHUNK];
         loop {
             let p = &mut self.pairs[w];
             // Enough is buffered: a whole piece and a window's worth.

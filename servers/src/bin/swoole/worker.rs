@@ -11,6 +11,7 @@ use iomodels_servers::host::{ServerHost, Shared};
 use iomodels_servers::scoreboard::{Scoreboard, State};
 use iomodels_servers::supervisor::Supervisor;
 use iomodels_servers::{ipc, signals};
+use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::{Args, Wiring, LAST, MORE, OFFLOAD};
@@ -37,7 +38,7 @@ impl fmt::Display for Place {
 pub fn manage(args: &Args, shared: &Shared, board: Scoreboard, wiring: &Wiring) -> i32 {
     let body = |place: &Place| match *place {
         Place::Worker(w) => worker(args, shared, board, w, wiring),
-        Place::Task(t) => task_worker(shared, &wiring.task_server[t]),
+        Place::Task(t) => task_worker(shared, &wiring.task_server[t], args.ipc.kind()),
     };
     let run = || -> anyhow::Result<()> {
         let mut supervisor = Supervisor::new()?;
@@ -63,7 +64,10 @@ pub fn manage(args: &Args, shared: &Shared, board: Scoreboard, wiring: &Wiring) 
 /// body streams within the workload's window here too, and a reactor that
 /// stops reading (its client does not read) stops this worker. A `/wait`
 /// sleeps here and a `/file` is read here: the worker blocks, the reactors
-/// do not.
+/// do not. The newest piece is held back until it is known whether more
+/// follows, so that the last one carries the end: a small response is one
+/// frame, not a piece and an empty "that was all" (one `write` here and
+/// one `read` in the reactor less per request).
 fn execute(
     host: &mut ServerHost,
     flags: u8,
@@ -76,25 +80,37 @@ fn execute(
         conn.single_request();
     }
     conn.handle_input(request, Instant::now(), host);
+    let mut held: Option<Vec<u8>> = None;
     loop {
         if !conn.output().is_empty() {
-            send(conn.output(), false)?;
+            if let Some(piece) = held.take() {
+                send(&piece, false)?;
+            }
+            held = Some(conn.output().to_vec());
             let n = conn.output().len();
             conn.advance_output(n, Instant::now(), host);
         } else if let Some(until) = conn.parked_until() {
+            // What is ready goes out before the sleep.
+            if let Some(piece) = held.take() {
+                send(&piece, false)?;
+            }
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
             conn.handle_timeout(Instant::now(), host);
         } else if !host.serve_file(&mut conn, &mut file, Instant::now()) {
-            return send(&[], true);
+            return send(held.as_deref().unwrap_or_default(), true);
         }
     }
 }
 
 /// Sends one piece of a response as a frame (`MORE` unless it is the last).
-fn frame_to(fd: &OwnedFd, head: ipc::Head) -> impl FnMut(&[u8], bool) -> nix::Result<()> + '_ {
+fn frame_to(
+    fd: &OwnedFd,
+    kind: ipc::Kind,
+    head: ipc::Head,
+) -> impl FnMut(&[u8], bool) -> nix::Result<()> + '_ {
     move |piece, last| {
         let flags = if last { 0 } else { MORE };
-        ipc::write(fd, ipc::Head { flags, ..head }, piece)
+        ipc::write(fd, kind, ipc::Head { flags, ..head }, piece)
     }
 }
 
@@ -106,6 +122,7 @@ fn worker(args: &Args, shared: &Shared, board: Scoreboard, index: usize, wiring:
     slot.reset(std::process::id(), State::Idle);
     let pairs = &wiring.worker[index];
     let tasks = &wiring.task_client[index];
+    let kind = args.ipc.kind();
     let mut served = 0u64;
     let mut turn = 0;
     let mut closed = vec![false; pairs.len()];
@@ -118,7 +135,7 @@ fn worker(args: &Args, shared: &Shared, board: Scoreboard, index: usize, wiring:
         let Some(r) = wait_readable(pairs, &closed, turn) else {
             continue;
         };
-        let (head, request) = match ipc::read(&pairs[r]) {
+        let (head, request) = match ipc::read(&pairs[r], kind) {
             Ok(Some(frame)) => frame,
             Ok(None) => {
                 // That reactor has gone (the master is stopping): serve
@@ -136,11 +153,11 @@ fn worker(args: &Args, shared: &Shared, board: Scoreboard, index: usize, wiring:
             // taskwait: a task worker runs it; this worker passes its
             // answer on, piece by piece.
             let t = (served as usize + index) % tasks.len();
-            ipc::write(&tasks[t], head, &request).and_then(|()| loop {
-                match ipc::read(&tasks[t])? {
+            ipc::write(&tasks[t], kind, head, &request).and_then(|()| loop {
+                match ipc::read(&tasks[t], kind)? {
                     Some((h, piece)) => {
                         let last = h.flags & MORE == 0;
-                        frame_to(&pairs[r], head)(&piece, last)?;
+                        frame_to(&pairs[r], kind, head)(&piece, last)?;
                         if last {
                             break Ok(());
                         }
@@ -149,12 +166,18 @@ fn worker(args: &Args, shared: &Shared, board: Scoreboard, index: usize, wiring:
                 }
             })
         } else {
-            execute(&mut host, head.flags, &request, frame_to(&pairs[r], head))
+            execute(
+                &mut host,
+                head.flags,
+                &request,
+                frame_to(&pairs[r], kind, head),
+            )
         };
         match answered {
             Ok(()) => {}
-            // That reactor has gone (the master is stopping).
-            Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) => closed[r] = true,
+            // That reactor has gone (the master is stopping); a datagram
+            // pair says so with ECONNREFUSED.
+            Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ECONNREFUSED) => closed[r] = true,
             Err(e) => {
                 eprintln!("swoole-server: worker {}: write: {e}", std::process::id());
                 return 1;
@@ -169,7 +192,7 @@ fn worker(args: &Args, shared: &Shared, board: Scoreboard, index: usize, wiring:
 }
 
 /// A task worker: requests offloaded by workers, one at a time.
-fn task_worker(shared: &Shared, pairs: &[OwnedFd]) -> i32 {
+fn task_worker(shared: &Shared, pairs: &[OwnedFd], kind: ipc::Kind) -> i32 {
     let mut host = ServerHost::for_process(shared);
     let mut turn = 0;
     while !signals::stop_requested() {
@@ -177,10 +200,11 @@ fn task_worker(shared: &Shared, pairs: &[OwnedFd]) -> i32 {
         let Some(w) = wait_readable(pairs, &vec![false; pairs.len()], turn) else {
             continue;
         };
-        let Ok(Some((head, request))) = ipc::read(&pairs[w]) else {
+        let Ok(Some((head, request))) = ipc::read(&pairs[w], kind) else {
             return 0;
         };
-        if execute(&mut host, head.flags, &request, frame_to(&pairs[w], head)).is_err() {
+        let answer = frame_to(&pairs[w], kind, head);
+        if execute(&mut host, head.flags, &request, answer).is_err() {
             return 1;
         }
     }
