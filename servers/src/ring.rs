@@ -846,6 +846,14 @@ fn own(fd: i32) -> OwnedFd {
 }
 
 /// The one line a machine without a usable io_uring gets.
+/// The start-up error of a model whose io_uring cannot be set up here
+/// (monoio-server, whose runtime builds its own ring): the same line as
+/// uring-server's, `io_uring unavailable: DETAIL (kernel X)`.
+pub fn unavailable_here(detail: impl std::fmt::Display) -> anyhow::Error {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease");
+    unavailable(detail, kernel.as_deref().map_or("unknown", str::trim))
+}
+
 fn unavailable(detail: impl std::fmt::Display, kernel: &str) -> anyhow::Error {
     anyhow::anyhow!("io_uring unavailable: {detail} (kernel {kernel})")
 }
