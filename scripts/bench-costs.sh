@@ -24,9 +24,9 @@
 # io_uring_enter) and futex; and its context switches per request
 # (voluntary + involuntary, summed over the live threads of /proc/PID/task).
 # /proc/PID/io's syscr/syscw, the suite's r+w column, count only
-# read/write-family calls: a server that uses recv/send (tokio, mio) or
-# io_uring shows ~0 there, hence perf here. perf counts the threads that
-# exist when it attaches (a blocking-pool thread born during a run is not
+# read/write-family calls: a server that uses recv/send, or a ring of
+# requests, shows ~0 there, hence perf here. perf counts the threads that
+# exist when it attaches (a blocking-pool worker born during a run is not
 # counted; the context switches, from /proc, include it). Each run opens
 # its connections inside the measured window (no warm-up): 500 accepts
 # are spread over ~10^5 requests. The load generator's own CPU is printed
