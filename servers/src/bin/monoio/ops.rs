@@ -25,10 +25,13 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, S
 /// (uring-server's provided-buffer ring gives idle connections none).
 const RECV_BUF: usize = 8 * 1024;
 
+/// A request in flight: it gives back the half, the result and the buffer.
+type InFlight<H> = Pin<Box<dyn Future<Output = (H, io::Result<usize>, Vec<u8>)>>>;
+
 /// A half of the socket with its buffer: idle, or in a request in flight.
 enum Half<H> {
     Idle(H, Vec<u8>),
-    Busy(Pin<Box<dyn Future<Output = (H, io::Result<usize>, Vec<u8>)>>>),
+    Busy(InFlight<H>),
 }
 
 /// What completed.
@@ -121,4 +124,11 @@ fn poll_half<H>(half: &mut Option<Half<H>>, cx: &mut Context<'_>) -> Option<io::
     };
     *half = Some(Half::Idle(h, buf));
     Some(result)
+}
+
+/// Errors after which the connection goes on (the request is queued again).
+pub fn transient(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    let errno = e.raw_os_error().map(Errno::from_raw);
+    matches!(errno, Some(Errno::EINTR | Errno::EAGAIN | Errno::ECANCELED))
 }
