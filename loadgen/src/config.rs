@@ -309,6 +309,17 @@ pub struct Config {
     pub hdr_log: Option<PathBuf>,
     /// Show a live progress line (only when stderr is a terminal).
     pub progress: bool,
+    /// Run only slice K of N of this load: one agent of a distributed run
+    /// (see the `segment` module).
+    #[serde(default)]
+    pub segment: Option<crate::Segment>,
+    /// Begin the load at this wall-clock instant, ns since the Unix epoch.
+    #[serde(default)]
+    pub start_at_ns: Option<u64>,
+    /// An agent whose own send lag reaches this p99 is saturated, µs
+    /// (`None`: [`crate::segment::LAG_LIMIT_US`]).
+    #[serde(default)]
+    pub max_lag_us: Option<u64>,
 }
 
 impl Config {
@@ -334,6 +345,9 @@ impl Config {
             timeout_s: 10.0,
             hdr_log: None,
             progress: false,
+            segment: None,
+            start_at_ns: None,
+            max_lag_us: None,
         }
     }
 

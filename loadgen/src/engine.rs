@@ -123,6 +123,10 @@ pub(crate) struct ThreadSpec {
     pub quota: Option<u64>,
     /// Requests/s this thread sends (open loop).
     pub rate: Option<f64>,
+    /// Its first request's offset from `t0` on the schedule.
+    pub phase: Duration,
+    /// Seeds its Poisson gaps (distinct per agent and thread).
+    pub stream: u64,
 }
 
 /// Counters a thread publishes for the progress line.
@@ -487,10 +491,10 @@ pub(crate) fn run_thread(
         issued: 0,
         finished: 0,
         next_k: 0,
-        next_due: plan.t0,
+        next_due: plan.t0 + spec.phase,
         step_ns: spec.rate.map_or(0.0, |r| 1e9 / r),
         poisson: (plan.arrivals == Arrivals::Poisson)
-            .then_some(0x243F_6A88_85A3_08D3 ^ (spec.index as u64 + 1)),
+            .then_some(0x243F_6A88_85A3_08D3 ^ (spec.stream + 1)),
         in_flight: 0,
         in_flight_since: plan.t0,
         timer,
@@ -498,7 +502,7 @@ pub(crate) fn run_thread(
         schedule_done: false,
     };
     if w.poisson.is_some() {
-        w.next_due = w.plan.t0 + w.gap();
+        w.next_due = w.plan.t0 + spec.phase + w.gap();
     }
     if let Some(p) = preconnected {
         // The probe connection becomes slot 0's first connection.
@@ -647,7 +651,9 @@ impl Worker<'_> {
         self.next_due = if self.poisson.is_some() {
             self.next_due + self.gap()
         } else {
-            self.plan.t0 + Duration::from_nanos((self.next_k as f64 * self.step_ns) as u64)
+            self.plan.t0
+                + self.spec.phase
+                + Duration::from_nanos((self.next_k as f64 * self.step_ns) as u64)
         };
     }
 

@@ -33,6 +33,7 @@ pub mod config;
 mod engine;
 mod hdrlog;
 pub mod report;
+pub mod segment;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -48,6 +49,7 @@ pub use config::{
     parse_duration, Arrivals, Config, ConnMode, Endpoint, Protocol, RouteSpec, Stop, Target,
 };
 pub use report::{Cpu, Errors, HistogramSummary, Idle, OpenLoop, Report, SCHEMA_VERSION};
+pub use segment::{Agent, Segment};
 
 use engine::{Interval, Plan, Prepared, Progress, ThreadSpec};
 
@@ -132,6 +134,8 @@ impl Run {
     /// is an [`Error::Unreachable`] here, not a run full of connect errors.
     pub fn new(config: &Config) -> Result<Run, Error> {
         config.validate()?;
+        // An agent (--segment) runs its share of the load.
+        let config = &segment::local(config)?;
         let addr = config.target.resolve()?;
         raise_fd_limit(config.connections + config.idle + 64)?;
         let probe = engine::Probe::connect(&addr, config.timeout().min(Duration::from_secs(5)))
@@ -174,13 +178,22 @@ fn measure(config: &Config, addr: config::Addr, probe: engine::Probe) -> Result<
     let threads = config.threads;
     let specs = split(config, threads);
     let warmup = Duration::from_secs_f64(config.warmup_s);
+    // --start-at: every agent begins at the same instant.
+    let start_late = match config.start_at_ns {
+        Some(ns) => Some(segment::wait_for_start(ns)?),
+        None => None,
+    };
     let t0 = Instant::now();
     let measure_start = t0 + warmup;
     let end = match config.stop {
         Stop::DurationS(d) => Some(measure_start + Duration::from_secs_f64(d)),
         Stop::Requests(_) => None,
     };
-    let base = SystemTime::now() + warmup;
+    let base = match config.start_at_ns {
+        // Interval logs of agents that started together line up exactly.
+        Some(ns) => SystemTime::UNIX_EPOCH + Duration::from_nanos(ns) + warmup,
+        None => SystemTime::now() + warmup,
+    };
     let plan = Plan {
         addr,
         protocol: config.target.protocol,
@@ -383,7 +396,27 @@ fn measure(config: &Config, addr: config::Addr, probe: engine::Probe) -> Result<
             },
             utilization: (user_s + sys_s) / wall / threads as f64,
         },
+        agent: None,
     };
+    let mut report = report;
+    if config.segment.is_some() || config.start_at_ns.is_some() {
+        let lag_p99 = config.rate.map(|_| {
+            if generator_lag.is_empty() {
+                0
+            } else {
+                generator_lag.value_at_quantile(0.99)
+            }
+        });
+        let why = segment::saturation(lag_p99, config.max_lag_us, report.cpu.utilization);
+        report.agent = Some(Agent {
+            segment: config.segment,
+            start_at_ns: config.start_at_ns,
+            start_late_ms: start_late.unwrap_or_default().as_secs_f64() * 1e3,
+            host: segment::host_name(),
+            saturated: !why.is_empty(),
+            saturated_why: why,
+        });
+    }
     Ok(Measured {
         report,
         latency,
@@ -511,6 +544,11 @@ fn split(config: &Config, threads: usize) -> Vec<ThreadSpec> {
             connections: conns[i],
             quota: quotas.as_ref().map(|q| q[i]),
             rate: config.rate.map(|r| r * conns[i] as f64 / c as f64),
+            // Threads interleave on the schedule (and agents, --segment).
+            phase: config
+                .rate
+                .map_or(Duration::ZERO, |r| segment::phase(config.segment, r, i)),
+            stream: segment::stream(config.segment, threads, i),
         })
         .collect()
 }

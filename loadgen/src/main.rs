@@ -93,6 +93,20 @@ struct Cli {
     /// Write an HdrHistogram interval log (one interval per second) here.
     #[arg(long)]
     hdr_log: Option<PathBuf>,
+    /// Run as agent K (from 0) of N of a distributed run: the open-loop
+    /// schedule's request i is this agent's when i mod N = K; -c, -n and
+    /// --idle are shared out. Give every agent the same other flags.
+    #[arg(long, value_name = "K/N")]
+    segment: Option<loadgen::Segment>,
+    /// Begin at this wall-clock instant, nanoseconds since the Unix epoch
+    /// (all agents of a run begin together); refuses to run if it passed
+    /// more than 100 ms ago.
+    #[arg(long, value_name = "UNIX_TIME_NS")]
+    start_at: Option<u64>,
+    /// An agent (--segment, --start-at) whose own send lag reaches this
+    /// p99 reports itself saturated: 10ms (default), 50ms on a busy host.
+    #[arg(long, value_parser = parse_duration)]
+    max_lag: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -137,6 +151,9 @@ impl Cli {
         c.timeout_s = self.timeout.as_secs_f64();
         c.hdr_log = self.hdr_log.clone();
         c.progress = true;
+        c.segment = self.segment;
+        c.start_at_ns = self.start_at;
+        c.max_lag_us = self.max_lag.map(|d| d.as_micros() as u64);
         c.validate()?;
         Ok(c)
     }
@@ -193,6 +210,9 @@ fn run(cli: &Cli) -> Result<(), Error> {
     }
     if config.warmup_s > 0.0 {
         mode.push(format!("{} warm-up", fmt_secs(config.warmup_s)));
+    }
+    if let Some(s) = config.segment {
+        mode.push(format!("agent {s} (its share of the load)"));
     }
     println!("Running {what} test @ {}", config.target);
     println!(

@@ -222,6 +222,10 @@ pub struct Report {
     pub workers: BTreeMap<String, u64>,
     /// The generator's own CPU time.
     pub cpu: Cpu,
+    /// An agent of a distributed run (`--segment`, `--start-at`): its
+    /// slice, its start and whether it kept up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<crate::Agent>,
 }
 
 impl Report {
@@ -320,6 +324,21 @@ impl Report {
                 let _ = write!(o, " …");
             }
             o.push('\n');
+        }
+        if let Some(a) = &self.agent {
+            let seg = a
+                .segment
+                .map_or(String::new(), |s| format!("segment {s}, "));
+            let state = if a.saturated {
+                format!("SATURATED: {}", a.saturated_why)
+            } else {
+                "kept up".to_string()
+            };
+            let _ = writeln!(
+                o,
+                "  Agent on {}: {seg}started {:.3}ms after the agreed start, {state}",
+                a.host, a.start_late_ms
+            );
         }
         let _ = writeln!(o, "Requests/sec: {:>10.2}", self.rps);
         let _ = writeln!(

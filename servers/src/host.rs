@@ -274,6 +274,7 @@ impl Host for ServerHost {
             connections: c.open.load(Relaxed),
             refused: c.refused.load(Relaxed),
             write_timeouts: c.write_timeouts.load(Relaxed),
+            enters: crate::ring::enters(),
             uptime_s: self.shared.stats.started().elapsed().as_secs_f64(),
             protocol: self.shared.protocol.name().to_string(),
         }

@@ -1,6 +1,6 @@
 //! prefork-server's accept strategies (UNP ch.30's design 2, its design 3
 //! with flock(2) in place of fcntl(2) locks, and the Linux-only SO_REUSEPORT
-//! and EPOLLEXCLUSIVE): each serves every request, and the per-worker
+//! and EPOLLEXCLUSIVE, and epoll without it): each serves every request, and the per-worker
 //! request counts (from `X-Worker`) show how each spreads connections over
 //! 4 workers.
 
@@ -14,7 +14,7 @@ use util::Server;
 
 #[test]
 fn accept_strategies_balance_per_worker() {
-    for how in ["shared", "flock", "reuseport", "exclusive"] {
+    for how in ["shared", "flock", "reuseport", "exclusive", "epoll"] {
         let s = Server::start(
             "prefork-server",
             Protocol::Http,

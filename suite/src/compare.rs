@@ -5,18 +5,25 @@
 //!   instructions per request (`--instr-threshold`, 2 %), and the counted
 //!   context switches and read+write system calls per request
 //!   (`--count-threshold`, 5 %, and at least [`MIN_COUNT_CHANGE`] per
-//!   request: 0.02 → 0.03 switches per request is not a regression).
-//!   Context switches of an event loop depend on timing (whether its wait
-//!   found work already there), so they must also exceed their A/A floor.
+//!   request, [`MIN_CSW_CHANGE`] for context switches: 0.02 → 0.03
+//!   switches per request is not a regression). Context switches of an
+//!   event loop depend on timing (whether its wait found work already
+//!   there), so they must also exceed their A/A floor.
 //! * **Wall-clock figures, gated only beyond the noise**: server CPU µs per
 //!   request and requests/s as a ratio to epoll-server's in the same round
 //!   count only when the change is larger than both `--threshold` and the
 //!   noise floor the A/A check measured in either result set. Without an
 //!   A/A check in either set, or with tick-based CPU, they are informational.
+//! * **The same run, when NEW ran base binaries beside its own**
+//!   (`iomodels run --base-bins`): CPU per request, context switches and
+//!   read+write calls are gated on those pairs — a busier machine changes
+//!   all three for a whole run, and a pair shares it — and their
+//!   cross-run figures are informational. Instructions stay cross-run.
 //! * **Repetitions agree**: a gated figure regresses only when every
-//!   repetition agrees — the new set's best repetition is worse than the
-//!   base's worst (with `--repeat 3` on both sides; a single run is its own
-//!   range).
+//!   repetition agrees — across sets, the new set's best repetition is
+//!   worse than the base's worst (with `--repeat 3` on both sides; a single
+//!   run is its own range); in one run, every round's pair is worse by
+//!   more than the allowed change.
 //! * **Informational**: raw requests/s and p99 latency, and every figure of
 //!   a run with fewer than [`MIN_REQUESTS`] requests on either side.
 
@@ -35,6 +42,12 @@ pub const MIN_REQUESTS: f64 = 1000.0;
 /// A change of a counted figure (context switches, read+write calls) per
 /// request smaller than this is never a regression, whatever its percentage.
 pub const MIN_COUNT_CHANGE: f64 = 0.05;
+
+/// The same for context switches: an event loop's switches per request
+/// depend on how often its wait found nothing ready, and moved by up to
+/// 0.053 per request between identical binaries side by side in one run
+/// on a busy machine here (uring `hello` 0.337 against 0.390).
+pub const MIN_CSW_CHANGE: f64 = 0.1;
 
 /// The thresholds of the gate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -103,6 +116,54 @@ impl Comparison {
     }
 }
 
+/// How the repetitions of a figure must agree for a change to count.
+enum Agree {
+    /// One figure each side (instructions, informational figures).
+    Single,
+    /// Across sets: (smallest, largest) of the base's and the new set's.
+    Ranges((f64, f64), (f64, f64)),
+    /// In one run: how much worse the new binary was than its base
+    /// neighbour in each round (new ÷ base − 1).
+    Rounds(Vec<f64>),
+}
+
+impl Agree {
+    fn of(ranges: Option<((f64, f64), (f64, f64))>) -> Agree {
+        ranges.map_or(Agree::Single, |(b, n)| Agree::Ranges(b, n))
+    }
+}
+
+/// A figure of each new run over its base copy's in the same round, minus
+/// one, by the new run's key (`--base-bins` sets).
+fn rounds_against_base(
+    new: &Results,
+    figure: fn(&crate::procfs::Cost) -> Option<f64>,
+) -> BTreeMap<String, Vec<f64>> {
+    let mut cpu: BTreeMap<(String, u32), (Option<f64>, Option<f64>)> = BTreeMap::new();
+    for r in new.runs.iter().filter(|r| !r.aa) {
+        let (Some(report), Some(server)) = (&r.report, &r.server) else {
+            continue;
+        };
+        let Some(v) = figure(server).filter(|v| *v > 0.0) else {
+            continue;
+        };
+        if (report.requests as f64) < MIN_REQUESTS {
+            continue;
+        }
+        let key = r.key();
+        let key = key.strip_suffix("/base").unwrap_or(&key).to_string();
+        let slot = cpu.entry((key, r.rep)).or_default();
+        *(if r.base { &mut slot.1 } else { &mut slot.0 }) = Some(v);
+    }
+    let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for ((key, _), pair) in cpu {
+        if let (Some(n), Some(b)) = pair {
+            out.entry(key).or_default().push(n / b - 1.0);
+        }
+    }
+    out
+}
+
 /// Parses `10%` or `0.1`.
 pub fn parse_threshold(s: &str) -> Result<f64, String> {
     let v = match s.strip_suffix('%') {
@@ -135,12 +196,22 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
     };
     let b: BTreeMap<String, Row> = base_rows
         .into_iter()
-        .filter(|r| !r.aa)
+        .filter(|r| !r.aa && !r.base)
         .map(|r| (r.key.clone(), r))
+        .collect();
+    let new_floor = noise::floor(&new_rows);
+    let rounds = rounds_against_base(new, |c| Some(c.cpu_us_per_request));
+    let csw_rounds = rounds_against_base(new, |c| Some(c.csw()));
+    let rw_rounds = rounds_against_base(new, |c| c.syscalls_rw());
+    // The new set's base copies (`--base-bins`), by their new row's key.
+    let same_run: BTreeMap<String, Row> = new_rows
+        .iter()
+        .filter(|r| r.base)
+        .filter_map(|r| Some((r.key.strip_suffix("/base")?.to_string(), r.clone())))
         .collect();
     let n: BTreeMap<String, Row> = new_rows
         .into_iter()
-        .filter(|r| !r.aa)
+        .filter(|r| !r.aa && !r.base)
         .map(|r| (r.key.clone(), r))
         .collect();
     let mut changes = Vec::new();
@@ -151,7 +222,7 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
                     higher_better: bool,
                     gate: Result<f64, &'static str>,
                     min_abs: f64,
-                    ranges: Option<((f64, f64), (f64, f64))>| {
+                    agree: Agree| {
         if bv <= 0.0 {
             return;
         }
@@ -161,19 +232,28 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
             Ok(a) => (true, a, None),
             Err(why) => (false, 0.0, Some(why).filter(|w| !w.is_empty())),
         };
-        // A regression is a change every repetition agrees on: the worst
-        // of the base's repetitions is still better than the best of the
-        // new set's.
-        let apart = ranges.is_none_or(|((b_lo, b_hi), (n_lo, n_hi))| {
-            if higher_better {
-                n_hi < b_lo
-            } else {
-                n_lo > b_hi
+        // A regression is a change every repetition agrees on.
+        let apart = match agree {
+            Agree::Single => true,
+            // Across sets: the worst of the base's repetitions is still
+            // better than the best of the new set's.
+            Agree::Ranges((b_lo, b_hi), (n_lo, n_hi)) => {
+                if higher_better {
+                    n_hi < b_lo
+                } else {
+                    n_lo > b_hi
+                }
             }
-        });
+            // In one run: in every round, the new binary is worse than its
+            // base neighbour by more than the allowed change.
+            Agree::Rounds(ref worse_by) => worse_by.iter().all(|&w| w > allowed),
+        };
         let beyond = gated && worse > allowed && (nv - bv).abs() > min_abs;
         if beyond && !apart {
-            note = Some("beyond the threshold, but the repetitions overlap");
+            note = Some(match agree {
+                Agree::Rounds(_) => "beyond the threshold, but not in every round",
+                _ => "beyond the threshold, but the repetitions overlap",
+            });
         }
         changes.push(Change {
             key: key.to_string(),
@@ -207,6 +287,8 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
         };
         let cpu_gate = if br.cpu_ticks || nr.cpu_ticks {
             Err("tick-based CPU")
+        } else if same_run.contains_key(k) {
+            Err("gated in the same run, against the base binaries")
         } else {
             wall(noise.map(|x| x.1))
         };
@@ -217,7 +299,7 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
             false,
             cpu_gate,
             0.0,
-            Some((br.cpu_range, nr.cpu_range)),
+            Agree::Ranges(br.cpu_range, nr.cpu_range),
         );
         if let (Some(x), Some(y)) = (br.ratio_to_epoll, nr.ratio_to_epoll) {
             if br.model != "epoll" {
@@ -228,7 +310,7 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
                     true,
                     wall(noise.map(|x| x.0)),
                     0.0,
-                    br.ratio_range.zip(nr.ratio_range),
+                    Agree::of(br.ratio_range.zip(nr.ratio_range)),
                 );
             }
         }
@@ -236,9 +318,11 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
         // tenth of a percent; context switches of an event loop depend on
         // whether its wait found work already there (timing), so they are
         // also allowed the A/A floor of context switches when there is one.
+        let in_same_run = same_run.contains_key(k);
         let counted = |exact: bool, floor: f64| -> Result<f64, &'static str> {
             match () {
                 _ if !enough => few,
+                _ if in_same_run => Err("gated in the same run, against the base binaries"),
                 _ if !exact => Err("not counted exactly in both sets"),
                 _ => Ok(t.counts.max(floor)),
             }
@@ -249,8 +333,8 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
             (br.csw, nr.csw),
             false,
             counted(br.csw_exact && nr.csw_exact, noise.map_or(0.0, |x| x.2)),
-            MIN_COUNT_CHANGE,
-            Some((br.csw_range, nr.csw_range)),
+            MIN_CSW_CHANGE,
+            Agree::Ranges(br.csw_range, nr.csw_range),
         );
         if let (Some(x), Some(y)) = (br.rw_calls, nr.rw_calls) {
             push(
@@ -260,7 +344,7 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
                 false,
                 counted(true, 0.0),
                 MIN_COUNT_CHANGE,
-                br.rw_range.zip(nr.rw_range),
+                Agree::of(br.rw_range.zip(nr.rw_range)),
             );
         }
         push(
@@ -270,7 +354,7 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
             true,
             Err(""),
             0.0,
-            None,
+            Agree::Single,
         );
         push(
             k,
@@ -279,7 +363,77 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
             false,
             Err(""),
             0.0,
-            None,
+            Agree::Single,
+        );
+    }
+    // The same-run A/B: each new row against its base copy, run beside it
+    // in the same rounds, so that a busy neighbour slows both alike. CPU
+    // per request is gated beyond the threshold and this run's own A/A
+    // floor, in every round's pair; requests/s is informational.
+    for (k, nr) in &n {
+        let Some(br) = same_run.get(k).filter(|b| b.reps > 0 && nr.reps > 0) else {
+            continue;
+        };
+        let gate = match new_floor.as_ref() {
+            _ if br.requests < MIN_REQUESTS || nr.requests < MIN_REQUESTS => {
+                Err("fewer than 1,000 requests")
+            }
+            _ if br.cpu_ticks || nr.cpu_ticks => Err("tick-based CPU"),
+            None => Err("no A/A noise floor in the new set"),
+            Some(f) => Ok(t.wall.max(f.cpu_us)),
+        };
+        push(
+            k,
+            "cpu_us_per_request_vs_base_same_run",
+            (br.cpu_us, nr.cpu_us),
+            false,
+            gate,
+            0.0,
+            Agree::Rounds(rounds.get(k).cloned().unwrap_or_default()),
+        );
+        // Counted figures of an event loop depend on timing too (how much
+        // one wait found), which a busier machine changes for the whole
+        // run: with base copies they are gated here, pair by pair.
+        let counted = |exact: bool, floor: f64| -> Result<f64, &'static str> {
+            match () {
+                _ if br.requests < MIN_REQUESTS || nr.requests < MIN_REQUESTS => {
+                    Err("fewer than 1,000 requests")
+                }
+                _ if !exact => Err("not counted exactly on both sides"),
+                _ => Ok(t.counts.max(floor)),
+            }
+        };
+        push(
+            k,
+            "csw_per_request_vs_base_same_run",
+            (br.csw, nr.csw),
+            false,
+            counted(
+                br.csw_exact && nr.csw_exact,
+                new_floor.as_ref().map_or(0.0, |f| f.csw),
+            ),
+            MIN_CSW_CHANGE,
+            Agree::Rounds(csw_rounds.get(k).cloned().unwrap_or_default()),
+        );
+        if let (Some(x), Some(y)) = (br.rw_calls, nr.rw_calls) {
+            push(
+                k,
+                "rw_calls_per_request_vs_base_same_run",
+                (x, y),
+                false,
+                counted(true, 0.0),
+                MIN_COUNT_CHANGE,
+                Agree::Rounds(rw_rounds.get(k).cloned().unwrap_or_default()),
+            );
+        }
+        push(
+            k,
+            "requests_per_s_vs_base_same_run",
+            (br.rps, nr.rps),
+            true,
+            Err(""),
+            0.0,
+            Agree::Single,
         );
     }
     let mut only_base = b.keys().filter(|k| !n.contains_key(*k)).count();
@@ -301,7 +455,7 @@ pub fn compare(base: &Results, new: &Results, t: Thresholds) -> Comparison {
                 false,
                 Ok(t.instructions + bs + c.spread()),
                 0.0,
-                None,
+                Agree::Single,
             ),
             None => only_new.push(format!("{} (instructions)", c.key())),
         }
@@ -328,7 +482,7 @@ pub fn markdown(c: &Comparison) -> String {
     let t = c.thresholds;
     let mut s = format!(
         "Gated: instructions/request at {:.1} %; context switches and read+write calls/request at {:.0} % \
-         (and > {MIN_COUNT_CHANGE} per request; context switches also beyond their A/A floor); server CPU µs/request and requests/s relative to epoll-server \
+         (and > {MIN_COUNT_CHANGE} per request, {MIN_CSW_CHANGE} for context switches, which must also exceed their A/A floor); server CPU µs/request and requests/s relative to epoll-server \
          beyond {:.0} % and the noise floor ({}). Raw requests/s and p99 are informational.\n\n\
          | run | metric | base | new | change | allowed | verdict |\n|---|---|---:|---:|---:|---:|---|\n",
         t.instructions * 100.0,
@@ -399,7 +553,10 @@ pub fn markdown(c: &Comparison) -> String {
 /// Bencher Metric Format: `{ "model/scenario/proto": { measure: {value} } }`.
 pub fn bmf(r: &Results) -> serde_json::Value {
     let mut m = serde_json::Map::new();
-    for row in summary::rows(r).into_iter().filter(|r| r.reps > 0 && !r.aa) {
+    for row in summary::rows(r)
+        .into_iter()
+        .filter(|r| r.reps > 0 && !r.aa && !r.base)
+    {
         let mut v = json!({
             "throughput": {"value": row.rps},
             "cpu-us-per-request": {"value": row.cpu_us},

@@ -17,6 +17,7 @@
 //!
 //! The labs' sheets, written for students, are `docs/labs/NAME.md`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,6 +60,42 @@ pub struct Point {
     pub background: Option<(String, usize)>,
     /// SIGSTOP the server `.0` seconds into the run, SIGCONT `.1` s later.
     pub freeze: Option<(f64, f64)>,
+    /// SIGKILL one worker process (the server itself when it has none)
+    /// this many seconds into the run.
+    #[serde(default)]
+    pub crash: Option<f64>,
+    /// What else is measured beside the load (see [`Probe`]).
+    #[serde(default)]
+    pub probe: Probe,
+}
+
+/// Measurements a point takes beside the load generator's report; their
+/// figures land in [`Measured::extra`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Probe {
+    /// Nothing more.
+    #[default]
+    None,
+    /// No warm-up; 0.3 s after the ready line (the workers a server forks
+    /// at start are waiting by then) one request on a fresh connection
+    /// (`first_us`: what the first client waits), then the load with a
+    /// timeline: per second `t<i>.workers` (the tree's processes minus the
+    /// master, the most seen in that second), `t<i>.p99_us`, `t<i>.max_us`
+    /// and `t<i>.requests` (the load generator's one-second interval log).
+    Timeline,
+    /// The server's own `/status` counters before and after the measured
+    /// run: `enters_status` (io_uring_enter calls), `requests_status`.
+    Status,
+    /// A newcomer beside the idle connections: once the server's open
+    /// descriptors stop growing (every idle connection it will take is
+    /// taken), one `GET /status` on a fresh connection. `newcomer_ok` (1:
+    /// answered 200), `newcomer_us`, `server_fds` (its open descriptors
+    /// then), `server_threads`, `server_processes`, `busy_cores` (the
+    /// tree's CPU over the next second, /proc ticks) and, when answered,
+    /// `server_connections` (its own count, the newcomer and the measured
+    /// client included).
+    Newcomer,
 }
 
 impl Point {
@@ -77,6 +114,8 @@ impl Point {
             rate: None,
             background: None,
             freeze: None,
+            crash: None,
+            probe: Probe::None,
         }
     }
     fn flags(mut self, f: &[&str]) -> Point {
@@ -93,6 +132,14 @@ impl Point {
     }
     fn idle(mut self, n: usize) -> Point {
         self.idle = n;
+        self
+    }
+    fn rate(mut self, r: f64) -> Point {
+        self.rate = Some(r);
+        self
+    }
+    fn probe(mut self, p: Probe) -> Point {
+        self.probe = p;
         self
     }
 }
@@ -124,6 +171,22 @@ pub struct Measured {
     pub per_worker: Vec<u64>,
     /// Why the point could not be measured, if it could not.
     pub error: Option<String>,
+    /// Further figures (medians over the rounds): every point has `lost`
+    /// (requests that got no response: read, write, timeout errors),
+    /// `refused` (connections that could not be opened), `status_errors`,
+    /// `idle_held`, `connections_opened`, `rw_syscalls` (read + write
+    /// system calls per request, /proc/PID/io), and where the machine
+    /// allows `csw` (context switches per request, perf, exited tasks
+    /// included) and `cgroup_peak_kib`; the [`Probe`] adds its own.
+    #[serde(default)]
+    pub extra: BTreeMap<String, f64>,
+}
+
+impl Measured {
+    /// An extra figure, NaN when absent.
+    pub fn x(&self, key: &str) -> f64 {
+        self.extra.get(key).copied().unwrap_or(f64::NAN)
+    }
 }
 
 /// A figure of the sheet: name, value as text.
@@ -165,7 +228,16 @@ pub struct ChartSpec {
     pub y: fn(&Measured) -> f64,
     /// A reference line (the published or analytic answer), drawn dashed grey.
     pub ideal: Option<fn(f64) -> f64>,
+    /// The lines to draw, when they are not one per series of `y` against
+    /// the point's x (a timeline, percentiles of one run).
+    pub lines: Option<Lines>,
 }
+
+/// A drawn line: its name and its (x, y) points.
+pub type Line = (String, Vec<(f64, f64)>);
+
+/// What draws a lab's own lines from its measurements.
+pub type Lines = fn(&[Measured]) -> Vec<Line>;
 
 /// One lab.
 pub struct Lab {
@@ -185,9 +257,30 @@ pub struct Lab {
     pub judge: fn(&[Measured], quick: bool) -> Judgement,
 }
 
-/// Every lab, in the order `lab all` runs them.
+mod c10k;
+mod crash;
+mod fpm_pm;
+mod herd;
+mod libevent;
+mod omission;
+mod uring_batching;
+
+/// Every lab, in the order `lab all` runs them (a plain list: a new lab is
+/// one line here and one module).
 pub fn labs() -> Vec<Lab> {
-    vec![littles_law(), unp30(), tlpi63(), blocking_in_reactor()]
+    vec![
+        littles_law(),
+        unp30(),
+        tlpi63(),
+        libevent::lab(),
+        c10k::lab(),
+        herd::lab(),
+        blocking_in_reactor(),
+        omission::lab(),
+        fpm_pm::lab(),
+        uring_batching::lab(),
+        crash::lab(),
+    ]
 }
 
 /// The lab called `name`.
@@ -203,7 +296,7 @@ fn littles_law() -> Lab {
     Lab {
         name: "littles-law",
         title: "Little's law: a blocking server's throughput is capped at workers ÷ service time",
-        shape: "throughput ≈ N ÷ 10 ms for N workers (prefork, threadpool) or N connections (epoll), within 0.6–1.1×, rising with N",
+        shape: "throughput proportional to N (X(N) ÷ (N·X(1)) within 0.6–1.6, rising), never above the cap N ÷ 10 ms (1.1×) nor far below it (0.4×)",
         points: |quick| {
             let ns: &[usize] = if quick { &[1, 2, 4] } else { &[1, 2, 4, 8] };
             let route = "/wait?us=10000";
@@ -218,7 +311,9 @@ fn littles_law() -> Lab {
             }
             v
         },
-        timing: ((1.0, 1), (3.0, 3)),
+        // Three quick rounds: one second at 100–400 req/s is a few hundred
+        // requests, and one slow wake-up on a loaded machine shows.
+        timing: ((1.0, 3), (3.0, 3)),
         chart: ChartSpec {
             x_desc: "workers (prefork, threadpool) · connections (epoll)",
             y_desc: "requests/s",
@@ -226,6 +321,7 @@ fn littles_law() -> Lab {
             log_y: true,
             y: |m| m.rps,
             ideal: Some(|n| n / (WAIT_US / 1e6)),
+            lines: None,
         },
         judge: |ms, _| {
             let mut holds = true;
@@ -233,11 +329,23 @@ fn littles_law() -> Lab {
             for s in series_names(ms) {
                 let pts: Vec<&Measured> = ms.iter().filter(|m| m.point.series == s).collect();
                 let mut line = format!("{s}:");
+                // The cap is N ÷ 10 ms. What a busy machine adds to each
+                // 10 ms (scheduling, timer slack) lowers every point alike,
+                // so the verdict is the proportionality, not the distance
+                // to the cap (printed).
+                let one = pts.first().map_or(0.0, |m| m.rps / m.point.x);
                 for m in &pts {
                     let cap = m.point.x / (WAIT_US / 1e6);
                     let r = m.rps / cap;
-                    holds &= (0.6..=1.1).contains(&r) && m.error.is_none();
-                    let _ = write!(line, " N={} {:.0}/{:.0} req/s = {:.2}×;", m.point.x, m.rps, cap, r);
+                    let prop = m.rps / m.point.x / one;
+                    holds &= (0.4..=1.1).contains(&r)
+                        && (0.6..=1.6).contains(&prop)
+                        && m.error.is_none();
+                    let _ = write!(
+                        line,
+                        " N={} {:.0}/{:.0} req/s = {:.2}× the cap, {:.2}× N·X(1);",
+                        m.point.x, m.rps, cap, r, prop
+                    );
                 }
                 let rising = pts.windows(2).all(|w| w[1].rps > w[0].rps);
                 holds &= rising;
@@ -291,6 +399,7 @@ fn unp30() -> Lab {
             log_y: true,
             y: |m| m.cost.cpu_us_per_request,
             ideal: None,
+            lines: None,
         },
         judge: |ms, quick| {
             let cpu = |s: &str| find_series(ms, s).map(|m| m.cost.cpu_us_per_request);
@@ -358,6 +467,7 @@ fn tlpi63() -> Lab {
             log_y: true,
             y: |m| m.cost.cpu_us_per_request,
             ideal: None,
+            lines: None,
         },
         judge: |ms, _| {
             let mut holds = true;
@@ -434,6 +544,7 @@ fn blocking_in_reactor() -> Lab {
             log_y: true,
             y: |m| m.p99_us,
             ideal: None,
+            lines: None,
         },
         judge: |ms, _| {
             let (Some(p), Some(b)) = (ms.first(), ms.get(1)) else {
@@ -542,8 +653,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 // ---------------------------------------------------------------- running
 
-/// One round of one point: the loadgen report and the server's cost.
-fn measure_once(bin_dir: &Path, p: &Point, secs: f64) -> anyhow::Result<(loadgen::Report, Cost)> {
+/// Further figures of one measurement, by name.
+type Extra = BTreeMap<String, f64>;
+
+/// One round of one point: the loadgen report, the server's cost and the
+/// further figures (see [`Measured::extra`]).
+fn measure_once(
+    bin_dir: &Path,
+    p: &Point,
+    secs: f64,
+) -> anyhow::Result<(loadgen::Report, Cost, Extra)> {
     let bin = runner::server_bin(bin_dir, &p.model);
     anyhow::ensure!(
         bin.exists(),
@@ -552,8 +671,12 @@ fn measure_once(bin_dir: &Path, p: &Point, secs: f64) -> anyhow::Result<(loadgen
     );
     let mut cmd = Command::new(&bin);
     cmd.args(&p.flags);
-    let mut server = Server::start_with(cmd, Protocol::Http, p.workers)?;
+    // In a cgroup and under a context-switch counter where the machine
+    // allows: exact CPU, memory and switches of the whole tree.
+    let (mut server, acct) = Server::start_accounted_with(cmd, Protocol::Http, p.workers)?;
+    let root = server.pid();
     let t = runner::target(&server.addr, Protocol::Http)?;
+    let timeline = p.probe == Probe::Timeline;
     let config = |route: &str, conns: usize, idle: usize, secs: f64| {
         let mut c = loadgen::Config::new(t.clone());
         c.threads = 1;
@@ -562,16 +685,35 @@ fn measure_once(bin_dir: &Path, p: &Point, secs: f64) -> anyhow::Result<(loadgen
         c.idle = idle;
         c.rate = p.rate;
         c.stop = Stop::DurationS(secs);
-        c.timeout_s = 5.0;
+        // A burst against a growing pool waits for workers longer than a
+        // request ever should.
+        // A crash: a request unanswered for a second (fifty times its
+        // service time) is lost (a server may hold a dead worker's
+        // connection open much longer).
+        c.timeout_s = if p.crash.is_some() {
+            1.0
+        } else if timeline {
+            15.0
+        } else {
+            5.0
+        };
         c.routes = vec![RouteSpec {
             target: route.to_string(),
             weight: 1,
         }];
         c
     };
-    // A short warm-up (no idle connections, no background).
-    let warm = config(&p.route, p.connections, 0, 0.2);
-    loadgen::run(&warm).map_err(|e| anyhow::anyhow!("warm-up: {e}"))?;
+    let mut extra = Extra::new();
+    if timeline {
+        // No warm-up: the first client of a fresh server is the figure.
+        std::thread::sleep(Duration::from_millis(300));
+        let (took, _) = get(&server.addr, "/hello")?;
+        extra.insert("first_us".into(), took.as_secs_f64() * 1e6);
+    } else {
+        // A short warm-up (no idle connections, no background).
+        let warm = config(&p.route, p.connections, 0, 0.2);
+        loadgen::run(&warm).map_err(|e| anyhow::anyhow!("warm-up: {e}"))?;
+    }
     let background = p.background.clone().map(|(route, conns)| {
         let c = config(&route, conns, 0, secs + 1.0);
         std::thread::spawn(move || loadgen::run(&c))
@@ -579,10 +721,18 @@ fn measure_once(bin_dir: &Path, p: &Point, secs: f64) -> anyhow::Result<(loadgen
     if background.is_some() {
         std::thread::sleep(Duration::from_millis(300));
     }
-    let run = loadgen::Run::new(&config(&p.route, p.connections, p.idle, secs))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let status_before = match p.probe {
+        Probe::Status => Some(status(&server.addr)?),
+        _ => None,
+    };
+    let mut c = config(&p.route, p.connections, p.idle, secs);
+    let log = timeline.then(|| {
+        std::env::temp_dir().join(format!("iomodels-lab-{}-{}.hlog", std::process::id(), root))
+    });
+    c.hdr_log = log.clone();
+    let run = loadgen::Run::new(&c).map_err(|e| anyhow::anyhow!("{e}"))?;
     let freezer = p.freeze.map(|(at, len)| {
-        let pid = Pid::from_raw(server.pid() as i32);
+        let pid = Pid::from_raw(root as i32);
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs_f64(at));
             let _ = kill(pid, Signal::SIGSTOP);
@@ -590,21 +740,224 @@ fn measure_once(bin_dir: &Path, p: &Point, secs: f64) -> anyhow::Result<(loadgen
             let _ = kill(pid, Signal::SIGCONT);
         })
     });
-    let before = procfs::snapshot(server.pid());
+    // The victim of a crash: the youngest process of the tree (a worker:
+    // the tree is listed master first, then its children, then theirs),
+    // or the server itself when it is one process.
+    let crasher = p.crash.map(|at| {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs_f64(at));
+            let victim = *procfs::tree(root).last().unwrap_or(&root);
+            let _ = kill(Pid::from_raw(victim as i32), Signal::SIGKILL);
+        })
+    });
+    let newcomer = (p.probe == Probe::Newcomer).then(|| {
+        let addr = server.addr.clone();
+        let want = p.idle;
+        std::thread::spawn(move || newcomer(root, &addr, want))
+    });
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(timeline));
     let t0 = Instant::now();
+    let sampler = {
+        let on = sampling.clone();
+        std::thread::spawn(move || {
+            let mut most: Vec<usize> = Vec::new();
+            while on.load(std::sync::atomic::Ordering::Relaxed) {
+                let i = t0.elapsed().as_secs() as usize;
+                let n = procfs::tree(root).len().saturating_sub(1);
+                if most.len() <= i {
+                    most.resize(i + 1, 0);
+                }
+                most[i] = most[i].max(n);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            most
+        })
+    };
+    let cg = acct.cgroup.as_ref();
+    let csw = acct.csw.as_ref();
+    let cpu_before = cg.and_then(|g| g.cpu());
+    let csw_before = csw.and_then(|c| c.read());
+    let before = procfs::snapshot(root);
     let report = run.start().map_err(|e| anyhow::anyhow!("{e}"));
     let wall = t0.elapsed().as_secs_f64();
-    let after = procfs::snapshot(server.pid());
-    if let Some(f) = freezer {
-        let _ = f.join();
+    let after = procfs::snapshot(root);
+    let csw_after = csw.and_then(|c| c.read());
+    let cpu_after = cg.and_then(|g| g.cpu());
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let status_after = match status_before {
+        Some(_) => status(&server.addr).ok(),
+        None => None,
+    };
+    for h in [freezer, crasher].into_iter().flatten() {
+        let _ = h.join();
+    }
+    if let Some(Ok(figures)) = newcomer.map(|h| h.join()) {
+        extra.extend(figures);
     }
     if let Some(b) = background {
         let _ = b.join();
     }
+    let most = sampler.join().unwrap_or_default();
     server.stop();
     let report = report?;
     let attempts = report.requests + report.errors.transport();
-    Ok((report, Cost::between(&before, &after, attempts, wall)))
+    let mut cost = Cost::between(&before, &after, attempts, wall);
+    if let (Some(g), Some(b), Some(a)) = (cg, cpu_before, cpu_after) {
+        cost = cost.with_cgroup_cpu(g.cpu_source(), b, a, attempts, wall);
+    }
+    if let (Some(b), Some(a)) = (csw_before, csw_after) {
+        cost = cost.with_csw_count(b, a, attempts);
+        extra.insert("csw".into(), cost.csw_per_request.unwrap_or(f64::NAN));
+    }
+    cost.cgroup_peak_kib = cg.and_then(|g| g.memory_peak_kib());
+    if let Some(k) = cost.cgroup_peak_kib {
+        extra.insert("cgroup_peak_kib".into(), k as f64);
+    }
+    let e = &report.errors;
+    for (k, v) in [
+        ("lost", e.read + e.write + e.timeout),
+        ("refused", e.connect),
+        ("status_errors", e.status + e.verify),
+        ("idle_held", report.idle.held),
+        ("connections_opened", report.connections_opened),
+    ] {
+        extra.insert(k.into(), v as f64);
+    }
+    if let Some(rw) = cost.syscalls_rw() {
+        extra.insert("rw_syscalls".into(), rw);
+    }
+    if let (Some(b), Some(a)) = (status_before, status_after) {
+        for k in ["enters", "requests"] {
+            let d = a[k].as_f64().unwrap_or(0.0) - b[k].as_f64().unwrap_or(0.0);
+            extra.insert(format!("{k}_status"), d);
+        }
+    }
+    if let Some(log) = log {
+        let text = std::fs::read(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        for (i, (n, p99, max)) in intervals(&text).into_iter().enumerate() {
+            extra.insert(format!("t{i}.requests"), n as f64);
+            extra.insert(format!("t{i}.p99_us"), p99 as f64);
+            extra.insert(format!("t{i}.max_us"), max as f64);
+            extra.insert(
+                format!("t{i}.workers"),
+                most.get(i).copied().unwrap_or(0) as f64,
+            );
+        }
+    }
+    Ok((report, cost, extra))
+}
+
+/// [`Probe::Newcomer`]: waits until the load generator has opened its
+/// idle connections and the server holds `want` descriptors (or their
+/// numbers stopped growing), then sends one request on a fresh connection.
+fn newcomer(root: u32, addr: &str, want: usize) -> Extra {
+    let count = |pid: &str| std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    // Until `n()` reaches `want` or has not grown for `still`.
+    let settle = |n: &dyn Fn() -> usize, still: Duration| {
+        let end = Instant::now() + Duration::from_secs(30);
+        let (mut last, mut since) = (0, Instant::now());
+        while Instant::now() < end {
+            let now = n();
+            if now >= want {
+                break;
+            }
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if since.elapsed() > still {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // First the load generator (in this process) opens the idle
+    // connections one by one — a connect that met a full listen backlog
+    // waits for its SYN to be sent again, a second or more — then the
+    // server takes the last of them.
+    let server = root.to_string();
+    settle(&|| count("self"), Duration::from_secs(3));
+    settle(&|| count(&server), Duration::from_millis(500));
+    let fds = || count(&server);
+    let mut e = Extra::new();
+    e.insert("server_fds".into(), fds() as f64);
+    let then = procfs::snapshot(root);
+    e.insert("server_threads".into(), then.threads as f64);
+    e.insert("server_processes".into(), then.processes as f64);
+    let t0 = Instant::now();
+    let answer = get(addr, "/status");
+    e.insert("newcomer_us".into(), t0.elapsed().as_secs_f64() * 1e6);
+    e.insert("newcomer_ok".into(), answer.is_ok() as u8 as f64);
+    // The CPU of one second holding them all (the measured trickle goes on).
+    let t1 = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let later = procfs::snapshot(root);
+    let busy = later.user_s + later.sys_s - then.user_s - then.sys_s;
+    e.insert("busy_cores".into(), busy / t1.elapsed().as_secs_f64());
+    if let Ok((_, body)) = answer {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+            e.insert(
+                "server_connections".into(),
+                v["connections"].as_f64().unwrap_or(f64::NAN),
+            );
+        }
+    }
+    e
+}
+
+/// Requests, p99 and max (µs) of each interval of a load generator's
+/// interval log.
+fn intervals(text: &[u8]) -> Vec<(u64, u64, u64)> {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    let mut v = Vec::new();
+    for item in IntervalLogIterator::new(text) {
+        let Ok(LogEntry::Interval(iv)) = item else {
+            continue;
+        };
+        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(iv.encoded_histogram())
+        else {
+            continue;
+        };
+        let h: Result<hdrhistogram::Histogram<u64>, _> =
+            hdrhistogram::serialization::Deserializer::new().deserialize(&mut bytes.as_slice());
+        if let Ok(h) = h {
+            let p99 = if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(0.99)
+            };
+            v.push((h.len(), p99, h.max()));
+        }
+    }
+    v
+}
+
+/// One `GET path` on a fresh connection: how long it took (connect to the
+/// end of the response) and the body.
+fn get(addr: &str, path: &str) -> anyhow::Result<(Duration, String)> {
+    use std::io::{Read, Write};
+    let t0 = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let took = t0.elapsed();
+    let text = String::from_utf8_lossy(&out);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        anyhow::bail!("GET {path}: no response");
+    };
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head:.40}");
+    Ok((took, body.to_string()))
+}
+
+/// The server's `/status` JSON.
+fn status(addr: &str) -> anyhow::Result<serde_json::Value> {
+    let (_, body) = get(addr, "/status")?;
+    serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("/status: {e}"))
 }
 
 /// Measures `points`, `rounds` times each in alternating order, and keeps
@@ -617,7 +970,7 @@ pub fn measure(
     progress: &mut dyn FnMut(&str),
 ) -> Vec<Measured> {
     let n = points.len();
-    let mut got: Vec<Vec<(loadgen::Report, Cost)>> = vec![Vec::new(); n];
+    let mut got: Vec<Vec<(loadgen::Report, Cost, Extra)>> = vec![Vec::new(); n];
     let mut errors: Vec<Option<String>> = vec![None; n];
     for round in 0..rounds {
         let order: Vec<usize> = if round % 2 == 0 {
@@ -644,8 +997,9 @@ pub fn measure(
         .zip(got)
         .zip(errors)
         .map(|((p, rs), error)| {
-            let med =
-                |f: &dyn Fn(&(loadgen::Report, Cost)) -> f64| median(rs.iter().map(f).collect());
+            let med = |f: &dyn Fn(&(loadgen::Report, Cost, Extra)) -> f64| {
+                median(rs.iter().map(f).collect())
+            };
             let opt = |f: &dyn Fn(&loadgen::Report) -> Option<f64>| {
                 let v: Vec<f64> = rs.iter().filter_map(|r| f(&r.0)).collect();
                 (!v.is_empty()).then(|| median(v))
@@ -677,6 +1031,17 @@ pub fn measure(
                     .map(|r| r.0.workers.values().copied().collect())
                     .unwrap_or_default(),
                 error: if rs.is_empty() { error } else { None },
+                extra: {
+                    let mut keys: Vec<&String> = rs.iter().flat_map(|r| r.2.keys()).collect();
+                    keys.sort();
+                    keys.dedup();
+                    keys.into_iter()
+                        .map(|k| {
+                            let v = rs.iter().filter_map(|r| r.2.get(k).copied()).collect();
+                            (k.clone(), median(v))
+                        })
+                        .collect()
+                },
             }
         })
         .collect()
@@ -790,11 +1155,31 @@ pub fn sheet(lab: &Lab, o: &Outcome) -> String {
     for (k, v) in &o.judgement.figures {
         let _ = writeln!(s, "\n- {k}: {v}");
     }
+    let exact = o.measured.iter().any(|m| !m.cost.cpu_source.is_ticks());
+    let perf = o.measured.iter().any(|m| m.extra.contains_key("csw"));
     let _ = writeln!(
         s,
         "\nEach figure is the median of the rounds; a round measures every point once, \
-         in alternating order (the machine may be shared). CPU is the server's process \
-         tree from /proc (user + system, reaped children included)."
+         in alternating order (the machine may be shared). CPU is the server's whole \
+         process tree: {}. Context switches: {}. Memory: PSS from /proc{}.",
+        if exact {
+            "exact, from its cgroup (exited threads and reaped children included)"
+        } else {
+            "from /proc in 10 ms ticks (no cgroup could be made here)"
+        },
+        if perf {
+            "an inherited perf counter (exited tasks included)"
+        } else {
+            "/proc's live tasks (perf is not available here)"
+        },
+        if o.measured
+            .iter()
+            .any(|m| m.extra.contains_key("cgroup_peak_kib"))
+        {
+            "; the cgroup's peak in lab.json (`cgroup_peak_kib`)"
+        } else {
+            ""
+        }
     );
     s
 }
@@ -802,19 +1187,28 @@ pub fn sheet(lab: &Lab, o: &Outcome) -> String {
 /// The lab's chart: one line (or marker column) per series.
 pub fn chart(lab: &Lab, ms: &[Measured], out: &mut String) -> DrawResult {
     let c = &lab.chart;
-    let names = series_names(ms);
-    let pts: Vec<(String, Vec<(f64, f64)>)> = names
-        .iter()
-        .map(|s| {
-            let p = ms
-                .iter()
-                .filter(|m| &m.point.series == s && m.error.is_none())
-                .map(|m| (m.point.x, (c.y)(m)))
-                .filter(|p| p.1.is_finite() && p.1 > 0.0)
-                .collect();
-            (s.clone(), p)
-        })
-        .collect();
+    let pts: Vec<Line> = match c.lines {
+        Some(lines) => lines(ms)
+            .into_iter()
+            .map(|(s, p)| {
+                let ok = |p: &(f64, f64)| p.1.is_finite() && (p.1 > 0.0 || !c.log_y);
+                (s, p.into_iter().filter(ok).collect())
+            })
+            .collect(),
+        None => series_names(ms)
+            .iter()
+            .map(|s| {
+                let p = ms
+                    .iter()
+                    .filter(|m| &m.point.series == s && m.error.is_none())
+                    .map(|m| (m.point.x, (c.y)(m)))
+                    .filter(|p| p.1.is_finite() && p.1 > 0.0)
+                    .collect();
+                (s.clone(), p)
+            })
+            .collect(),
+    };
+    let names: Vec<String> = pts.iter().map(|p| p.0.clone()).collect();
     let all: Vec<(f64, f64)> = pts.iter().flat_map(|p| p.1.iter().copied()).collect();
     let (mut xmin, mut xmax) = all
         .iter()
@@ -828,6 +1222,9 @@ pub fn chart(lab: &Lab, ms: &[Measured], out: &mut String) -> DrawResult {
     if let Some(f) = c.ideal {
         ymin = ymin.min(f(xmin));
         ymax = ymax.max(f(xmax));
+    }
+    if !c.log_x && xmin == xmax {
+        xmax = xmin + 1.0;
     }
     let root = SVGBackend::with_string(out, (1000, 420)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -920,7 +1317,7 @@ pub fn chart(lab: &Lab, ms: &[Measured], out: &mut String) -> DrawResult {
             vec![(8, y), (26, y)],
             RGBColor(150, 150, 150).stroke_width(1),
         ))?;
-        leg.draw(&Text::new("the law's answer", (32, y - 7), text.clone()))?;
+        leg.draw(&Text::new("the expected answer", (32, y - 7), text.clone()))?;
     }
     root.present()?;
     Ok(())

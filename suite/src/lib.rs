@@ -16,18 +16,25 @@
 //! legends and small multiples the report draws with), [`curves`] (the
 //! sweeps' charts and tables), [`peers`] (real servers as rows),
 //! [`survivors`] (no server left running), [`lab`] (teaching labs:
-//! classic results, one command each, with a verdict on their shape).
+//! classic results, one command each, with a verdict on their shape),
+//! [`netns`] and [`relay`] (`run --netns`: a network with a round-trip
+//! time between generator and server), [`agents`] and [`merge`] (`run
+//! --agents`: load generator agents over SSH, histograms added exactly).
 
 pub mod accounting;
+pub mod agents;
 pub mod charts;
 pub mod compare;
 pub mod cost;
 pub mod curves;
 pub mod lab;
+pub mod merge;
 pub mod models;
+pub mod netns;
 pub mod noise;
 pub mod peers;
 pub mod procfs;
+pub mod relay;
 pub mod report;
 pub mod results;
 pub mod runner;

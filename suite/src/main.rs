@@ -81,6 +81,39 @@ enum Cmd {
     /// counts subtracted, so start-up cancels. Deterministic, unlike
     /// anything timed: the CI gate's first figure.
     Cost(CostArgs),
+    /// Merge load generator reports (loadgen --json, e.g. from agents run
+    /// by hand or a Kubernetes Job): histograms added, counts summed; exit
+    /// 1 if an agent saturated or the segments are not one load.
+    Merge {
+        /// The reports.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        /// Their interval logs (loadgen --hdr-log), merged into --hdr-out.
+        #[arg(long = "hdr-log")]
+        hdr_logs: Vec<PathBuf>,
+        /// Write the merged interval log here.
+        #[arg(long, requires = "hdr_logs")]
+        hdr_out: Option<PathBuf>,
+        /// Write the merged result (merged report + one line per agent) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// (internal) The delaying relay of `run --netns --delay-by relay`.
+    #[command(hide = true)]
+    Relay {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: String,
+        /// Address to relay to.
+        #[arg(long)]
+        to: String,
+        /// Delay each way.
+        #[arg(long, value_parser = loadgen::parse_duration)]
+        delay: std::time::Duration,
+        /// Up to this much more, each way.
+        #[arg(long, value_parser = loadgen::parse_duration, default_value = "0s")]
+        jitter: std::time::Duration,
+    },
     /// List the models this suite knows and the server binaries found.
     Models {
         /// Print only the model names, one a line (for scripts): the known
@@ -189,6 +222,12 @@ struct RunArgs {
     /// the first model].
     #[arg(long, value_name = "MODEL")]
     aa: Option<String>,
+    /// Also run every model from the `*-server` binaries in DIR (e.g. a
+    /// build of the base commit), beside the new one in the same rounds:
+    /// a same-run A/B whose CPU per request `compare` gates on, where
+    /// machine noise hits both sides alike (scripts/ci-perf.sh).
+    #[arg(long, value_name = "DIR")]
+    base_bins: Option<PathBuf>,
     /// Add an `strace -f -c` pass per model: system calls per request by
     /// name, measured under strace (which slows the server and changes its
     /// batching: read the names, trust /proc's read+write counts).
@@ -213,6 +252,10 @@ struct RunArgs {
     /// maximum among the models that serve concurrently].
     #[arg(long)]
     rate: Option<f64>,
+    #[command(flatten)]
+    net: iomodels_suite::netns::NetArgs,
+    #[command(flatten)]
+    agents: Box<iomodels_suite::agents::AgentArgs>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -275,6 +318,8 @@ struct SweepArgs {
     /// Directory holding the server binaries [default: beside iomodels].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    net: iomodels_suite::netns::NetArgs,
 }
 
 /// Arrivals choice on the command line.
@@ -456,6 +501,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Cost(args) => run_cost(args),
         Cmd::Sweep(args) => run_sweep(args),
         Cmd::Lab { cmd } => run_lab(cmd),
+        Cmd::Merge {
+            reports,
+            hdr_logs,
+            hdr_out,
+            out,
+        } => run_merge(&reports, &hdr_logs, hdr_out.as_deref(), out.as_deref()),
+        Cmd::Relay {
+            listen,
+            to,
+            delay,
+            jitter,
+        } => iomodels_suite::relay::serve(&listen, &to, delay, jitter).map(|()| ExitCode::SUCCESS),
         Cmd::Report { results, out } => {
             let r = results::Results::load(&results)?;
             let dir =
@@ -636,6 +693,7 @@ fn run_cost(args: CostArgs) -> anyhow::Result<ExitCode> {
             idle_models: Vec::new(),
             missing,
             peers: Vec::new(),
+            base_bins: None,
         },
         runs: Vec::new(),
         syscalls: Vec::new(),
@@ -673,7 +731,46 @@ fn save(
     Ok((json, html))
 }
 
+fn run_merge(
+    reports: &[PathBuf],
+    logs: &[PathBuf],
+    hdr_out: Option<&Path>,
+    out: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+    };
+    let mut rs = Vec::new();
+    for p in reports {
+        let r: loadgen::Report = serde_json::from_str(&read(p)?)
+            .map_err(|e| anyhow::anyhow!("{}: not a loadgen report: {e}", p.display()))?;
+        rs.push((p.display().to_string(), r));
+    }
+    let merged = iomodels_suite::merge::merge(&rs)?;
+    if let Some(path) = hdr_out {
+        let texts = logs.iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
+        let (base, intervals) = iomodels_suite::merge::merge_logs(&texts)?;
+        iomodels_suite::merge::write_log(path, base, &intervals)?;
+    }
+    if let Some(path) = out {
+        std::fs::write(path, serde_json::to_string_pretty(&merged)? + "\n")
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    print_out(&iomodels_suite::merge::table(&merged));
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let with_agents = !args.agents.agents.is_empty() || args.agents.agents_file.is_some();
+    if with_agents && args.models.is_empty() {
+        let load = iomodels_suite::agents::Load {
+            duration: args.duration,
+            warmup: args.warmup,
+            rate: args.rate,
+        };
+        let out_dir = args.out.join(results::run_id(SystemTime::now()));
+        return iomodels_suite::agents::run(&args.agents, &load, &out_dir);
+    }
     let dir = args.bin_dir.clone().unwrap_or_else(models::bin_dir);
     let peers_named = peers::parse_list(&args.peers).map_err(Usage)?;
     let only_peers = args.models.is_empty() && !peers_named.is_empty();
@@ -683,7 +780,17 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         choose_models(&dir, &args.models)?
     };
     let by_default = args.peers.is_empty() && args.models.is_empty();
-    let peer_list = choose_peers(&dir, &args.peers, &peers_named, by_default, &mut missing)?;
+    let netns = args.net.netns;
+    let peer_list = if netns || with_agents {
+        if !peers_named.is_empty() || args.cost || args.syscalls || (netns && with_agents) {
+            let why =
+                "--netns and --agents run models only: no --peers, --cost, --syscalls, or both";
+            return Err(Usage(why.into()).into());
+        }
+        Vec::new()
+    } else {
+        choose_peers(&dir, &args.peers, &peers_named, by_default, &mut missing)?
+    };
     let mut scen = if args.scenarios.is_empty() {
         scenarios::DEFAULT.to_vec()
     } else {
@@ -729,6 +836,25 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(args.idle_models.clone())
     };
+    if let Some(base) = &args.base_bins {
+        let absent: Vec<&str> = models
+            .iter()
+            .map(String::as_str)
+            .filter(|m| !runner::server_bin(base, m).is_file())
+            .collect();
+        if !absent.is_empty() {
+            return Err(Usage(format!(
+                "--base-bins {}: no {} there",
+                base.display(),
+                absent
+                    .iter()
+                    .map(|m| format!("{m}-server"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        }
+    }
     let aa = match args.aa.as_deref() {
         Some("none") => None,
         Some(m) if models.iter().any(|x| x == m) => Some(m.to_string()),
@@ -819,6 +945,7 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         peers: peer_list.clone(),
         peer_dir: out_dir.join("peers"),
         site,
+        base_bin_dir: args.base_bins.clone(),
     };
     eprintln!(
         "iomodels: {} runs: {} model(s) and {} peer(s) × {} scenario(s) × {} protocol(s), {:.1} s each",
@@ -829,7 +956,28 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         protocols.len(),
         plan.duration_s + plan.warmup_s
     );
-    let runs = runner::run_plan(&plan, true);
+    let (runs, net) = if netns {
+        if scen.contains(&Scenario::Sweep) {
+            return Err(Usage("--netns does not run the sweep scenario yet".into()).into());
+        }
+        iomodels_suite::netns::clean_up_on_signals();
+        let (net, setup, placement) = iomodels_suite::netns::build(&args.net.spec())?;
+        eprintln!(
+            "iomodels: --netns: RTT {:.3} ms by {:?}: {}",
+            setup.rtt_ms, setup.delay_by, setup.delay_note
+        );
+        let runs = iomodels_suite::netns::run_in(placement, || runner::run_plan(&plan, true))?;
+        drop(net);
+        (runs, Some(setup))
+    } else {
+        if with_agents {
+            if scen.contains(&Scenario::Sweep) {
+                return Err(Usage("--agents does not run the sweep scenario".into()).into());
+            }
+            iomodels_suite::agents::install(&args.agents, &out_dir)?;
+        }
+        (runner::run_plan(&plan, true), None)
+    };
     let mut syscalls = Vec::new();
     if args.syscalls {
         for m in &models {
@@ -857,6 +1005,7 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
             idle_models: idle_models.unwrap_or_else(|| plan.models.clone()),
             missing,
             peers: peer_list.iter().map(|p| p.name().to_string()).collect(),
+            base_bins: args.base_bins.as_ref().map(|d| d.display().to_string()),
         },
         runs,
         syscalls,
@@ -871,6 +1020,9 @@ fn run_matrix(args: RunArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
     let json = out_dir.join("results.json");
     results.save(&json)?;
+    if let Some(setup) = &net {
+        iomodels_suite::netns::record(&json, setup)?;
+    }
     let html = report::write(&results, &out_dir)?;
     if let Some(path) = &args.bmf {
         write_bmf(&results, path)?;
@@ -934,7 +1086,34 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
         .cloned()
         .chain(peer_list.iter().map(|p| p.name().to_string()))
         .collect();
-    let curves = sweep::sweep_all(&dir, &subjects, &protocols, &spec);
+    let (curves, net) = if args.net.netns {
+        if !peer_list.is_empty() {
+            return Err(Usage("--netns sweeps models only: no --peers".into()).into());
+        }
+        // Every request pays the round trip: the SLO is on top of it.
+        let rtt_us = args.net.rtt.unwrap_or_default().as_secs_f64() * 1e6;
+        spec.slo_us += rtt_us;
+        spec.cap_us += rtt_us;
+        if rtt_us > 0.0 {
+            eprintln!(
+                "iomodels: --netns: the SLO and the saturation cap count from the route's wait + the RTT ({})",
+                sweep::fmt_ms(rtt_us)
+            );
+        }
+        iomodels_suite::netns::clean_up_on_signals();
+        let (net, setup, placement) = iomodels_suite::netns::build(&args.net.spec())?;
+        eprintln!(
+            "iomodels: --netns: RTT {:.3} ms by {:?}: {}",
+            setup.rtt_ms, setup.delay_by, setup.delay_note
+        );
+        let curves = iomodels_suite::netns::run_in(placement, || {
+            sweep::sweep_all(&dir, &subjects, &protocols, &spec)
+        })?;
+        drop(net);
+        (curves, Some(setup))
+    } else {
+        (sweep::sweep_all(&dir, &subjects, &protocols, &spec), None)
+    };
     let results = results::Results {
         schema_version: SCHEMA_VERSION,
         run_id: run_id.clone(),
@@ -951,6 +1130,7 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
             idle_models: Vec::new(),
             missing,
             peers: peer_list.iter().map(|p| p.name().to_string()).collect(),
+            base_bins: None,
         },
         runs: Vec::new(),
         syscalls: Vec::new(),
@@ -962,6 +1142,9 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out_dir.display()))?;
     let json = out_dir.join("results.json");
     results.save(&json)?;
+    if let Some(setup) = &net {
+        iomodels_suite::netns::record(&json, setup)?;
+    }
     let html = report::write(&results, &out_dir)?;
     print_out(&sweep::capacity_table(&results.sweeps));
     let took = start.elapsed().map_or(0.0, |d| d.as_secs_f64());

@@ -60,7 +60,7 @@ pub struct NoiseFloor {
 pub fn floor(rows: &[Row]) -> Option<NoiseFloor> {
     let originals: BTreeMap<&str, &Row> = rows
         .iter()
-        .filter(|r| !r.aa)
+        .filter(|r| !r.aa && !r.base)
         .map(|r| (r.key.as_str(), r))
         .collect();
     let pairs: Vec<Pair> = rows

@@ -343,7 +343,7 @@ pub fn charts(results: &Results) -> anyhow::Result<Vec<Chart>> {
     // A/A copies stay out of the charts (the report's A/A table has them).
     let rows: Vec<Row> = summary::rows(results)
         .into_iter()
-        .filter(|r| !r.aa)
+        .filter(|r| !r.aa && !r.base)
         .collect();
     let mut out = Vec::new();
     type Draw<'a> = Box<dyn Fn(&mut String) -> DrawResult + 'a>;
@@ -524,6 +524,35 @@ fn aa_md(rows: &[Row]) -> String {
     }
 }
 
+/// The same-run A/B (`--base-bins`): each model's new binary against the
+/// base one, run beside it in the same rounds.
+fn base_md(r: &Results, rows: &[Row]) -> String {
+    let Some(dir) = &r.config.base_bins else {
+        return String::new();
+    };
+    let mut s = format!(
+        "\n## Same-run A/B against the base binaries\n\nEvery model also ran from `{dir}`, beside the new binary in the same rounds (in turn first and second), so that whatever else the machine did hit both alike. `compare` gates CPU µs/request on these pairs, beyond its threshold and the A/A floor above.\n\n\
+         | run | CPU µs/req new | base | change | req/s new | base |\n|---|---:|---:|---:|---:|---:|\n"
+    );
+    for b in rows.iter().filter(|b| b.base && b.reps > 0) {
+        let key = b.key.strip_suffix("/base").unwrap_or(&b.key);
+        let Some(n) = rows.iter().find(|n| n.key == key && n.reps > 0) else {
+            continue;
+        };
+        let change = if b.cpu_us > 0.0 {
+            format!("{:+.1} %", (n.cpu_us / b.cpu_us - 1.0) * 100.0)
+        } else {
+            "–".into()
+        };
+        let _ = writeln!(
+            s,
+            "| {key} | {:.2} | {:.2} | {change} | {:.0} | {:.0} |",
+            n.cpu_us, b.cpu_us, n.rps, b.rps
+        );
+    }
+    s
+}
+
 fn syscalls_md(r: &Results) -> String {
     if r.syscalls.is_empty() {
         return String::new();
@@ -613,6 +642,7 @@ pub fn markdown(r: &Results) -> String {
         );
     }
     s.push_str(&aa_md(&rows));
+    s.push_str(&base_md(r, &rows));
     s.push_str(&cost_md(r));
     s.push_str(&peers_md(r, &rows));
     s.push_str(&syscalls_md(r));
@@ -653,6 +683,24 @@ fn md_table_html(md: &str) -> String {
     s
 }
 
+/// A Markdown section (a `## title`, paragraphs, one table) as HTML.
+fn section_html(s: &mut String, md: &str) {
+    for l in md.lines().filter(|l| !l.is_empty() && !l.starts_with('|')) {
+        match l.strip_prefix("## ") {
+            Some(title) => {
+                let _ = writeln!(s, "<h2>{}</h2>", escape(title));
+            }
+            None => {
+                let _ = writeln!(s, "<p>{}</p>", escape(l).replace('`', ""));
+            }
+        }
+    }
+    let table: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+    if !table.is_empty() {
+        s.push_str(&md_table_html(&table.join("\n")));
+    }
+}
+
 /// The self-contained HTML report (no external files).
 pub fn html(r: &Results) -> anyhow::Result<String> {
     let rows = summary::rows(r);
@@ -686,21 +734,8 @@ td:first-child,td:nth-child(2),td:nth-child(3){{text-align:left}}figure{{margin:
             escape(crate::accounting::CPU_SPLIT_NOTE)
         );
     }
-    let aa = aa_md(&rows);
-    if !aa.is_empty() {
-        s.push_str("<h2>A/A check: the noise floor of this run</h2>\n");
-        for l in aa
-            .lines()
-            .filter(|l| !l.starts_with('|') && !l.starts_with('#') && !l.is_empty())
-        {
-            let _ = writeln!(s, "<p>{}</p>", escape(l).replace('`', ""));
-        }
-        let table: String = aa
-            .lines()
-            .filter(|l| l.starts_with('|'))
-            .collect::<Vec<_>>()
-            .join("\n");
-        s.push_str(&md_table_html(&table));
+    for md in [aa_md(&rows), base_md(r, &rows)] {
+        section_html(&mut s, &md);
     }
     if !r.cost.is_empty() {
         s.push_str("<h2>Instructions per request (valgrind)</h2>\n");

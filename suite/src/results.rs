@@ -87,6 +87,10 @@ pub struct RunConfig {
     /// `peers/<name>/` beside results.json.
     #[serde(default)]
     pub peers: Vec<String>,
+    /// `--base-bins`: the directory of the base binaries every model was
+    /// also run from, in the same rounds (the same-run A/B of `compare`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_bins: Option<String>,
 }
 
 /// One run: a model, a scenario, a protocol (and idle level), repeated `rep`.
@@ -117,6 +121,10 @@ pub struct RunRecord {
     /// whose difference from the first is the run's noise floor.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub aa: bool,
+    /// The base copy: the same model run from the `--base-bins` binaries
+    /// in the same rounds, right beside the new one (a same-run A/B).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub base: bool,
 }
 
 impl RunRecord {
@@ -138,6 +146,9 @@ impl RunRecord {
         }
         if self.aa {
             k.push_str("/aa");
+        }
+        if self.base {
+            k.push_str("/base");
         }
         k
     }

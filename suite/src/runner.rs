@@ -55,6 +55,9 @@ pub struct Plan {
     pub site: Option<Arc<Site>>,
     /// The model run twice in every round (the A/A check), if any.
     pub aa: Option<String>,
+    /// `--base-bins`: every model is also run from the binaries here, in
+    /// the same rounds, beside its new copy (the same-run A/B).
+    pub base_bin_dir: Option<PathBuf>,
 }
 
 impl Plan {
@@ -77,7 +80,8 @@ impl Plan {
                 })
                 .sum::<usize>()
         };
-        let models = (self.models.iter().map(|m| per_model(m)).sum::<usize>()
+        let copies = 1 + usize::from(self.base_bin_dir.is_some());
+        let models = (self.models.iter().map(|m| per_model(m)).sum::<usize>() * copies
             + self.aa.as_deref().map_or(0, per_model))
             * self.protocols.len();
         let peers: usize = self
@@ -155,7 +159,10 @@ impl Server {
         protocol: Protocol,
         workers: usize,
     ) -> anyhow::Result<Server> {
-        cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
+        // In a --netns run: the server's namespace, CPUs and veth address.
+        crate::netns::place_server(&mut cmd);
+        let listen = crate::netns::listen_addr();
+        cmd.args(["--listen", &listen, "--protocol", protocol.name()])
             .args(["--workers", &workers.to_string()])
             .stderr(Stdio::null());
         Server::spawn(cmd, Ready::Line)
@@ -170,8 +177,19 @@ impl Server {
         protocol: Protocol,
         workers: usize,
     ) -> anyhow::Result<(Server, Accounting)> {
-        let mut cmd = Command::new(bin);
-        cmd.args(["--listen", "127.0.0.1:0", "--protocol", protocol.name()])
+        Server::start_accounted_with(Command::new(bin), protocol, workers)
+    }
+
+    /// [`Server::start_accounted`] of the server `cmd` runs (with its flags).
+    pub fn start_accounted_with(
+        mut cmd: Command,
+        protocol: Protocol,
+        workers: usize,
+    ) -> anyhow::Result<(Server, Accounting)> {
+        // In a --netns run: the server's namespace, CPUs and veth address.
+        crate::netns::place_server(&mut cmd);
+        let listen = crate::netns::listen_addr();
+        cmd.args(["--listen", &listen, "--protocol", protocol.name()])
             .args(["--workers", &workers.to_string()])
             .stderr(Stdio::null());
         let cgroup = accounting::Cgroup::create();
@@ -341,6 +359,7 @@ pub fn run_one(
         generator_limited: false,
         error: None,
         aa: false,
+        base: false,
     };
     let q = crate::models::quirks(model);
     if q.fd_setsize && load.idle + load.connections + 16 > 1024 {
@@ -384,7 +403,8 @@ fn measure(
 ) -> anyhow::Result<(loadgen::Report, Cost)> {
     let (mut server, acct) =
         Server::start_accounted(&server_bin(&plan.bin_dir, model), protocol, plan.workers)?;
-    let t = target(&server.addr, protocol)?;
+    // In a --netns run with the relay's delay, the relay's address.
+    let t = target(&crate::netns::route(&server.addr)?, protocol)?;
     let measured = measure_accounted(plan, &mut server, t, &[], scenario, load, Some(&acct));
     // The cgroup is removed once the server has left it.
     server.stop();
@@ -445,7 +465,11 @@ fn measure_accounted(
     let csw_before = csw.and_then(|c| c.read());
     let before = procfs::snapshot(server.pid());
     let t0 = Instant::now();
-    let report = run.start().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // With --agents (and --models) the measured load comes from them.
+    let report = match crate::agents::remote(&c) {
+        Some(r) => r?,
+        None => run.start().map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
     let wall = t0.elapsed().as_secs_f64();
     let after = procfs::snapshot(server.pid());
     let csw_after = csw.and_then(|c| c.read());
@@ -485,17 +509,31 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
     scenarios.dedup();
     let open = scenarios.contains(&Scenario::Open);
     scenarios.retain(|s| *s != Scenario::Open && *s != Scenario::Sweep);
-    // (name, protocols, A/A copy): the models, the A/A copy right after its
-    // original, then the peers.
-    let mut entrants: Vec<(String, Vec<Protocol>, bool)> = Vec::new();
-    for (name, peer, protocols) in plan.subjects() {
-        let aa = peer.is_none() && plan.aa.as_deref() == Some(name.as_str());
-        entrants.push((name.clone(), protocols.clone(), false));
-        if aa {
-            entrants.push((name, protocols, true));
-        }
-    }
+    // The base binaries' plan, for the same-run A/B (`--base-bins`).
+    let base_plan = plan.base_bin_dir.as_ref().map(|dir| Plan {
+        bin_dir: dir.clone(),
+        ..plan.clone()
+    });
     for rep in 0..plan.repeat {
+        // (name, protocols, copy): the models, each with its base copy
+        // beside it (after it in rounds 1, 3, …, before it in rounds 2,
+        // 4, …: neither always goes first) and its A/A copy right after,
+        // then the peers.
+        let mut entrants: Vec<(String, Vec<Protocol>, Copy)> = Vec::new();
+        for (name, peer, protocols) in plan.subjects() {
+            let mut copies = vec![Copy::New];
+            if peer.is_none() && base_plan.is_some() {
+                copies.insert(1 - rep as usize % 2, Copy::Base);
+            }
+            if peer.is_none() && plan.aa.as_deref() == Some(name.as_str()) {
+                copies.push(Copy::AA);
+            }
+            entrants.extend(
+                copies
+                    .into_iter()
+                    .map(|c| (name.clone(), protocols.clone(), c)),
+            );
+        }
         let first = out.len();
         for pass in [
             scenarios.clone(),
@@ -513,6 +551,7 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
                             r.scenario == Scenario::Hello
                                 && r.protocol == p
                                 && !r.aa
+                                && !r.base
                                 && !plan.peers.iter().any(|x| x.name() == r.model)
                         })
                         .map(|r| (r.model.as_str(), r.rps() * scenarios::OPEN_FRACTION));
@@ -530,8 +569,8 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
                     };
                     levels.dedup();
                     for idle in levels {
-                        for (model, protocols, aa) in &entrants {
-                            let (model, aa) = (model.as_str(), *aa);
+                        for (model, protocols, copy) in &entrants {
+                            let (model, aa) = (model.as_str(), *copy == Copy::AA);
                             if !protocols.contains(&protocol)
                                 || (scenario == Scenario::Idle && !plan.sweeps(model))
                             {
@@ -539,7 +578,7 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
                             }
                             let what = format!(
                                 "{model}{} {} {}{}",
-                                if aa { " (A/A)" } else { "" },
+                                copy.label(),
                                 scenario.name(),
                                 protocol.name(),
                                 if scenario == Scenario::Idle {
@@ -571,8 +610,13 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
                                     scenario.route(),
                                 );
                             }
-                            let mut rec = run_one(plan, model, scenario, protocol, rep, load);
+                            let from = match copy {
+                                Copy::Base => base_plan.as_ref().unwrap_or(plan),
+                                _ => plan,
+                            };
+                            let mut rec = run_one(from, model, scenario, protocol, rep, load);
                             rec.aa = aa;
+                            rec.base = *copy == Copy::Base;
                             done += 1;
                             if progress && !tty {
                                 let outcome = match (&rec.report, &rec.skipped, &rec.error) {
@@ -599,6 +643,27 @@ pub fn run_plan(plan: &Plan, progress: bool) -> Vec<RunRecord> {
         eprint!("\r\x1b[2K");
     }
     out
+}
+
+/// Which copy of a model a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Copy {
+    /// The binaries under test.
+    New,
+    /// The A/A copy: the same binary again, right after itself.
+    AA,
+    /// The `--base-bins` binary, beside the new one.
+    Base,
+}
+
+impl Copy {
+    fn label(self) -> &'static str {
+        match self {
+            Copy::New => "",
+            Copy::AA => " (A/A)",
+            Copy::Base => " (base)",
+        }
+    }
 }
 
 /// `strace -f -c` counts for `model` under a `seconds`-long `/hello` run;
@@ -697,6 +762,7 @@ mod tests {
             peer_dir: PathBuf::new(),
             site: None,
             aa: None,
+            base_bin_dir: None,
         };
         // Models: both protocols; each peer: its own protocol only.
         assert_eq!(plan.count(), ((3 + 1) * 2 + 1 + 1) * 2);
@@ -706,5 +772,11 @@ mod tests {
             ..plan
         };
         assert_eq!(aa.count(), ((3 + 1 + 3) * 2 + 1 + 1) * 2);
+        // With base binaries every model's runs twice (peers are not copied).
+        let base = Plan {
+            base_bin_dir: Some(PathBuf::from("/base")),
+            ..aa
+        };
+        assert_eq!(base.count(), (((3 + 1) * 2 + 3) * 2 + 1 + 1) * 2);
     }
 }

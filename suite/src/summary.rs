@@ -73,6 +73,8 @@ pub struct Row {
     /// The A/A copy of a model (same model run again in the same rounds,
     /// to measure the run's noise floor).
     pub aa: bool,
+    /// The base copy (`--base-bins`), run beside the new one.
+    pub base: bool,
     /// Largest peak RSS and PSS, KiB.
     pub rss_kib: u64,
     /// PSS.
@@ -154,7 +156,7 @@ pub fn rows(results: &Results) -> Vec<Row> {
     let epoll_runs: BTreeMap<(Scenario, &'static str, usize, u32), f64> = results
         .runs
         .iter()
-        .filter(|r| r.model == "epoll" && !r.aa)
+        .filter(|r| r.model == "epoll" && !r.aa && !r.base)
         .filter_map(|r| {
             let rps = good_rps(r.report.as_ref()?);
             (rps > 0.0).then_some(((r.scenario, r.protocol.name(), r.load.idle, r.rep), rps))
@@ -228,6 +230,7 @@ pub fn rows(results: &Results) -> Vec<Row> {
                 rw_range: (!rw.is_empty()).then(|| range(&rw)),
                 ratio_range: None,
                 aa: first.aa,
+                base: first.base,
                 rss_kib: reps
                     .iter()
                     .map(|(_, _, c)| c.peak_rss_kib)
@@ -248,7 +251,7 @@ pub fn rows(results: &Results) -> Vec<Row> {
     // to the ratio of medians.
     let epoll: BTreeMap<(Scenario, &'static str, usize), f64> = out
         .iter()
-        .filter(|r| r.model == "epoll" && !r.aa && r.reps > 0 && r.rps > 0.0)
+        .filter(|r| r.model == "epoll" && !r.aa && !r.base && r.reps > 0 && r.rps > 0.0)
         .map(|r| ((r.scenario, r.protocol.name(), r.idle), r.rps))
         .collect();
     for r in &mut out {
@@ -325,7 +328,7 @@ pub fn table(rows: &[Row]) -> String {
         "| model | scenario | proto | conns | req/s | ×epoll | p50 | p99 | errors | CPU µs/req (usr+sys) | csw/req | r+w calls/req | RSS MiB | PSS MiB | cgroup peak MiB | procs/thr | gen CPU |\n\
          |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for r in rows.iter().filter(|r| !r.aa) {
+    for r in rows.iter().filter(|r| !r.aa && !r.base) {
         let scen = if r.scenario == Scenario::Idle {
             format!("idle {}", r.idle)
         } else {

@@ -711,7 +711,12 @@ pub fn sweep_model(
         Protocol::Http => "http",
         Protocol::Fcgi => "fcgi",
     };
-    let target = match Target::parse(&format!("{scheme}://{}/", server.addr), None, None) {
+    // In a --netns run with the relay's delay, the relay's address.
+    let addr = match crate::netns::route(&server.addr) {
+        Ok(a) => a,
+        Err(e) => return failed(e.to_string()),
+    };
+    let target = match Target::parse(&format!("{scheme}://{addr}/"), None, None) {
         Ok(t) => t,
         Err(e) => return failed(e.to_string()),
     };

@@ -210,3 +210,62 @@ fn two_cost_runs_agree_and_compare_gates_instructions() {
     assert_eq!(o.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("instructions_per_request") && stdout.contains("REGRESSED"));
 }
+
+/// `--base-bins`: every model also runs from the base binaries, beside the
+/// new one in the same rounds (base second in round 1, first in round 2),
+/// and `compare` gates CPU on those pairs. Here both sides are the same
+/// binaries: the same-run gate must pass where nothing changed.
+#[test]
+fn base_binaries_run_beside_the_new_ones_and_compare_gates_the_pairs() {
+    if !util::have_binary("epoll-server") {
+        return;
+    }
+    let bins = Path::new(env!("CARGO_BIN_EXE_iomodels")).parent().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let run = iomodels()
+        .args(["run", "--models", "epoll", "--scenarios", "hello"])
+        .args(["--protocol", "http", "-d", "300ms", "--warmup", "100ms"])
+        .args(["--repeat", "2", "--peers", "none", "--base-bins"])
+        .arg(bins)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    // `iomodels: [1/6] 0 s  round 1/2  epoll (base) hello http: 9 req/s`
+    let order: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.split("  ").nth(2)?.split(':').next())
+        .collect();
+    let copies = ["", " (base)", " (A/A)", " (base)", "", " (A/A)"];
+    let want: Vec<String> = copies
+        .iter()
+        .map(|c| format!("epoll{c} hello http"))
+        .collect();
+    assert_eq!(order, want, "{stderr}");
+    let r = results_in(out.path());
+    assert_eq!(r.runs.iter().filter(|x| x.base).count(), 2, "{stderr}");
+    assert!(r.config.base_bins.is_some());
+    let dir = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        report.contains("Same-run A/B against the base binaries"),
+        "{report}"
+    );
+    // A base directory without the model's binary: one clear line.
+    let empty = tempfile::tempdir().unwrap();
+    let bad = iomodels()
+        .args(["run", "--models", "epoll", "--peers", "none", "--base-bins"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(e.contains("no epoll-server there"), "{e}");
+}

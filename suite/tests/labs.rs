@@ -1,7 +1,7 @@
 //! Every teaching lab in `--quick` mode against the real servers: the
 //! verdict must be SHAPE HOLDS, and the run must leave its sheet, chart and
 //! measurements. The labs measure CPU and latency, so they run one at a
-//! time (a lock), never beside each other; together about a minute.
+//! time (a lock), never beside each other; together about three minutes.
 
 mod util;
 
@@ -64,6 +64,63 @@ fn tlpi63() {
 #[test]
 fn blocking_in_reactor() {
     lab_holds("blocking-in-reactor", &["epoll-server", "tokio-server"]);
+}
+
+#[test]
+fn libevent() {
+    lab_holds("libevent", &["poll-server", "epoll-server"]);
+}
+
+#[test]
+fn c10k() {
+    lab_holds(
+        "c10k",
+        &[
+            "select-server",
+            "poll-server",
+            "epoll-server",
+            "uring-server",
+            "thread-server",
+        ],
+    );
+}
+
+#[test]
+fn herd() {
+    lab_holds("herd", &["prefork-server"]);
+}
+
+#[test]
+fn coordinated_omission() {
+    lab_holds("coordinated-omission", &["epoll-server"]);
+}
+
+#[test]
+fn fpm_pm() {
+    lab_holds("fpm-pm", &["fpm-server"]);
+}
+
+#[test]
+fn uring_batching() {
+    if util::have_binary("uring-server") && !util::io_uring_allowed() {
+        eprintln!("uring-batching: skipped, the kernel refuses io_uring here");
+        return;
+    }
+    lab_holds("uring-batching", &["uring-server", "epoll-server"]);
+}
+
+#[test]
+fn crash() {
+    lab_holds(
+        "crash",
+        &[
+            "prefork-server",
+            "fpm-server",
+            "swoole-server",
+            "threadpool-server",
+            "epoll-server",
+        ],
+    );
 }
 
 #[test]

@@ -237,3 +237,67 @@ fn compare_needs_every_repetition_to_agree() {
     let c = compare::compare(&base, &with_cpu([15.0, 16.0, 17.0]), wall(0.10));
     assert!(c.failed());
 }
+
+/// `new` with a base copy of every model's run (`--base-bins`), whose CPU
+/// per request is the new run's divided by `slower`.
+fn with_base_copies(mut new: Results, slower: f64) -> Results {
+    let copies: Vec<_> = new
+        .runs
+        .iter()
+        .filter(|r| !r.aa)
+        .map(|r| {
+            let mut b = r.clone();
+            b.base = true;
+            if let Some(s) = b.server.as_mut() {
+                s.cpu_us_per_request /= slower;
+            }
+            b
+        })
+        .collect();
+    new.runs.extend(copies);
+    new.config.base_bins = Some("/tmp/base/release".into());
+    new
+}
+
+#[test]
+fn compare_gates_cpu_in_the_same_run_against_the_base_binaries() {
+    let base = util::fixture();
+    // The whole machine was 40 % slower when the new set ran: every CPU
+    // figure rose, the base copies' in the same rounds as much.
+    let mut drifted = base.clone();
+    for r in &mut drifted.runs {
+        if let Some(s) = r.server.as_mut() {
+            s.cpu_us_per_request *= 1.4;
+        }
+    }
+    // Without base copies the drift looks like a regression everywhere.
+    assert!(compare::compare(&base, &drifted, wall(0.10)).failed());
+    // With them, CPU is gated in the same run: no regression, and the
+    // cross-run CPU figures say why they are informational.
+    let same = with_base_copies(drifted.clone(), 1.0);
+    let c = compare::compare(&base, &same, wall(0.10));
+    assert!(!c.failed(), "{}", compare::markdown(&c));
+    assert!(c
+        .changes
+        .iter()
+        .any(|x| x.metric == "cpu_us_per_request_vs_base_same_run" && x.gated));
+    assert!(compare::markdown(&c).contains("gated in the same run"));
+    // The base copies are not compared across runs, nor counted as new keys.
+    assert!(c.only_new.is_empty(), "{:?}", c.only_new);
+    // A new binary 20 % costlier than the base beside it: caught.
+    let worse = with_base_copies(drifted, 1.2);
+    let c = compare::compare(&base, &worse, wall(0.10));
+    assert!(c.failed());
+    assert!(c
+        .changes
+        .iter()
+        .filter(|x| x.regressed)
+        .all(|x| x.metric == "cpu_us_per_request_vs_base_same_run"));
+    // And the report shows the pairs.
+    let md = iomodels_suite::report::markdown(&worse);
+    assert!(
+        md.contains("Same-run A/B against the base binaries"),
+        "{md}"
+    );
+    assert!(md.contains("| epoll/hello/http |"), "{md}");
+}

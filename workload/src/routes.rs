@@ -236,6 +236,9 @@ pub struct Status {
     /// a whole idle timeout.
     #[serde(default)]
     pub write_timeouts: u64,
+    /// `io_uring_enter` calls made so far (0 for models without io_uring).
+    #[serde(default)]
+    pub enters: u64,
     /// Seconds since the server started.
     pub uptime_s: f64,
     /// Protocol served: `http` or `fcgi`.

@@ -63,6 +63,11 @@
 //!   connection wakes one (or a few) of the waiting workers, which then
 //!   accept; one that lost the race sees EAGAIN. An `epoll_wait` more per
 //!   connection.
+//! * `epoll` — the same without EPOLLEXCLUSIVE, the way a shared listener
+//!   in per-process epoll sets was written before Linux 4.5: every worker
+//!   waiting in `epoll_wait` is woken for each connection, one wins the
+//!   accept and the rest see EAGAIN and go back to sleep — the thundering
+//!   herd, kept here to be measured (`iomodels lab run herd`).
 //!
 //! Per-worker balance shows in the `X-Worker` header (the load generator
 //! counts it; `servers/tests/accept.rs` prints it for each strategy).
@@ -95,12 +100,12 @@ struct Args {
     #[command(flatten)]
     common: Common,
 
-    /// How workers take connections: one shared socket, a file lock around accept, a SO_REUSEPORT socket each, or epoll with EPOLLEXCLUSIVE
+    /// How workers take connections: one shared socket, a file lock around accept, a SO_REUSEPORT socket each, epoll with EPOLLEXCLUSIVE, or epoll without it (the thundering herd)
     #[arg(long, value_name = "HOW", value_enum, default_value_t = Accept::Shared)]
     accept: Accept,
 }
 
-/// How workers take connections (UNP ch.30 designs 2 and 3, SO_REUSEPORT, EPOLLEXCLUSIVE).
+/// How workers take connections (UNP ch.30 designs 2 and 3, SO_REUSEPORT, epoll with and without EPOLLEXCLUSIVE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Accept {
     /// Every worker blocks in accept(2) on the one listening socket.
@@ -111,6 +116,8 @@ enum Accept {
     Reuseport,
     /// A per-worker epoll instance watching the shared listener with EPOLLEXCLUSIVE.
     Exclusive,
+    /// A per-worker epoll instance watching the shared listener, every waiter woken (the herd).
+    Epoll,
 }
 
 /// A worker's place in the pool: under `--accept reuseport`, slot `n` (and
@@ -136,9 +143,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     );
     let opts = ListenOptions {
         reuseport,
-        // Exclusive: a worker woken by epoll may lose the race for the
-        // connection; accept must then say EAGAIN, not block.
-        nonblocking: args.accept == Accept::Exclusive,
+        // Exclusive, epoll: a worker woken by epoll may lose the race for
+        // the connection; accept must then say EAGAIN, not block.
+        nonblocking: matches!(args.accept, Accept::Exclusive | Accept::Epoll),
         // Reuseport: one socket per worker, all bound to the same port.
         per_worker: reuseport,
     };
@@ -208,7 +215,8 @@ fn worker(listener: &OwnedFd, shared: &Shared, how: Worker) -> i32 {
     };
     let served = match (how.accept, how.lock) {
         (Accept::Flock, Some(fd)) => flock_accept_loop(listener, fd, &mut on_conn),
-        (Accept::Exclusive, _) => exclusive_accept_loop(listener, &mut on_conn),
+        (Accept::Exclusive, _) => epoll_accept_loop(listener, true, &mut on_conn),
+        (Accept::Epoll, _) => epoll_accept_loop(listener, false, &mut on_conn),
         // Shared, and reuseport (where `listener` is this worker's own).
         _ => blocking::accept_loop(listener, &mut on_conn),
     };
@@ -263,19 +271,27 @@ fn flock_accept_loop(
     )
 }
 
-/// Each worker's own epoll instance watches the shared listener with
-/// EPOLLEXCLUSIVE, so a connection wakes one waiter (or a few), not all.
-fn exclusive_accept_loop(
+/// Each worker's own epoll instance watches the shared listener. With
+/// `exclusive` (EPOLLEXCLUSIVE) a connection wakes one waiter (or a few);
+/// without, it wakes every worker waiting in `epoll_wait`, and all but one
+/// find nothing to accept.
+fn epoll_accept_loop(
     listener: &OwnedFd,
+    exclusive: bool,
     on_conn: impl FnMut(OwnedFd, blocking::Origin),
 ) -> anyhow::Result<()> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    let mut flags = EpollFlags::EPOLLIN;
+    if exclusive {
+        flags |= EpollFlags::EPOLLEXCLUSIVE;
+    }
     epoll
-        .add(
-            listener,
-            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, 0),
-        )
-        .context("epoll_ctl(EPOLLEXCLUSIVE)")?;
+        .add(listener, EpollEvent::new(flags, 0))
+        .context(if exclusive {
+            "epoll_ctl(EPOLLEXCLUSIVE)"
+        } else {
+            "epoll_ctl"
+        })?;
     let mut events = [EpollEvent::empty()];
     let mut wait_then_accept = || match epoll.wait(&mut events, EpollTimeout::from(1000u16)) {
         // The tick: the loop looks at the stop flag.

@@ -45,6 +45,7 @@ pub const SERVERS: &[Model] = &[
         "prefork-server",
         &["--workers", "4", "--accept", "exclusive"],
     ),
+    model("prefork-server", &["--workers", "4", "--accept", "epoll"]),
     model("thread-server", &[]),
     model("threadpool-server", &["--workers", "4", "--queue", "256"]),
     model("nonblocking-server", &[]),

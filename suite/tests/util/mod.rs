@@ -76,6 +76,7 @@ fn report(protocol: Protocol, rps: f64, p50: u64, conn_mode: ConnMode, idle: u64
             us_per_request: 10.0,
             utilization: 0.5,
         },
+        agent: None,
     }
 }
 
@@ -139,6 +140,7 @@ pub fn fixture() -> Results {
                     generator_limited: false,
                     error: None,
                     aa: false,
+                    base: false,
                 });
             }
         }
@@ -200,6 +202,7 @@ pub fn fixture() -> Results {
             idle_models: vec!["epoll".into(), "select".into(), "prefork".into()],
             missing: vec![],
             peers: vec![],
+            base_bins: None,
         },
         runs,
         syscalls: vec![],
@@ -277,4 +280,28 @@ fn curve(model: &str, i: usize) -> iomodels_suite::sweep::Curve {
         stop: "saturated".into(),
         error: None,
     }
+}
+
+/// Whether uring-server can run here: it exits at once saying "io_uring
+/// unavailable" when the kernel refuses io_uring (disabled by sysctl or
+/// seccomp); the only case in which an io_uring test may skip.
+#[allow(dead_code)]
+pub fn io_uring_allowed() -> bool {
+    use std::io::{BufRead, BufReader, Read};
+    let Ok(mut child) = std::process::Command::new(bin_dir().join("uring-server"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        return false;
+    };
+    let mut line = String::new();
+    let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+    let ready = line.starts_with("listening on");
+    let _ = child.kill();
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    let _ = child.wait();
+    ready || !err.contains("io_uring unavailable")
 }
