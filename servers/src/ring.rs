@@ -859,12 +859,12 @@ fn own(fd: i32) -> OwnedFd {
 }
 
 /// The one line a machine without a usable io_uring gets.
-/// The start-up error of a model whose io_uring cannot be set up here
-/// (monoio-server, whose runtime builds its own ring): the same line as
-/// uring-server's, `io_uring unavailable: DETAIL (kernel X)`.
-pub fn unavailable_here(detail: impl std::fmt::Display) -> anyhow::Error {
+/// The start-up error of a model whose runtime builds its own ring
+/// (monoio-server) when `io_uring_setup` failed with `e`: the same words
+/// as uring-server's, `io_uring unavailable: … (kernel X)`.
+pub fn setup_failed(e: std::io::Error) -> anyhow::Error {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease");
-    unavailable(detail, kernel.as_deref().map_or("unknown", str::trim))
+    setup_error(e, kernel.as_deref().map_or("unknown", str::trim))
 }
 
 fn unavailable(detail: impl std::fmt::Display, kernel: &str) -> anyhow::Error {

@@ -133,7 +133,7 @@ fn run(args: Args) -> Result<()> {
         let runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .enable_timer()
             .build()
-            .map_err(|e| ring::unavailable_here(format!("io_uring_setup: {e}")))?;
+            .map_err(ring::setup_failed)?;
         let ctx = Rc::new(Ctx {
             host: RefCell::new(host),
             unix,
