@@ -89,10 +89,8 @@ use iomodels_servers::startup::{Startup, Workers};
 use iomodels_servers::tasks::{Tasks, Ticket};
 use iomodels_workload::{Conn, FileRequest};
 use nix::sys::socket::SockFlag;
-use tokio::io::Interest;
-use tokio::io::{unix::AsyncFd, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-const READABLE: Interest = Interest::READABLE;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 
 /// One task per connection on tokio (multi-thread work stealing or current-thread).
 #[derive(Debug, Parser)]
@@ -122,6 +120,8 @@ enum Flavor {
 const READ_BUF: usize = 8 * 1024;
 /// A deadline far enough away to mean "none".
 const NEVER: Duration = Duration::from_secs(86_400 * 365);
+/// What the listener and the self-pipe are registered for.
+const READABLE: Interest = Interest::READABLE;
 
 fn main() -> ExitCode {
     cli::main(run)
