@@ -189,7 +189,7 @@ async fn serve(ctx: Rc<Ctx>, listener: OwnedFd, mut stopped: watch::Receiver<boo
             }
         };
         // 3. The shared accept ladder (a cancelled accept is no error).
-        let result = result.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)));
+        let result = result.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)));
         match result {
             Err(Errno::ECANCELED) => {}
             result => match net::accept_ladder(result)? {
