@@ -5,9 +5,10 @@
 # test), valgrind (`iomodels cost`: instructions per request), and the
 # peers `iomodels` runs as rows beside the models: nginx
 # (nginx-light), Apache (apache2: prefork, worker and event MPMs),
-# lighttpd, php-fpm with the PHP command line (php-cli), fcgiwrap; and
-# for distributed runs (suite/tests/distributed.rs) OpenSSH's server and
-# client and iproute2 (ip, tc: network namespaces).
+# lighttpd, php-fpm with the PHP command line (php-cli) and php-cgi
+# (cgi-server's PHP program), fcgiwrap; and for distributed runs
+# (suite/tests/distributed.rs) OpenSSH's server and client and iproute2
+# (ip, tc: network namespaces).
 # Runs `apt-get update` once, only if something is missing. Needs root (or
 # sudo). The packages' own services are not started: iomodels starts each
 # peer itself from a configuration it generates, and stops it.
@@ -23,8 +24,8 @@ present() {
 need=()
 for pair in curl:curl libfcgi-bin:cgi-fcgi nginx-light:nginx wrk:wrk strace:strace \
   hyperfine:hyperfine chromium:chromium valgrind:valgrind apache2:apache2 lighttpd:lighttpd \
-  'php-fpm:php-fpm*' php-cli:php fcgiwrap:fcgiwrap openssh-server:sshd openssh-client:ssh \
-  iproute2:ip; do
+  'php-fpm:php-fpm*' php-cli:php php-cgi:php-cgi fcgiwrap:fcgiwrap openssh-server:sshd \
+  openssh-client:ssh iproute2:ip; do
   pkg=${pair%%:*} cmd=${pair#*:}
   present "$cmd" || need+=("$pkg")
 done

@@ -5,10 +5,11 @@
 //! flag (a signal that lands just before `read` starts would otherwise wait
 //! for the next byte).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use iomodels_workload::Host;
+use iomodels_workload::cgi::ProgramRequest;
+use iomodels_workload::{Conn, Host, ProgramExit};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -49,6 +50,23 @@ pub trait ServeHost: Host {
     /// The worker is about to block reading its connection (waiting for a
     /// request or the rest of one). A scoreboard marks "reading" here.
     fn reading(&mut self) {}
+    /// Whether connections run a program per request (cgi-server):
+    /// their `Conn` is put in program mode and requests come to
+    /// [`ServeHost::run_program`].
+    fn runs_programs(&self) -> bool {
+        false
+    }
+    /// A connection in program mode (cgi-server) has a request for a
+    /// program: run it, feeding its output to `conn` while
+    /// `conn.program_running()`, and writing `conn`'s output to `fd`.
+    /// Default: there is no program (502).
+    fn run_program(&mut self, request: Box<ProgramRequest>, conn: &mut Conn, fd: BorrowedFd<'_>)
+    where
+        Self: Sized,
+    {
+        let _ = (request, fd);
+        conn.program_exit(ProgramExit::Failed, Instant::now(), self);
+    }
 }
 
 impl ServeHost for ServerHost {
@@ -69,12 +87,16 @@ pub fn serve<H: ServeHost>(fd: OwnedFd, host: &mut H, buf: &mut [u8], origin: Or
     if origin == Origin::Single {
         conn.single_request();
     }
+    if host.runs_programs() {
+        conn.run_programs();
+    }
     net::set_recv_timeout(&fd, TICK);
     loop {
         // 1. Write everything there is to write. A peer that reads nothing
         // for a whole idle timeout is a stuck writer: the worker lets go.
         let mut progress = Instant::now();
-        while !conn.output().is_empty() {
+        // (A connection that must close now, dropping its output, skips it.)
+        while !conn.output().is_empty() && !conn.wants_close() {
             match socket::send(fd.as_raw_fd(), conn.output(), MsgFlags::MSG_DONTWAIT) {
                 Ok(n) => {
                     progress = Instant::now();
@@ -113,6 +135,11 @@ pub fn serve<H: ServeHost>(fd: OwnedFd, host: &mut H, buf: &mut [u8], origin: Or
         if let Some(request) = conn.take_file_request() {
             let dir = host.shared().data_dir.clone();
             host::serve_file(&dir, request, &mut conn, &mut file, host, Instant::now());
+            continue;
+        }
+        // A request for a program (cgi-server): the host runs it.
+        if let Some(request) = conn.take_program() {
+            host.run_program(request, &mut conn, fd.as_fd());
             continue;
         }
         // 3. A stop: answer what already arrived, then close. A connection

@@ -1685,6 +1685,10 @@ fn fcgi_concurrent_ids(ctx: &Ctx) -> Result<Option<Server>, String> {
     Ok(None)
 }
 
+/// What one CGI program process may add to a server's PSS (see
+/// [`non_reading_memory`]).
+const PROGRAM_PSS: usize = 1 << 20;
+
 /// Clients that ask for a large body and never read: the server holds at
 /// most W bytes of response per connection, so its memory (PSS of the
 /// whole tree) grows by less than 5 × W per connection.
@@ -1713,12 +1717,21 @@ fn non_reading_memory(ctx: &Ctx) -> Result<Option<Server>, String> {
         format!("{:.1} MB for {n} non-readers", peak as f64 / 1e6),
     );
     drop(clients);
+    // cgi-server holds a program's process per request in flight (the
+    // model's cost, measured: about 0.6 MB of PSS for hello-cgi, debug
+    // build); it gets that on top of the window bound.
+    let per_conn = 5 * WINDOW
+        + if ctx.bin() == "cgi-server" {
+            PROGRAM_PSS
+        } else {
+            0
+        };
     {
         ensure!(
-            (peak as usize) < 5 * WINDOW * n,
-            "{n} clients that never read raised PSS by {:.1} MB (limit 5 × W × {n} = {:.1} MB)",
+            (peak as usize) < per_conn * n,
+            "{n} clients that never read raised PSS by {:.1} MB (limit {:.2} MB × {n})",
             peak as f64 / 1e6,
-            (5 * WINDOW * n) as f64 / 1e6
+            per_conn as f64 / 1e6
         );
     }
     Ok(None)

@@ -57,7 +57,11 @@ fn select_survives_1100_connections() {
 }
 
 /// The models built for C10K hold 10,000 idle connections and still
-/// answer a newcomer at once.
+/// answer a newcomer at once. Not listed, with the reason: a thread (or a
+/// process) per connection — thread-server, cgi-server (its connection
+/// threads), fork-server, the pools — and aio-server, where each idle
+/// connection holds a thread of glibc's AIO pool blocked in `read` (see
+/// [`aio_pool_threads_bound_the_connections`]).
 #[test]
 fn ten_thousand_idle_connections() {
     for (bin, flags) in [
@@ -96,4 +100,36 @@ fn ten_thousand_idle_connections() {
         }
         eprintln!("{bin}: 10,000 idle connections held");
     }
+}
+
+/// aio-server holds no more waiting connections than glibc's AIO pool has
+/// threads: each idle keep-alive connection keeps one blocked in `read`,
+/// and a newcomer's read queues behind them until one of them leaves.
+#[test]
+fn aio_pool_threads_bound_the_connections() {
+    let s = Server::start("aio-server", Protocol::Http, &["--aio-threads", "4"]);
+    let mut idle = connect_many(&s.addr, 4);
+    for c in idle.iter_mut() {
+        assert_eq!(hello_status(c), Some(200));
+    }
+    // Four reads in flight, four threads blocked: the newcomer waits.
+    let mut late = TcpStream::connect(&s.addr).unwrap();
+    late.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    late.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        late.read(&mut byte).is_err(),
+        "answered although every AIO thread was held by an idle connection"
+    );
+    // One idle client leaves: its thread's read returns 0, and the
+    // newcomer's queued read gets that thread.
+    drop(idle.remove(0));
+    let start = Instant::now();
+    assert_eq!(hello_status(&mut late), Some(200));
+    eprintln!(
+        "aio-server: the fifth connection was served {:?} after the first left",
+        start.elapsed()
+    );
 }

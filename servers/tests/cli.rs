@@ -11,6 +11,7 @@ use util::{bin_path, Server};
 const BINARIES: &[&str] = &[
     "iterative-server",
     "fork-server",
+    "cgi-server",
     "prefork-server",
     "thread-server",
     "threadpool-server",
@@ -18,6 +19,7 @@ const BINARIES: &[&str] = &[
     "select-server",
     "poll-server",
     "sigio-server",
+    "aio-server",
     "epoll-server",
     "mio-server",
     "oneshot-server",

@@ -13,6 +13,7 @@ use util::Server;
 const SERVERS: &[(&str, &[&str])] = &[
     ("iterative-server", &[]),
     ("fork-server", &[]),
+    ("cgi-server", &[]),
     ("prefork-server", &["--workers", "2"]),
     ("thread-server", &[]),
     ("threadpool-server", &["--workers", "2"]),
@@ -20,6 +21,7 @@ const SERVERS: &[(&str, &[&str])] = &[
     ("select-server", &[]),
     ("poll-server", &[]),
     ("sigio-server", &[]),
+    ("aio-server", &[]),
     ("epoll-server", &[]),
     ("mio-server", &[]),
     ("oneshot-server", &[]),

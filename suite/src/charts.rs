@@ -438,6 +438,7 @@ mod tests {
         let models = [
             "iterative",
             "fork",
+            "cgi",
             "prefork",
             "thread",
             "threadpool",
@@ -448,6 +449,7 @@ mod tests {
             "mio",
             "oneshot",
             "sigio",
+            "aio",
             "uring",
             "fpm",
             "swoole",

@@ -4,7 +4,7 @@
 //!
 //! A lab is declarative: a list of [`Point`]s (a model with its flags, a
 //! route, connections, idle connections, workers, a rate, optionally a
-//! background load or a freeze), a chart, and a judge that turns the
+//! background load, a freeze, a crash or a round-trip time), a chart, and a judge that turns the
 //! measured points into figures and a verdict. The runner measures every
 //! point against a fresh server, `rounds` times in alternating order (the
 //! machine may be shared: each figure is the median of its rounds), and
@@ -67,6 +67,12 @@ pub struct Point {
     /// What else is measured beside the load (see [`Probe`]).
     #[serde(default)]
     pub probe: Probe,
+    /// A network between generator and server: the server in its own
+    /// network namespace, the load generator in another, joined by a veth
+    /// pair with this round-trip time, s (`Some(0.0)`: the veth alone; see
+    /// [`crate::netns`]). `None`: loopback in this namespace.
+    #[serde(default)]
+    pub rtt: Option<f64>,
 }
 
 /// Measurements a point takes beside the load generator's report; their
@@ -116,6 +122,7 @@ impl Point {
             freeze: None,
             crash: None,
             probe: Probe::None,
+            rtt: None,
         }
     }
     fn flags(mut self, f: &[&str]) -> Point {
@@ -140,6 +147,12 @@ impl Point {
     }
     fn probe(mut self, p: Probe) -> Point {
         self.probe = p;
+        self
+    }
+    /// Measured across a link with this round-trip time, s (see
+    /// [`Point::rtt`]); `None`: loopback.
+    pub fn rtt(mut self, seconds: Option<f64>) -> Point {
+        self.rtt = seconds;
         self
     }
 }
@@ -263,6 +276,7 @@ mod fpm_pm;
 mod herd;
 mod libevent;
 mod omission;
+mod rtt;
 mod uring_batching;
 
 /// Every lab, in the order `lab all` runs them (a plain list: a new lab is
@@ -280,6 +294,7 @@ pub fn labs() -> Vec<Lab> {
         fpm_pm::lab(),
         uring_batching::lab(),
         crash::lab(),
+        rtt::lab(),
     ]
 }
 
@@ -675,7 +690,8 @@ fn measure_once(
     // allows: exact CPU, memory and switches of the whole tree.
     let (mut server, acct) = Server::start_accounted_with(cmd, Protocol::Http, p.workers)?;
     let root = server.pid();
-    let t = runner::target(&server.addr, Protocol::Http)?;
+    // Across a link whose delay is the relay's: the relay's address.
+    let t = runner::target(&crate::netns::route(&server.addr)?, Protocol::Http)?;
     let timeline = p.probe == Probe::Timeline;
     let config = |route: &str, conns: usize, idle: usize, secs: f64| {
         let mut c = loadgen::Config::new(t.clone());
@@ -848,6 +864,35 @@ fn measure_once(
     Ok((report, cost, extra))
 }
 
+/// [`measure_once`], across a link of its own when the point has an RTT:
+/// two fresh namespaces (removed when this returns, on error too), the
+/// server started in one, the load generated from a thread in the other.
+fn measure_placed(
+    bin_dir: &Path,
+    p: &Point,
+    secs: f64,
+) -> anyhow::Result<(loadgen::Report, Cost, Extra)> {
+    let Some(rtt) = p.rtt else {
+        return measure_once(bin_dir, p, secs);
+    };
+    let spec = crate::netns::LinkSpec {
+        rtt: Duration::from_secs_f64(rtt),
+        ..Default::default()
+    };
+    let (_net, _setup, placement) = crate::netns::build(&spec)?;
+    crate::netns::run_in(placement, || measure_once(bin_dir, p, secs))?
+}
+
+/// Whether any of `labs` measures across a link (needs root, and the
+/// namespaces must go on Ctrl-C: see [`crate::netns::clean_up_on_signals`]).
+pub fn uses_netns(labs: &[Lab]) -> bool {
+    labs.iter().any(|l| {
+        [true, false]
+            .iter()
+            .any(|&q| (l.points)(q).iter().any(|p| p.rtt.is_some()))
+    })
+}
+
 /// [`Probe::Newcomer`]: waits until the load generator has opened its
 /// idle connections and the server holds `want` descriptors (or their
 /// numbers stopped growing), then sends one request on a fresh connection.
@@ -986,7 +1031,7 @@ pub fn measure(
                 p.series,
                 p.x
             ));
-            match measure_once(bin_dir, p, secs) {
+            match measure_placed(bin_dir, p, secs) {
                 Ok(r) => got[i].push(r),
                 Err(e) => errors[i] = Some(format!("{e:#}")),
             }

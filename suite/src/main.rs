@@ -422,10 +422,29 @@ fn run_lab(cmd: LabCmd) -> anyhow::Result<ExitCode> {
         ),
     };
     iomodels_suite::survivors::adopt_orphans();
+    let one = names.len() == 1;
+    let chosen: Vec<lab::Lab> = names.iter().filter_map(|n| lab::find(n)).collect();
+    if lab::uses_netns(&chosen) {
+        // Labs across a link need root; `lab all` runs the others without.
+        if let Err(e) = iomodels_suite::netns::check_root() {
+            if one {
+                return Err(e);
+            }
+        } else {
+            // Before any thread starts: Ctrl-C removes the namespaces.
+            iomodels_suite::netns::clean_up_on_signals();
+        }
+    }
     let run_id = results::run_id(std::time::SystemTime::now());
     let mut all_hold = true;
-    for name in names {
-        let Some(l) = lab::find(&name) else { continue };
+    for l in chosen {
+        let name = l.name;
+        if lab::uses_netns(std::slice::from_ref(&l)) {
+            if let Err(e) = iomodels_suite::netns::check_root() {
+                println!("{name}: skipped ({e})");
+                continue;
+            }
+        }
         eprintln!("lab {name}: {}", l.title);
         let (o, dir) = lab::run(
             &l,

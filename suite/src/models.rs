@@ -12,6 +12,10 @@ pub const KNOWN: &[(&str, &str)] = &[
     ),
     ("fork", "a new process per request, CGI style (UNP 1)"),
     (
+        "cgi",
+        "fork + execve of a CGI/1.1 program per request (RFC 3875)",
+    ),
+    (
         "prefork",
         "master binds, N workers block in accept (php-fpm pm=static)",
     ),
@@ -31,6 +35,10 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("poll", "one thread, poll(2)"),
     ("epoll", "one thread, epoll(7) (nginx worker)"),
     ("sigio", "one thread, O_ASYNC + F_SETSIG real-time signals"),
+    (
+        "aio",
+        "one thread, POSIX AIO (glibc's thread pool underneath), signalfd",
+    ),
     ("uring", "one thread, io_uring completions"),
     ("mio", "acceptor + N mio event loops (memcached)"),
     ("oneshot", "N threads share one poller with oneshot re-arm"),

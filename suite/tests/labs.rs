@@ -123,6 +123,28 @@ fn crash() {
     );
 }
 
+/// Across a link: each point in network namespaces of its own. Skipped,
+/// with the reason, only where namespaces cannot be made (not root, or the
+/// kernel refuses them outside CI); as root under CI=true it runs. About 16 s.
+#[test]
+fn littles_law_rtt() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("littles-law-rtt: skipped, network namespaces need root");
+        return;
+    }
+    let made = iomodels_suite::netns::Net::new().and_then(|mut n| n.add("labprobe").map(|_| ()));
+    if let Err(e) = made {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "as root under CI, namespaces must work: {e}"
+        );
+        eprintln!("littles-law-rtt: skipped, no network namespaces here: {e}");
+        return;
+    }
+    lab_holds("littles-law-rtt", &["prefork-server", "epoll-server"]);
+}
+
 #[test]
 fn unknown_lab_is_one_clear_line() {
     let run = Command::new(env!("CARGO_BIN_EXE_iomodels"))

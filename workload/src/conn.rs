@@ -37,6 +37,19 @@
 //! caps, `100 Continue`, FastCGI management records, keep-alive); the
 //! worker feeds the bytes to an ordinary `Conn` of its own.
 //!
+//! **Program mode** ([`Conn::run_programs`]): a CGI server hands each
+//! request to a program it executes. [`Conn::take_program`] gives the
+//! request once (a [`ProgramRequest`]: its checked meta-variables and
+//! body) and the connection parks; the model feeds the program's stdout
+//! to [`Conn::program_output`] while [`Conn::program_room`] says so, and
+//! says how the program ended with [`Conn::program_exit`]. The connection
+//! parses the output's CGI head and answers in its own protocol. The head
+//! goes out when the program has exited (so a failure is still a clean
+//! 502, a timeout a 504) or, for a body larger than the window, when the
+//! window is full: from then on the body streams, and a program that dies
+//! short of its `Content-Length` can only cut the connection. `/status`
+//! and `OPTIONS *` are the server's own and answered here.
+//!
 //! Idle connections are cheap: the input and output buffers are freed as
 //! soon as they are empty, so a connection between requests holds no heap
 //! memory at all.
@@ -44,6 +57,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use crate::cgi::{self, ProgramRequest};
 use crate::fcgi::{self, ProtocolStatus};
 use crate::http::{self, Parse};
 use crate::routes::{self, Route, Status};
@@ -214,6 +228,27 @@ enum Parked {
     File(Meta, Option<Box<str>>),
     /// A whole request handed on (relay mode): its bytes until taken.
     Relay(Meta, Option<Box<Relay>>),
+    /// A request run by a program (program mode): the request until taken,
+    /// then the program's output until its head goes out.
+    Program(Meta, Box<PendingProgram>),
+}
+
+/// A program's request and its output so far (see [`Parked::Program`]).
+#[derive(Debug)]
+struct PendingProgram {
+    request: Option<Box<ProgramRequest>>,
+    output: Vec<u8>,
+}
+
+/// How the program of [`Conn::take_program`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramExit {
+    /// It exited with status 0 and closed its stdout.
+    Success,
+    /// It exited non-zero, died of a signal, or could not be started.
+    Failed,
+    /// It ran past the server's time limit and was killed.
+    TimedOut,
 }
 
 /// A FastCGI request being received.
@@ -233,26 +268,28 @@ enum Body<'a> {
     Pattern(usize),
     /// A file of this size, read by the model piece by piece.
     File(usize),
+    /// A program's output of this size, fed by the model as it comes.
+    Program(usize),
 }
 
 impl Body<'_> {
     fn len(&self) -> usize {
         match self {
             Body::Bytes(b) => b.len(),
-            Body::Pattern(n) | Body::File(n) => *n,
+            Body::Pattern(n) | Body::File(n) | Body::Program(n) => *n,
         }
     }
 
     /// Whether it is produced in chunks rather than written whole.
     fn streams(&self) -> bool {
-        matches!(self, Body::File(_)) || self.len() > STREAM_MIN
+        matches!(self, Body::File(_) | Body::Program(_)) || self.len() > STREAM_MIN
     }
 
     fn write(&self, out: &mut Vec<u8>) {
         match self {
             Body::Bytes(b) => out.extend_from_slice(b),
             Body::Pattern(n) => routes::extend_pattern(out, *n),
-            Body::File(_) => unreachable!("a file body always streams"),
+            Body::File(_) | Body::Program(_) => unreachable!("a fed body always streams"),
         }
     }
 
@@ -261,6 +298,7 @@ impl Body<'_> {
             Body::Bytes(b) => Source::Bytes(b.to_vec()),
             Body::Pattern(_) => Source::Pattern,
             Body::File(_) => Source::File { asked: false },
+            Body::Program(_) => Source::Program,
         }
     }
 }
@@ -274,6 +312,8 @@ enum Source {
     Bytes(Vec<u8>),
     /// A file the model reads; `asked`: a read is under way.
     File { asked: bool },
+    /// A program's stdout, fed by the model ([`Conn::program_output`]).
+    Program,
 }
 
 /// A body being produced as the peer reads.
@@ -327,6 +367,8 @@ pub struct Conn {
     single: bool,
     /// Hand whole requests on instead of running them.
     relay: bool,
+    /// Have a program run each request (CGI).
+    program: bool,
     peer_closed: bool,
     /// The input holds the start of a request, not a whole one.
     input_partial: bool,
@@ -353,6 +395,7 @@ impl Conn {
             draining: false,
             single: false,
             relay: false,
+            program: false,
             peer_closed: false,
             input_partial: false,
             partial_since: now,
@@ -452,8 +495,8 @@ impl Conn {
             self.out.drain(..self.out_pos);
             self.out_pos = 0;
         }
-        // A file's pieces come from the model instead (take_file_request).
-        let produced_here = !matches!(st.source, Source::File { .. });
+        // A file's or a program's pieces come from the model instead.
+        let produced_here = matches!(st.source, Source::Pattern | Source::Bytes(_));
         while produced_here && st.left > 0 && self.out.len() < WINDOW {
             let n = st.left.min(CHUNK);
             if let Some(id) = st.fcgi_id {
@@ -462,7 +505,7 @@ impl Conn {
             match &st.source {
                 Source::Pattern => routes::extend_pattern_at(&mut self.out, st.pos, n),
                 Source::Bytes(b) => self.out.extend_from_slice(&b[st.pos..st.pos + n]),
-                Source::File { .. } => unreachable!("a file is read by the model"),
+                Source::File { .. } | Source::Program => unreachable!("fed by the model"),
             }
             st.pos += n;
             st.left -= n;
@@ -507,7 +550,8 @@ impl Conn {
         }
         match self.parked {
             Some(Parked::Until(t, _, _)) => Some(t),
-            Some(Parked::File(..)) => None,
+            // The model bounds a program's run time itself.
+            Some(Parked::File(..) | Parked::Program(..)) => None,
             // A request handed on that never comes back (its worker died)
             // ends the connection at the idle timeout.
             Some(Parked::Relay(..)) => Some(self.relay_deadline()),
@@ -539,7 +583,7 @@ impl Conn {
                     200,
                     "text/plain",
                     Body::Bytes(body.as_bytes()),
-                    None,
+                    &[],
                     host,
                 );
                 self.resume(now, host);
@@ -564,7 +608,7 @@ impl Conn {
                             fcgi_id: 0,
                         };
                         let body = Body::Bytes(b"request not received in time");
-                        self.respond(meta, 408, "text/plain", body, None, host);
+                        self.respond(meta, 408, "text/plain", body, &[], host);
                     }
                     Protocol::Fcgi => self.done = true,
                 }
@@ -640,7 +684,7 @@ impl Conn {
             match result {
                 Ok(size) => {
                     let body = Body::File(size as usize);
-                    self.respond(meta, 200, "application/octet-stream", body, None, host);
+                    self.respond(meta, 200, "application/octet-stream", body, &[], host);
                 }
                 Err(e) => self.reply_file_error(meta, e, host),
             }
@@ -661,27 +705,152 @@ impl Conn {
         };
         *asked = false;
         match result {
-            Ok(data) if !data.is_empty() && data.len() <= st.left => {
-                if self.out_pos > 0 {
-                    self.out.drain(..self.out_pos);
-                    self.out_pos = 0;
-                }
-                match st.fcgi_id {
-                    Some(id) => fcgi::push_stream(&mut self.out, fcgi::STDOUT, id, data),
-                    None => self.out.extend_from_slice(data),
-                }
-                st.pos += data.len();
-                st.left -= data.len();
-                self.fill();
-                if self.stream.is_none() {
-                    self.resume(now, host);
-                }
-            }
+            Ok(data) if !data.is_empty() && data.len() <= st.left => self.feed(data, now, host),
             _ => {
                 self.stream = None;
                 self.done = true;
             }
         }
+    }
+
+    /// Appends the next piece of a body the model feeds (at most what is
+    /// left of it) and finishes the response when it is complete.
+    fn feed(&mut self, data: &[u8], now: Instant, host: &mut dyn Host) {
+        let Some(st) = self.stream.as_mut() else {
+            return;
+        };
+        let data = &data[..data.len().min(st.left)];
+        if self.out_pos > 0 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        match st.fcgi_id {
+            Some(id) => fcgi::push_stream(&mut self.out, fcgi::STDOUT, id, data),
+            None => self.out.extend_from_slice(data),
+        }
+        st.pos += data.len();
+        st.left -= data.len();
+        self.last_activity = now;
+        self.fill();
+        if self.stream.is_none() {
+            self.resume(now, host);
+        }
+    }
+
+    /// Have a program run every request (CGI; see the module docs):
+    /// [`Conn::take_program`], [`Conn::program_output`],
+    /// [`Conn::program_exit`].
+    pub fn run_programs(&mut self) {
+        self.program = true;
+    }
+
+    /// In program mode: the request to run a program for, given once.
+    pub fn take_program(&mut self) -> Option<Box<ProgramRequest>> {
+        match &mut self.parked {
+            Some(Parked::Program(_, pending)) => pending.request.take(),
+            _ => None,
+        }
+    }
+
+    /// Whether a program's response is under way: its output is still
+    /// wanted ([`Conn::program_output`]) or its end ([`Conn::program_exit`]).
+    pub fn program_running(&self) -> bool {
+        matches!(self.parked, Some(Parked::Program(..)))
+            || matches!(&self.stream, Some(st) if matches!(st.source, Source::Program))
+    }
+
+    /// Whether the model should read the program's stdout now: its
+    /// response is under way and the window has room (a program whose
+    /// output is not read blocks in write: backpressure reaches it too).
+    pub fn program_room(&self) -> bool {
+        match &self.parked {
+            Some(Parked::Program(_, p)) => p.output.len() <= WINDOW,
+            _ => self.program_running() && self.out.len() - self.out_pos < WINDOW,
+        }
+    }
+
+    /// The next bytes the program wrote to its stdout. Bytes past its
+    /// `Content-Length` are dropped.
+    pub fn program_output(&mut self, data: &[u8], now: Instant, host: &mut dyn Host) {
+        if let Some(Parked::Program(_, pending)) = &mut self.parked {
+            pending.output.extend_from_slice(data);
+            if pending.output.len() > WINDOW {
+                self.program_answer(None, now, host);
+            }
+        } else if self.program_running() {
+            self.feed(data, now, host);
+        }
+    }
+
+    /// The program's stdout reached its end and the program has ended
+    /// (`exit`), or it was killed. Before its head went out this answers
+    /// the request (502 for a failure or bad output, 504 for a timeout);
+    /// after, a body short of its length cuts the connection.
+    pub fn program_exit(&mut self, exit: ProgramExit, now: Instant, host: &mut dyn Host) {
+        if let Some(Parked::Program(..)) = self.parked {
+            self.program_answer(Some(exit), now, host);
+        } else if self.program_running() {
+            self.stream = None;
+            self.done = true;
+        }
+    }
+
+    /// Answers a program's request from its output so far; `exit`: the
+    /// program has ended (else the window is full and the body streams).
+    fn program_answer(&mut self, exit: Option<ProgramExit>, now: Instant, host: &mut dyn Host) {
+        let Some(Parked::Program(meta, pending)) = self.parked.take() else {
+            return;
+        };
+        const TEXT: &str = "text/plain";
+        let output = &pending.output;
+        let head = match exit {
+            Some(ProgramExit::TimedOut) => Err((504, "CGI program timed out")),
+            Some(ProgramExit::Failed) => Err((502, "CGI program failed")),
+            _ => match cgi::parse_output(output) {
+                Ok(Some(head)) => Ok(head),
+                Ok(None) => Err((502, cgi::OutputError::NoHead.reason())),
+                Err(e) => Err((502, e.reason())),
+            },
+        };
+        let head = match head {
+            Ok(head) => head,
+            Err((status, reason)) => {
+                let body = Body::Bytes(reason.as_bytes());
+                self.respond(meta, status, TEXT, body, &[], host);
+                return self.resume(now, host);
+            }
+        };
+        let body = &output[head.head_len..];
+        let len = head.content_length.unwrap_or(body.len());
+        let extra: Vec<(&str, &str)> = head
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let (status, ctype) = (head.status, head.content_type.as_str());
+        if meta.head_only {
+            // HEAD: the program's length, no body (§4.3.3: it sends none).
+            self.respond(meta, status, ctype, Body::Program(len), &extra, host);
+            return self.resume(now, host);
+        }
+        if body.len() >= len {
+            let body = Body::Bytes(&body[..len]);
+            self.respond(meta, status, ctype, body, &extra, host);
+            return self.resume(now, host);
+        }
+        if exit.is_some() || head.content_length.is_none() {
+            // Ended short of its length, or too large to hold whole
+            // without one: the response's length cannot be told.
+            let reason: &[u8] = match exit {
+                Some(_) => b"CGI program wrote less than its Content-Length",
+                None => b"CGI output over 256 KiB without a Content-Length",
+            };
+            self.respond(meta, 502, TEXT, Body::Bytes(reason), &[], host);
+            return self.resume(now, host);
+        }
+        self.respond(meta, status, ctype, Body::Program(len), &extra, host);
+        let body = body.to_vec();
+        self.feed(&body, now, host);
     }
 
     /// Whether a front end in relay mode may hand this connection more
@@ -794,7 +963,7 @@ impl Conn {
                         e.status(),
                         "text/plain",
                         Body::Bytes(e.reason().as_bytes()),
-                        None,
+                        &[],
                         host,
                     );
                     return buf.len();
@@ -816,6 +985,17 @@ impl Conn {
                 fcgi_id: 0,
             };
             pos += total;
+            if self.program && runs_program(head.target) {
+                let body = &rest[head.head_len..total];
+                let made = ProgramRequest::from_http(
+                    &rest[..head.head_len],
+                    head.target,
+                    head.http10,
+                    body,
+                );
+                self.park_program(meta, made, host);
+                continue;
+            }
             if self.relay {
                 let relay = Relay {
                     bytes: rest[..total].to_vec(),
@@ -954,7 +1134,7 @@ impl Conn {
                         status,
                         "text/plain",
                         Body::Bytes(reason.as_bytes()),
-                        None,
+                        &[],
                         host,
                     );
                     return;
@@ -998,6 +1178,11 @@ impl Conn {
                 };
                 self.parked = Some(Parked::Relay(meta, Some(Box::new(relay))));
             }
+            Ok(cgi) if self.program && runs_program(&cgi.target()) => {
+                let target = cgi.target();
+                let made = ProgramRequest::from_fcgi(&req.params, cgi.method, &target, &req.stdin);
+                self.park_program(meta, made, host);
+            }
             Ok(cgi) => {
                 let target = cgi.target();
                 self.dispatch(cgi.method, &target, &req.stdin, meta, now, host);
@@ -1008,7 +1193,30 @@ impl Conn {
                     ..meta
                 };
                 let body = Body::Bytes(b"malformed FastCGI PARAMS");
-                self.respond(meta, 400, "text/plain", body, None, host);
+                self.respond(meta, 400, "text/plain", body, &[], host);
+            }
+        }
+    }
+
+    /// Parks a request for a program, or answers 400 when it cannot be
+    /// handed to one.
+    fn park_program(
+        &mut self,
+        meta: Meta,
+        made: Result<ProgramRequest, cgi::RequestError>,
+        host: &mut dyn Host,
+    ) {
+        match made {
+            Ok(request) => {
+                let pending = PendingProgram {
+                    request: Some(Box::new(request)),
+                    output: Vec::new(),
+                };
+                self.parked = Some(Parked::Program(meta, Box::new(pending)));
+            }
+            Err(e) => {
+                let body = Body::Bytes(e.reason().as_bytes());
+                self.respond(meta, 400, "text/plain", body, &[], host);
             }
         }
     }
@@ -1026,10 +1234,10 @@ impl Conn {
         const TEXT: &str = "text/plain";
         host.on_dispatch(method, target);
         match routes::route(method, target) {
-            Route::Hello => self.respond(meta, 200, TEXT, Body::Bytes(routes::HELLO), None, host),
+            Route::Hello => self.respond(meta, 200, TEXT, Body::Bytes(routes::HELLO), &[], host),
             Route::Cpu(n) => {
                 let body = routes::cpu_body(n);
-                self.respond(meta, 200, TEXT, Body::Bytes(body.as_bytes()), None, host)
+                self.respond(meta, 200, TEXT, Body::Bytes(body.as_bytes()), &[], host)
             }
             Route::Wait(us) => {
                 self.parked = Some(Parked::Until(now + Duration::from_micros(us), us, meta));
@@ -1037,20 +1245,20 @@ impl Conn {
                     self.handle_timeout(now, host);
                 }
             }
-            Route::Bytes(n) => self.respond(meta, 200, TEXT, Body::Pattern(n as usize), None, host),
+            Route::Bytes(n) => self.respond(meta, 200, TEXT, Body::Pattern(n as usize), &[], host),
             Route::File(name) => self.parked = Some(Parked::File(meta, Some(name.into()))),
             Route::Echo => self.respond(
                 meta,
                 200,
                 "application/octet-stream",
                 Body::Bytes(body),
-                None,
+                &[],
                 host,
             ),
             Route::Status => {
                 let (_, query) = routes::split_target(target);
                 if let Some((ctype, body)) = host.status_body(query) {
-                    return self.respond(meta, 200, &ctype, Body::Bytes(&body), None, host);
+                    return self.respond(meta, 200, &ctype, Body::Bytes(&body), &[], host);
                 }
                 let status = serde_json::to_vec(&host.status()).unwrap_or_default();
                 self.respond(
@@ -1058,22 +1266,22 @@ impl Conn {
                     200,
                     "application/json",
                     Body::Bytes(&status),
-                    None,
+                    &[],
                     host,
                 )
             }
             Route::Options => {
-                let allow = Some(("Allow", "GET, HEAD, POST, OPTIONS"));
+                let allow = &[("Allow", "GET, HEAD, POST, OPTIONS")];
                 self.respond(meta, 200, TEXT, Body::Bytes(b""), allow, host)
             }
             Route::MethodNotAllowed(allow) => {
                 let body = Body::Bytes(b"method not allowed");
-                self.respond(meta, 405, TEXT, body, Some(("Allow", allow)), host)
+                self.respond(meta, 405, TEXT, body, &[("Allow", allow)], host)
             }
             Route::BadRequest(reason) => {
-                self.respond(meta, 400, TEXT, Body::Bytes(reason.as_bytes()), None, host)
+                self.respond(meta, 400, TEXT, Body::Bytes(reason.as_bytes()), &[], host)
             }
-            Route::NotFound => self.respond(meta, 404, TEXT, Body::Bytes(b"not found"), None, host),
+            Route::NotFound => self.respond(meta, 404, TEXT, Body::Bytes(b"not found"), &[], host),
         }
     }
 
@@ -1084,7 +1292,7 @@ impl Conn {
                 404,
                 "text/plain",
                 Body::Bytes(b"no such file"),
-                None,
+                &[],
                 host,
             ),
             _ => self.respond(
@@ -1092,7 +1300,7 @@ impl Conn {
                 500,
                 "text/plain",
                 Body::Bytes(b"file could not be read"),
-                None,
+                &[],
                 host,
             ),
         }
@@ -1105,7 +1313,7 @@ impl Conn {
         status: u16,
         ctype: &str,
         body: Body<'_>,
-        extra: Option<(&str, &str)>,
+        extra: &[(&str, &str)],
         host: &mut dyn Host,
     ) {
         host.on_request();
@@ -1199,12 +1407,18 @@ impl Conn {
     }
 }
 
+/// Whether a request in program mode goes to the program: all but the
+/// server's own `/status` and `OPTIONS *`.
+fn runs_program(target: &str) -> bool {
+    target != "*" && routes::split_target(target).0 != "/status"
+}
+
 /// The header fields every response has, in HTTP and CGI alike.
 fn head_fields(
     out: &mut Vec<u8>,
     ctype: &str,
     len: usize,
-    extra: Option<(&str, &str)>,
+    extra: &[(&str, &str)],
     host: &dyn Host,
 ) {
     out.extend_from_slice(host.response_headers());
@@ -1213,7 +1427,7 @@ fn head_fields(
     out.extend_from_slice(b"\r\nContent-Length: ");
     http::push_decimal(out, len as u64);
     out.extend_from_slice(b"\r\n");
-    if let Some((name, value)) = extra {
+    for (name, value) in extra {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());

@@ -9,16 +9,20 @@
 //! * [`fcgi`] — the FastCGI 1.0 record codec, both sides.
 //! * [`routes`] — the routes (`/hello`, `/cpu`, `/wait`, `/bytes`, `/file`,
 //!   `/echo`, `/status`), their deterministic bodies and [`routes::verify`].
+//! * [`cgi`] — CGI/1.1 (RFC 3875): a request's meta-variables from checked
+//!   values, and the head of a program's output.
 //! * [`conn`] — the per-connection state machine models drive: bytes and the
 //!   time in, bytes to write, deadlines and "close" out.
 
+pub mod cgi;
 pub mod conn;
 pub mod fcgi;
 pub mod http;
 pub mod routes;
 
 pub use conn::{
-    identity_headers, refusal, Conn, FileRequest, Host, Protocol, Relay, Timeouts, WINDOW,
+    identity_headers, refusal, Conn, FileRequest, Host, ProgramExit, Protocol, Relay, Timeouts,
+    WINDOW,
 };
 pub use routes::{verify, Expectation, Status, VerifyError};
 

@@ -925,3 +925,127 @@ fn fastcgi_request_in_paused_records_times_out() {
     conn.handle_timeout(deadline, &mut host);
     assert!(conn.wants_close());
 }
+
+/// Runs one request through a connection in program mode: `program`
+/// answers the request it is given with its stdout and how it ended.
+fn program_drive(
+    protocol: Protocol,
+    wire: &[u8],
+    program: impl Fn(&crate::cgi::ProgramRequest) -> (Vec<u8>, crate::ProgramExit),
+) -> Vec<u8> {
+    let mut host = TestHost { requests: 0 };
+    let now = Instant::now();
+    let mut conn = new_conn(protocol, now);
+    conn.run_programs();
+    conn.handle_input(wire, now, &mut host);
+    let mut out = Vec::new();
+    for _ in 0..10_000 {
+        out.extend_from_slice(conn.output());
+        let n = conn.output().len();
+        conn.advance_output(n, now, &mut host);
+        if let Some(req) = conn.take_program() {
+            let (stdout, exit) = program(&req);
+            let mut rest = &stdout[..];
+            while !rest.is_empty() && conn.program_room() {
+                let n = rest.len().min(4096);
+                conn.program_output(&rest[..n], now, &mut host);
+                rest = &rest[n..];
+                out.extend_from_slice(conn.output());
+                let n = conn.output().len();
+                conn.advance_output(n, now, &mut host);
+            }
+            conn.program_exit(exit, now, &mut host);
+            continue;
+        }
+        if conn.wants_close() || (conn.output().is_empty() && !conn.program_running()) {
+            break;
+        }
+    }
+    out.extend_from_slice(conn.output());
+    out
+}
+
+#[test]
+fn program_mode_answers_from_the_program_output() {
+    use crate::ProgramExit::*;
+    let ok = |body: &[u8]| {
+        let mut v = b"Status: 201 Created\nContent-Type: text/x\nX-A: 1\nServer: no\n\n".to_vec();
+        v.extend_from_slice(body);
+        v
+    };
+    let get = http_requests(&[("GET", "/any%20thing?q=1", Vec::new())]);
+    let out = program_drive(Protocol::Http, &get, |req| {
+        assert_eq!(
+            (req.path_info.as_str(), req.query.as_str()),
+            ("/any thing", "q=1")
+        );
+        (ok(b"hello"), Success)
+    });
+    let r = http::parse_response(&out, false).unwrap().unwrap();
+    assert_eq!((r.status, r.body), (201, &b"hello"[..]));
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("X-A: 1\r\n") && text.contains("Server: iomodels-test"));
+    assert!(!text.contains("Server: no"), "{text}");
+    for (stdout, exit, status) in [
+        (ok(b"x"), Failed, 502),
+        (ok(b"x"), TimedOut, 504),
+        (b"".to_vec(), Success, 502),
+        (b"no head at all".to_vec(), Success, 502),
+        (
+            b"Content-Type: a\nContent-Length: 10\n\nshort".to_vec(),
+            Success,
+            502,
+        ),
+    ] {
+        let out = program_drive(Protocol::Http, &get, |_| (stdout.clone(), exit));
+        let r = http::parse_response(&out, false).unwrap().unwrap();
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&stdout));
+    }
+    // /status is the server's own: no program runs.
+    let status = http_requests(&[("GET", "/status", Vec::new())]);
+    let out = program_drive(Protocol::Http, &status, |_| panic!("ran a program"));
+    assert_eq!(
+        http::parse_response(&out, false).unwrap().unwrap().status,
+        200
+    );
+    // A control character in the decoded path never reaches a program.
+    let nl = http_requests(&[("GET", "/x%0a.php", Vec::new())]);
+    let out = program_drive(Protocol::Http, &nl, |_| panic!("ran a program"));
+    assert_eq!(
+        http::parse_response(&out, false).unwrap().unwrap().status,
+        400
+    );
+}
+
+#[test]
+fn program_mode_streams_a_large_body_within_the_window() {
+    let n = 3 * WINDOW + 5;
+    let mut stdout = format!("Content-Type: a/b\r\nContent-Length: {n}\r\n\r\n").into_bytes();
+    routes::extend_pattern(&mut stdout, n);
+    for protocol in [Protocol::Http, Protocol::Fcgi] {
+        let wire = match protocol {
+            Protocol::Http => http_requests(&[("GET", "/big", Vec::new())]),
+            Protocol::Fcgi => fcgi_requests(&[("GET", "/big", Vec::new())]),
+        };
+        let out = program_drive(protocol, &wire, |_| {
+            (stdout.clone(), crate::ProgramExit::Success)
+        });
+        let body = match protocol {
+            Protocol::Http => http::parse_response(&out, false)
+                .unwrap()
+                .unwrap()
+                .body
+                .to_vec(),
+            Protocol::Fcgi => {
+                let mut reader = fcgi::ResponseReader::new();
+                reader.read(&out).unwrap().unwrap();
+                reader.body().to_vec()
+            }
+        };
+        assert_eq!(body.len(), n);
+        assert!(body
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == routes::pattern_byte(i)));
+    }
+}

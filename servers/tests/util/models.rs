@@ -65,6 +65,10 @@ pub const SERVERS: &[Model] = &[
     model("monoio-server", &["--workers", "2"]),
     model("fpm-server", &["--pm", "static", "--max-children", "4"]),
     model("swoole-server", &["--reactors", "2", "--workers", "2"]),
+    // A thread per connection; each request forks and executes hello-cgi.
+    model("cgi-server", &[]),
+    // One thread and glibc's POSIX AIO thread pool underneath.
+    model("aio-server", &[]),
 ];
 
 /// Whether `bin` is chosen: `IOMODELS_ONLY=uring-server,epoll-server` runs
