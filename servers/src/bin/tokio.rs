@@ -288,12 +288,16 @@ impl Server {
             tokio::select! {
                 biased;
                 n = w.write(conn.output()), if !conn.output().is_empty() => match n {
-                    Ok(n) if n > 0 => with_host(&self.shared, |h| conn.advance_output(n, Instant::now(), h)),
+                    Ok(n) if n > 0 => {
+                        with_host(&self.shared, |h| conn.advance_output(n, Instant::now(), h))
+                    }
                     _ => return,
                 },
                 n = r.read(&mut buf), if conn.wants_read() => match n {
                     Ok(0) => with_host(&self.shared, |h| conn.handle_eof(Instant::now(), h)),
-                    Ok(n) => with_host(&self.shared, |h| conn.handle_input(&buf[..n], Instant::now(), h)),
+                    Ok(n) => {
+                        with_host(&self.shared, |h| conn.handle_input(&buf[..n], Instant::now(), h))
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(_) => return,
                 },
