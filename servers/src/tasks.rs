@@ -104,3 +104,21 @@ impl Drop for Ticket {
         }
     }
 }
+
+/// One turn of a connection task while its server stops: a connection
+/// that may close now (`signals::may_close`) is told to drain (it closes
+/// once idle); one that has not answered yet gets the end of its grace as
+/// a deadline to wake at. `None` before a stop.
+pub fn stop_step(
+    conn: &mut iomodels_workload::Conn,
+    stopping: Option<Instant>,
+    now: Instant,
+) -> Option<Instant> {
+    let since = stopping?;
+    if crate::signals::may_close(conn.requests(), since, now) {
+        conn.drain();
+        None
+    } else {
+        Some(since + crate::signals::STOP_GRACE)
+    }
+}

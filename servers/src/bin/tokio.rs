@@ -66,7 +66,7 @@
 //! start-up, the listener and `--max-conns` are `Startup`,
 //! `Shared::admit`/`refuse`; accept errors and their pause
 //! `net::accept_next`/`ACCEPT_PAUSE`; the graceful stop
-//! `signals::may_close`/`STOP_GRACE`.
+//! `tasks::stop_step` (`signals::may_close`/`STOP_GRACE`).
 //!
 //! **Run it**: `cargo run --release -p iomodels-servers --bin tokio-server
 //! -- --flavor current-thread --listen 127.0.0.1:8080`, then `curl
@@ -84,9 +84,9 @@ use clap::{Parser, ValueEnum};
 use iomodels_servers::cli::{self, Common};
 use iomodels_servers::host::{ServerHost, Shared};
 use iomodels_servers::net::{self, Accepted, ListenAddr, ListenOptions};
-use iomodels_servers::signals::{self, may_close, STOP_GRACE};
+use iomodels_servers::signals;
 use iomodels_servers::startup::{Startup, Workers};
-use iomodels_servers::tasks::{Tasks, Ticket};
+use iomodels_servers::tasks::{self, Tasks, Ticket};
 use iomodels_workload::{Conn, FileRequest};
 use nix::sys::socket::SockFlag;
 use tokio::io::unix::AsyncFd;
@@ -258,16 +258,10 @@ impl Server {
             while let Some(request) = conn.take_file_request() {
                 self.file_step(request, &mut conn, &mut file).await;
             }
-            // 2. Stopping: close once idle (signals::may_close); the grace
+            // 2. Stopping: close once idle (tasks::stop_step); the grace
             //    of a connection that has not answered yet is a deadline.
             let now = Instant::now();
-            let mut grace = None;
-            if let Some(since) = stopping {
-                match may_close(conn.requests(), since, now) {
-                    true => conn.drain(),
-                    false => grace = Some(since + STOP_GRACE),
-                }
-            }
+            let grace = tasks::stop_step(&mut conn, stopping, now);
             if conn.wants_close() {
                 return;
             }

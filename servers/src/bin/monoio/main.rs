@@ -84,9 +84,9 @@ use iomodels_servers::cli::{self, Common};
 use iomodels_servers::host::ServerHost;
 use iomodels_servers::net::{self, Accepted, ListenAddr};
 use iomodels_servers::ring;
-use iomodels_servers::signals::{self, may_close, STOP_GRACE};
+use iomodels_servers::signals;
 use iomodels_servers::startup::{Startup, Workers};
-use iomodels_servers::tasks::{Tasks, Ticket};
+use iomodels_servers::tasks::{self, Tasks, Ticket};
 use iomodels_workload::{Conn, FileRequest};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelHandle, Canceller, Split};
 use monoio::time::Instant as MonoInstant;
@@ -278,16 +278,10 @@ where
         while let Some(request) = conn.take_file_request() {
             file_step(ctx, request, &mut conn, &mut file).await;
         }
-        // 2. Stopping: close once idle (signals::may_close); the grace of
+        // 2. Stopping: close once idle (tasks::stop_step); the grace of
         //    a connection that has not answered yet is a deadline.
         let now = Instant::now();
-        let mut grace = None;
-        if let Some(since) = stopping {
-            match may_close(conn.requests(), since, now) {
-                true => conn.drain(),
-                false => grace = Some(since + STOP_GRACE),
-            }
-        }
+        let grace = tasks::stop_step(&mut conn, stopping, now);
         // Closing drops the requests in flight: monoio cancels them, and
         // the socket closes when the last one has completed.
         if conn.wants_close() {
