@@ -6,6 +6,8 @@
 //! for the next byte).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iomodels_workload::cgi::ProgramRequest;
@@ -196,6 +198,52 @@ pub fn accept_loop(
             on_conn(fd, origin);
         },
     )
+}
+
+/// A thread per connection (thread-server, and cgi-server's front end):
+/// each accepted connection is admitted under `--max-conns` (refused over
+/// it), served to its end by [`serve`] on a new thread with the host that
+/// `host(&shared, n)` makes for the n-th connection, and the thread exits
+/// with it. On a stop, waits until every thread has finished what it had
+/// in flight.
+pub fn thread_per_connection<H: ServeHost>(
+    listener: &OwnedFd,
+    shared: &Shared,
+    host: impl Fn(&Shared, usize) -> H + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let host = Arc::new(host);
+    let live = Arc::new(AtomicUsize::new(0));
+    let mut next = 0usize;
+    accept_loop(listener, |fd, origin| {
+        let Some(admitted) = shared.admit() else {
+            shared.refuse(fd);
+            return;
+        };
+        live.fetch_add(1, Ordering::SeqCst);
+        next += 1;
+        let (shared, live_now, host, n) = (shared.clone(), live.clone(), host.clone(), next);
+        let spawned = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let mut host = host(&shared, n);
+                let mut buf = vec![0u8; 16 * 1024];
+                shared.stats.opened();
+                net::prepare_accepted(&fd);
+                serve(fd, &mut host, &mut buf, origin);
+                shared.stats.closed();
+                live_now.fetch_sub(1, Ordering::SeqCst);
+                drop(admitted);
+            });
+        if let Err(e) = spawned {
+            // Out of threads: the connection (moved into the failed closure) is closed.
+            eprintln!("{}: cannot start a thread: {e}", net::program());
+            live.fetch_sub(1, Ordering::SeqCst);
+        }
+    })?;
+    while live.load(Ordering::SeqCst) > 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// [`accept_loop`] for workers that may also retire (a process manager

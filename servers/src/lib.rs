@@ -28,6 +28,9 @@
 //!   reap, respawn with back-off (prefork, fpm, swoole's manager).
 //! * [`reload`] — listening sockets inherited across a re-exec (fpm's
 //!   SIGUSR2).
+//! * [`tasks`] — the graceful stop of the task-per-connection models
+//!   (tokio-server, monoio-server): a stop signal per task, and the wait
+//!   for the last one.
 //! * [`ring`] — io_uring for uring-server: set-up and probing, the requests
 //!   in flight, the provided-buffer ring; every io_uring `unsafe` block.
 
@@ -44,4 +47,5 @@ pub mod signals;
 pub mod startup;
 pub mod stats;
 pub mod supervisor;
+pub mod tasks;
 pub mod timers;

@@ -86,6 +86,11 @@ pub fn listen_many(
         count <= 1 || (opts.reuseport && matches!(addr, ListenAddr::Tcp(_))),
         "several listening sockets on one address need SO_REUSEPORT and a TCP address"
     );
+    if let (true, ListenAddr::Tcp(sa)) = (opts.reuseport, addr) {
+        if sa.port() != 0 {
+            ensure_not_in_use(addr, backlog)?;
+        }
+    }
     let (first, shown) = listen(addr, backlog, opts)?;
     let mut all = vec![first];
     if count > 1 {
@@ -95,6 +100,16 @@ pub fn listen_many(
         }
     }
     Ok((all, shown))
+}
+
+/// With SO_REUSEPORT a second server on a port already in use would not
+/// fail: it would silently join the first one's group (same user), and
+/// the kernel would deal connections between the two. A socket without
+/// the option binds first, so "address in use" is said as for any model.
+fn ensure_not_in_use(addr: &ListenAddr, backlog: i32) -> anyhow::Result<()> {
+    let plain = ListenOptions::BLOCKING;
+    drop(listen(addr, backlog, plain)?);
+    Ok(())
 }
 
 /// Creates, binds and listens; returns the socket and the address to print

@@ -857,6 +857,14 @@ fn own(fd: i32) -> OwnedFd {
 }
 
 /// The one line a machine without a usable io_uring gets.
+/// The start-up error of a model whose runtime builds its own ring
+/// (monoio-server) when `io_uring_setup` failed with `e`: the same words
+/// as uring-server's, `io_uring unavailable: … (kernel X)`.
+pub fn setup_failed(e: std::io::Error) -> anyhow::Error {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease");
+    setup_error(e, kernel.as_deref().map_or("unknown", str::trim))
+}
+
 fn unavailable(detail: impl std::fmt::Display, kernel: &str) -> anyhow::Error {
     anyhow::anyhow!("io_uring unavailable: {detail} (kernel {kernel})")
 }

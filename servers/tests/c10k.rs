@@ -71,6 +71,8 @@ fn ten_thousand_idle_connections() {
         ("mio-server", &["--workers", "2"]),
         ("oneshot-server", &["--workers", "2"]),
         ("uring-server", &[]),
+        ("tokio-server", &["--workers", "2"]),
+        ("monoio-server", &["--workers", "2"]),
     ] {
         let Some(s) = Server::start_or_skip(bin, Protocol::Http, flags) else {
             continue;

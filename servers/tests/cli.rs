@@ -26,6 +26,8 @@ const BINARIES: &[&str] = &[
     "uring-server",
     "fpm-server",
     "swoole-server",
+    "tokio-server",
+    "monoio-server",
 ];
 
 #[test]

@@ -28,6 +28,8 @@ const SERVERS: &[(&str, &[&str])] = &[
     ("uring-server", &[]),
     ("fpm-server", &["--pm", "static", "--max-children", "2"]),
     ("swoole-server", &["--reactors", "2", "--workers", "2"]),
+    ("tokio-server", &[]),
+    ("monoio-server", &["--workers", "2"]),
 ];
 
 const TARGETS: &[&str] = &[

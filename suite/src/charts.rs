@@ -453,6 +453,8 @@ mod tests {
             "uring",
             "fpm",
             "swoole",
+            "tokio",
+            "monoio",
         ];
         assert_eq!(style("epoll"), style("epoll"));
         for (i, a) in models.iter().enumerate() {

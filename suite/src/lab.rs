@@ -534,11 +534,18 @@ fn blocking_in_reactor() -> Lab {
     Lab {
         name: "blocking-in-reactor",
         title: "One blocking call in an event loop stalls every connection",
-        shape: "with --blocking-wait, /hello's p99 beside one slow /wait?us=100000 client is ≥ 10× the parked timer's, and ≥ half the wait",
+        shape: "with --blocking-wait, /hello's p99 beside one slow /wait?us=100000 client is ≥ 10× the parked timer's, and ≥ half the wait, on epoll and on tokio's current-thread runtime (std::thread::sleep in a task)",
         points: |_| {
             let mut v = Vec::new();
-            for (s, f) in [("epoll (parked timer)", &[][..]), ("epoll --blocking-wait", &["--blocking-wait"][..])] {
-                let mut p = Point::new(s, 0.0, "epoll", "/hello", 4).flags(f).workers(1);
+            let series: [(&str, &str, &[&str], usize); 5] = [
+                ("epoll (parked timer)", "epoll", &[], 1),
+                ("epoll --blocking-wait", "epoll", &["--blocking-wait"], 1),
+                ("tokio current-thread (sleep().await)", "tokio", &["--flavor", "current-thread"], 1),
+                ("tokio current-thread --blocking-wait", "tokio", &["--flavor", "current-thread", "--blocking-wait"], 1),
+                ("tokio 2 workers --blocking-wait", "tokio", &["--blocking-wait"], 2),
+            ];
+            for (s, model, f, workers) in series {
+                let mut p = Point::new(s, 0.0, model, "/hello", 4).flags(f).workers(workers);
                 p.background = Some(("/wait?us=100000".to_string(), 1));
                 v.push(p);
             }
@@ -559,9 +566,30 @@ fn blocking_in_reactor() -> Lab {
                 return missing("a series");
             };
             let r = b.p99_us / p.p99_us.max(1.0);
+            // tokio's current-thread runtime: the same lesson in async
+            // syntax. With 2 workers the other worker steals the stalled
+            // one's queued tasks: shown, not judged.
+            let mut tokio_holds = true;
+            let mut more = Vec::new();
+            if let (Some(tp), Some(tb)) = (ms.get(2), ms.get(3)) {
+                let tr = tb.p99_us / tp.p99_us.max(1.0);
+                tokio_holds = tr >= 10.0 && tb.p99_us >= 50_000.0;
+                more.push(format!(
+                    "tokio current-thread /hello p99: blocking {} ÷ parked {} = {tr:.0}× (needs ≥ 10× and ≥ half the wait)",
+                    crate::sweep::fmt_ms(tb.p99_us),
+                    crate::sweep::fmt_ms(tp.p99_us)
+                ));
+            }
+            if let Some(tm) = ms.get(4) {
+                more.push(format!(
+                    "tokio with 2 workers, --blocking-wait: /hello p99 {} at {:.0} req/s (work stealing moves queued tasks off the stalled thread)",
+                    crate::sweep::fmt_ms(tm.p99_us),
+                    tm.rps
+                ));
+            }
             Judgement {
-                holds: r >= 10.0 && b.p99_us >= 50_000.0,
-                reasons: vec![
+                holds: r >= 10.0 && b.p99_us >= 50_000.0 && tokio_holds,
+                reasons: [vec![
                     format!(
                         "/hello p99: blocking {} ÷ parked {} = {r:.0}× (needs ≥ 10×)",
                         crate::sweep::fmt_ms(b.p99_us),
@@ -576,6 +604,8 @@ fn blocking_in_reactor() -> Lab {
                         p.rps, b.rps
                     ),
                 ],
+                more]
+                .concat(),
                 figures: Vec::new(),
             }
         },

@@ -42,6 +42,14 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("uring", "one thread, io_uring completions"),
     ("mio", "acceptor + N mio event loops (memcached)"),
     ("oneshot", "N threads share one poller with oneshot re-arm"),
+    (
+        "tokio",
+        "a task per connection on tokio (work-stealing or current-thread)",
+    ),
+    (
+        "monoio",
+        "a task per connection on monoio: thread-per-core io_uring",
+    ),
     ("fpm", "php-fpm-like process manager"),
     (
         "swoole",

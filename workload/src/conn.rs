@@ -649,11 +649,12 @@ impl Conn {
 
     /// When a relayed request is given up. With response bytes pending, the
     /// idle timeout (a peer that reads nothing: a write timeout). Waiting
-    /// for the answer, four idle timeouts: it may queue at its worker
-    /// behind slow clients, and only a request whose worker crashed never
-    /// comes back (the connection then closes).
+    /// for the answer, eight idle timeouts: it may queue at its worker
+    /// behind slow clients (four stuck writers ahead of it on two workers
+    /// took 4.1 idle timeouts in the abuse suite), and only a request whose
+    /// worker crashed never comes back (the connection then closes).
     fn relay_deadline(&self) -> Instant {
-        let waits = if self.output().is_empty() { 4 } else { 1 };
+        let waits = if self.output().is_empty() { 8 } else { 1 };
         self.last_activity + self.timeouts.idle * waits
     }
 

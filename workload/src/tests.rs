@@ -786,7 +786,7 @@ fn relay_mode_keeps_the_connection_rules_in_front() {
     let idle = front.poll_timeout().unwrap();
     assert_eq!(
         idle,
-        t0 + TIMEOUTS.idle * 4,
+        t0 + TIMEOUTS.idle * 8,
         "it may queue behind slow clients"
     );
     front.handle_timeout(idle, &mut host);

@@ -29,19 +29,17 @@
 //! scheduler) and connection churn. Compare with `threadpool-server`
 //! (threads made once) and `epoll-server` (no thread per connection).
 //!
-//! **Where the rules live**: the serve loop (read, hand bytes to the
-//! workload's `Conn`, write, sleep through `/wait`, let go of a stuck
-//! writer) is `servers/src/blocking.rs`; `--max-conns` is `Shared::admit`,
-//! accept errors `net::accept_next`. This file holds only how the model
-//! hands connections to workers.
+//! **Where the rules live**: the loop above — accept, admit under
+//! `--max-conns`, spawn, and on a stop wait for the threads — is
+//! `blocking::thread_per_connection` (cgi-server's front end is the same);
+//! the serve loop each thread runs (read, hand bytes to the workload's
+//! `Conn`, write, sleep through `/wait`, let go of a stuck writer) is
+//! `blocking::serve`; accept errors `net::accept_next`.
 //!
 //! **Run it**: `cargo run --release -p iomodels-servers --bin thread-server
 //! -- --listen 127.0.0.1:8080`, then `curl 127.0.0.1:8080/hello`.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
 use iomodels_servers::blocking;
@@ -76,40 +74,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         ListenOptions::BLOCKING,
     )?;
     net::set_recv_timeout(&listener, blocking::TICK);
-    let live = Arc::new(AtomicUsize::new(0));
-    let mut next = 0usize;
     cli::ready(&shown);
-    blocking::accept_loop(&listener, |fd, origin| {
-        // --max-conns bounds the threads alive at once.
-        let Some(admitted) = shared.admit() else {
-            shared.refuse(fd);
-            return;
-        };
-        // A new thread for this connection; it ends with the connection.
-        live.fetch_add(1, Ordering::SeqCst);
-        next += 1;
-        let (shared, live_now, index) = (shared.clone(), live.clone(), next);
-        let spawned = std::thread::Builder::new()
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                let mut host = ServerHost::for_thread(&shared, index);
-                let mut buf = vec![0u8; 16 * 1024];
-                shared.stats.opened();
-                net::prepare_accepted(&fd);
-                blocking::serve(fd, &mut host, &mut buf, origin);
-                shared.stats.closed();
-                live_now.fetch_sub(1, Ordering::SeqCst);
-                drop(admitted);
-            });
-        if let Err(e) = spawned {
-            // Out of threads: the connection (moved into the failed closure) is closed.
-            eprintln!("thread-server: cannot start a thread: {e}");
-            live.fetch_sub(1, Ordering::SeqCst);
-        }
-    })?;
-    // Stopping: the threads finish what they have in flight.
-    while live.load(Ordering::SeqCst) > 0 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
+    // main: accept; a new thread for each connection, which serves it to
+    // its end and exits (`--max-conns` bounds the threads alive at once);
+    // on a stop, wait for the threads to finish what they have in flight.
+    blocking::thread_per_connection(&listener, &shared, ServerHost::for_thread)
 }

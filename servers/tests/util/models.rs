@@ -60,6 +60,9 @@ pub const SERVERS: &[Model] = &[
     // The fallbacks: one-shot accept and recv, and a buffer ring so small
     // that it runs dry (ENOBUFS) whenever several connections receive.
     model("uring-server", &["--single-shot", "--buffers", "4"]),
+    model("tokio-server", &["--workers", "2"]),
+    model("tokio-server", &["--flavor", "current-thread"]),
+    model("monoio-server", &["--workers", "2"]),
     model("fpm-server", &["--pm", "static", "--max-children", "4"]),
     model("swoole-server", &["--reactors", "2", "--workers", "2"]),
     // Swoole's own reactor <-> worker channel: datagram pairs, chunked.

@@ -13,7 +13,9 @@
 use super::{missing, yes, ChartSpec, Judgement, Lab, Measured, Point, Probe};
 
 /// The models (a plain list): select shows its refusal past FD_SETSIZE.
-const MODELS: &[&str] = &["select", "poll", "epoll", "uring", "thread"];
+const MODELS: &[&str] = &[
+    "select", "poll", "epoll", "uring", "tokio", "monoio", "thread",
+];
 
 fn idle_level(quick: bool) -> usize {
     if quick {
@@ -27,7 +29,7 @@ pub(super) fn lab() -> Lab {
     Lab {
         name: "c10k",
         title: "C10K: the cost of holding 10,000 idle connections, and whether a newcomer is served",
-        shape: "poll, epoll, uring and thread hold every idle connection and serve the newcomer; thread-server pays a thread (and its stack) per connection, ≥ 2× epoll's bytes per connection; select refuses what lies past FD_SETSIZE; poll spends ≥ 2× epoll's CPU per request beside them",
+        shape: "poll, epoll, uring, tokio, monoio and thread hold every idle connection and serve the newcomer; thread-server pays a thread (and its stack) per connection, ≥ 2× epoll's bytes per connection; select refuses what lies past FD_SETSIZE; poll spends ≥ 2× epoll's CPU per request beside them",
         points: |quick| {
             let n = idle_level(quick);
             let mut v = Vec::new();

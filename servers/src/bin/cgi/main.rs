@@ -65,7 +65,6 @@ mod program;
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,44 +121,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     )?;
     let program = Arc::new(program.with_server(&shared.data_dir, shared.timeouts.idle));
     net::set_recv_timeout(&listener, blocking::TICK);
-    let live = Arc::new(AtomicUsize::new(0));
-    let mut next = 0usize;
     cli::ready(&shown);
-    // thread-server's accept loop: a thread per connection, bounded by
+    // thread-server's loop: a thread per connection, bounded by
     // --max-conns; the threads run the shared blocking serve loop, which
-    // calls `run_program` below for each request.
-    blocking::accept_loop(&listener, |fd, origin| {
-        let Some(admitted) = shared.admit() else {
-            shared.refuse(fd);
-            return;
-        };
-        live.fetch_add(1, Ordering::SeqCst);
-        next += 1;
-        let (shared, live_now, program) = (shared.clone(), live.clone(), program.clone());
-        let index = next;
-        let spawned = std::thread::Builder::new()
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                let mut host = CgiHost::new(&shared, index, program);
-                let mut buf = vec![0u8; 16 * 1024];
-                shared.stats.opened();
-                net::prepare_accepted(&fd);
-                blocking::serve(fd, &mut host, &mut buf, origin);
-                shared.stats.closed();
-                live_now.fetch_sub(1, Ordering::SeqCst);
-                drop(admitted);
-            });
-        if let Err(e) = spawned {
-            eprintln!("cgi-server: cannot start a thread: {e}");
-            live.fetch_sub(1, Ordering::SeqCst);
-        }
-    })?;
-    // Stopping: the threads finish what they have in flight (their
-    // programs included: a program is never killed by a stop).
-    while live.load(Ordering::SeqCst) > 0 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
+    // calls `run_program` below for each request. Stopping, the threads
+    // finish what they have in flight (their programs included: a program
+    // is never killed by a stop).
+    blocking::thread_per_connection(&listener, &shared, move |shared, n| {
+        CgiHost::new(shared, n, program.clone())
+    })
 }
 
 /// A connection thread's host: the server's, plus the program to run.

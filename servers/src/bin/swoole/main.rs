@@ -70,7 +70,7 @@
 //! `--max-request N` recycles a worker after N requests (the manager forks
 //! its replacement, which reads the same socket pairs, so nothing queued is
 //! lost). A request held by a worker that *crashes* is lost: its connection
-//! waits four idle timeouts (a request may queue that long behind slow
+//! waits eight idle timeouts (a request may queue long behind slow
 //! clients), then closes.
 //!
 //! **Trade-off.** Idle and slow connections cost the reactors a slab entry,
