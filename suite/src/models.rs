@@ -119,6 +119,9 @@ pub struct Quirks {
     pub one_connection: bool,
     /// Closes after every request: only new-connection mode makes sense.
     pub closes_each_request: bool,
+    /// Starts a process for every request (fork-server, cgi-server): its
+    /// rate is far below the others' by design.
+    pub process_per_request: bool,
     /// Refuses fds >= FD_SETSIZE, so it cannot hold 10,000 idle connections.
     pub fd_setsize: bool,
     /// Each worker serves one keep-alive connection until it closes: more
@@ -131,6 +134,7 @@ pub fn quirks(model: &str) -> Quirks {
     Quirks {
         one_connection: model == "iterative",
         closes_each_request: model == "fork",
+        process_per_request: matches!(model, "fork" | "cgi"),
         fd_setsize: model == "select",
         pins_connection: matches!(model, "prefork" | "threadpool" | "fpm")
             || crate::peers::Peer::parse(model).is_some_and(|p| p.pins_connection()),

@@ -799,7 +799,7 @@ pub fn sweep_all(
 pub fn sets_equal_load(model: &str) -> bool {
     let q = crate::models::quirks(model);
     // Peers are measured at the models' rate, never set it.
-    !q.one_connection && !q.closes_each_request && crate::peers::Peer::parse(model).is_none()
+    !q.one_connection && !q.process_per_request && crate::peers::Peer::parse(model).is_none()
 }
 
 /// A rate every model of `values` (model, sustained rate) that
