@@ -63,7 +63,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 
 /// One thread, non-blocking sockets, epoll(7) readiness (nginx's worker loop).
 #[derive(Debug, Parser)]
-#[command(name = "epoll-server", version, about, long_about = None)]
+#[command(name = "epoll-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

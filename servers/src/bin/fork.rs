@@ -60,7 +60,7 @@ use nix::unistd::{fork, ForkResult};
 
 /// A process per request, CGI style: fork, serve one request, exit (UNP design 1).
 #[derive(Debug, Parser)]
-#[command(name = "fork-server", version, about, long_about = None)]
+#[command(name = "fork-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

@@ -54,7 +54,7 @@ use iomodels_servers::startup::{Startup, Workers};
 
 /// One connection at a time: accept, serve it to its end, accept the next (UNP design 0).
 #[derive(Debug, Parser)]
-#[command(name = "iterative-server", version, about, long_about = None)]
+#[command(name = "iterative-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

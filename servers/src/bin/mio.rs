@@ -63,7 +63,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 /// An acceptor thread dealing connections round-robin to N mio event loops.
 #[derive(Debug, Parser)]
-#[command(name = "mio-server", version, about, long_about = None)]
+#[command(name = "mio-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

@@ -58,7 +58,7 @@ use iomodels_servers::startup::{Startup, Workers};
 
 /// One thread sweeping O_NONBLOCK sockets with no readiness API at all.
 #[derive(Debug, Parser)]
-#[command(name = "nonblocking-server", version, about, long_about = None)]
+#[command(name = "nonblocking-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

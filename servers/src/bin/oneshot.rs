@@ -63,7 +63,7 @@ use slab::Slab;
 
 /// N threads sharing one polling::Poller with oneshot registrations.
 #[derive(Debug, Parser)]
-#[command(name = "oneshot-server", version, about, long_about = None)]
+#[command(name = "oneshot-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

@@ -57,7 +57,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// One thread, poll(2) over an array rebuilt each time round the loop.
 #[derive(Debug, Parser)]
-#[command(name = "poll-server", version, about, long_about = None)]
+#[command(name = "poll-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

@@ -95,7 +95,7 @@ use nix::sys::socket::SockFlag;
 
 /// A master that forks N workers which block in accept(2) (php-fpm pm=static).
 #[derive(Debug, Parser)]
-#[command(name = "prefork-server", version, about, long_about = None)]
+#[command(name = "prefork-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

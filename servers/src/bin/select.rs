@@ -58,7 +58,7 @@ use nix::sys::time::{TimeVal, TimeValLike};
 
 /// One thread, select(2) over two bitmaps (descriptors below 1024 only).
 #[derive(Debug, Parser)]
-#[command(name = "select-server", version, about, long_about = None)]
+#[command(name = "select-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

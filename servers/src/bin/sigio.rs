@@ -63,7 +63,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// One thread, O_ASYNC sockets, real-time signals taken with sigtimedwait.
 #[derive(Debug, Parser)]
-#[command(name = "sigio-server", version, about, long_about = None)]
+#[command(name = "sigio-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

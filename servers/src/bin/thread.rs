@@ -50,7 +50,7 @@ use iomodels_servers::startup::{Startup, Workers};
 
 /// A thread per connection (UNP design 6), bounded by --max-conns.
 #[derive(Debug, Parser)]
-#[command(name = "thread-server", version, about, long_about = None)]
+#[command(name = "thread-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

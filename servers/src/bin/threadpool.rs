@@ -50,7 +50,7 @@ use iomodels_servers::startup::{Startup, Workers};
 
 /// An acceptor thread, a bounded queue and N blocking worker threads (UNP design 8).
 #[derive(Debug, Parser)]
-#[command(name = "threadpool-server", version, about, long_about = None)]
+#[command(name = "threadpool-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

@@ -94,7 +94,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 
 /// One task per connection on tokio (multi-thread work stealing or current-thread).
 #[derive(Debug, Parser)]
-#[command(name = "tokio-server", version, about, long_about = None)]
+#[command(name = "tokio-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

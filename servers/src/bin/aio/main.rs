@@ -79,7 +79,7 @@ use slab::Slab;
 
 /// One thread, POSIX AIO (glibc's thread pool underneath), completions by signalfd.
 #[derive(Debug, Parser)]
-#[command(name = "aio-server", version, about, long_about = None)]
+#[command(name = "aio-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

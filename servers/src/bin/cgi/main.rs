@@ -80,7 +80,7 @@ use iomodels_workload::{Conn, Host};
 
 /// CGI/1.1: fork + execve of a program per request (RFC 3875).
 #[derive(Debug, Parser)]
-#[command(name = "cgi-server", version, about, long_about = None)]
+#[command(name = "cgi-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

@@ -105,7 +105,7 @@ const MAINTENANCE: Duration = Duration::from_secs(1);
 
 /// php-fpm's process manager: pools of workers blocking in accept, a scoreboard, a status page.
 #[derive(Debug, Parser)]
-#[command(name = "fpm-server", version, about, long_about = None)]
+#[command(name = "fpm-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

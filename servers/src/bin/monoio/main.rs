@@ -99,7 +99,7 @@ use tokio::sync::watch;
 
 /// Thread-per-core io_uring on monoio: N threads, each its own ring and listener.
 #[derive(Debug, Parser)]
-#[command(name = "monoio-server", version, about, long_about = None)]
+#[command(name = "monoio-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

@@ -151,7 +151,7 @@ impl Ipc {
 
 /// Swoole's design: reactor threads own the connections, worker processes run the requests.
 #[derive(Debug, Parser)]
-#[command(name = "swoole-server", version, about, long_about = None)]
+#[command(name = "swoole-server", version, long_about = None)]
 struct Args {
     #[command(flatten)]
     common: Common,

@@ -90,7 +90,7 @@ use slab::Slab;
 
 /// One thread, io_uring completions: multishot accept and recv, provided buffers.
 #[derive(Debug, Parser)]
-#[command(name = "uring-server", version, about, long_about = None, after_help = WORKERS)]
+#[command(name = "uring-server", version, long_about = None, after_help = WORKERS)]
 struct Args {
     #[command(flatten)]
     common: Common,
