@@ -789,16 +789,10 @@ fn measure_once(
             most
         })
     };
-    let cg = acct.cgroup.as_ref();
-    let csw = acct.csw.as_ref();
-    let cpu_before = cg.and_then(|g| g.cpu());
-    let csw_before = csw.and_then(|c| c.read());
-    let before = procfs::snapshot(root);
+    let before = runner::Counters::start(Some(&acct), root);
     let report = run.start().map_err(|e| anyhow::anyhow!("{e}"));
     let wall = t0.elapsed().as_secs_f64();
-    let after = procfs::snapshot(root);
-    let csw_after = csw.and_then(|c| c.read());
-    let cpu_after = cg.and_then(|g| g.cpu());
+    let after = runner::Counters::end(Some(&acct), root);
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let status_after = match status_before {
         Some(_) => status(&server.addr).ok(),
@@ -817,15 +811,10 @@ fn measure_once(
     server.stop();
     let report = report?;
     let attempts = report.requests + report.errors.transport();
-    let mut cost = Cost::between(&before, &after, attempts, wall);
-    if let (Some(g), Some(b), Some(a)) = (cg, cpu_before, cpu_after) {
-        cost = cost.with_cgroup_cpu(g.cpu_source(), b, a, attempts, wall);
-    }
-    if let (Some(b), Some(a)) = (csw_before, csw_after) {
-        cost = cost.with_csw_count(b, a, attempts);
+    let cost = after.cost_since(&before, Some(&acct), attempts, wall);
+    if before.csw.is_some() && after.csw.is_some() {
         extra.insert("csw".into(), cost.csw_per_request.unwrap_or(f64::NAN));
     }
-    cost.cgroup_peak_kib = cg.and_then(|g| g.memory_peak_kib());
     if let Some(k) = cost.cgroup_peak_kib {
         extra.insert("cgroup_peak_kib".into(), k as f64);
     }

@@ -125,6 +125,59 @@ pub struct Accounting {
     pub problems: Vec<String>,
 }
 
+/// The counters at one end of a measured interval: the server tree's
+/// /proc snapshot and, where [`Accounting`] has them, its cgroup's CPU and
+/// its perf context-switch count.
+#[derive(Debug)]
+pub struct Counters {
+    proc: procfs::Snapshot,
+    cpu: Option<accounting::CpuReading>,
+    /// perf's context switches, when counted.
+    pub csw: Option<u64>,
+}
+
+impl Counters {
+    /// At the start of an interval: the exact counters first, /proc last,
+    /// so that the exact ones bracket the /proc ones.
+    pub fn start(acct: Option<&Accounting>, pid: u32) -> Counters {
+        let cpu = acct.and_then(|a| a.cgroup.as_ref()?.cpu());
+        let csw = acct.and_then(|a| a.csw.as_ref()?.read());
+        let proc = procfs::snapshot(pid);
+        Counters { proc, cpu, csw }
+    }
+
+    /// At the end of an interval: /proc first, then the exact counters.
+    pub fn end(acct: Option<&Accounting>, pid: u32) -> Counters {
+        let proc = procfs::snapshot(pid);
+        let csw = acct.and_then(|a| a.csw.as_ref()?.read());
+        let cpu = acct.and_then(|a| a.cgroup.as_ref()?.cpu());
+        Counters { proc, cpu, csw }
+    }
+
+    /// The cost of `attempts` requests made in `wall_s` seconds between
+    /// `before` and `self`: from /proc, made exact by the cgroup's CPU and
+    /// perf's context switches where both ends read them, with the
+    /// cgroup's memory peak.
+    pub fn cost_since(
+        &self,
+        before: &Counters,
+        acct: Option<&Accounting>,
+        attempts: u64,
+        wall_s: f64,
+    ) -> Cost {
+        let cg = acct.and_then(|a| a.cgroup.as_ref());
+        let mut cost = Cost::between(&before.proc, &self.proc, attempts, wall_s);
+        if let (Some(g), Some(b), Some(a)) = (cg, before.cpu, self.cpu) {
+            cost = cost.with_cgroup_cpu(g.cpu_source(), b, a, attempts, wall_s);
+        }
+        if let (Some(b), Some(a)) = (before.csw, self.csw) {
+            cost = cost.with_csw_count(b, a, attempts);
+        }
+        cost.cgroup_peak_kib = cg.and_then(|g| g.memory_peak_kib());
+        cost
+    }
+}
+
 /// A started server, stopped (its stop signal, then SIGKILL) when dropped.
 pub struct Server {
     child: Child,
@@ -459,11 +512,7 @@ fn measure_accounted(
     // Run::new connects once and opens nothing else: the snapshot taken
     // after it brackets the idle connections and the measured load.
     let run = loadgen::Run::new(&c).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let cg = acct.and_then(|a| a.cgroup.as_ref());
-    let csw = acct.and_then(|a| a.csw.as_ref());
-    let cpu_before = cg.and_then(|g| g.cpu());
-    let csw_before = csw.and_then(|c| c.read());
-    let before = procfs::snapshot(server.pid());
+    let before = Counters::start(acct, server.pid());
     let t0 = Instant::now();
     // With --agents (and --models) the measured load comes from them.
     let report = match crate::agents::remote(&c) {
@@ -471,20 +520,10 @@ fn measure_accounted(
         None => run.start().map_err(|e| anyhow::anyhow!("{e}"))?,
     };
     let wall = t0.elapsed().as_secs_f64();
-    let after = procfs::snapshot(server.pid());
-    let csw_after = csw.and_then(|c| c.read());
-    let cpu_after = cg.and_then(|g| g.cpu());
+    let after = Counters::end(acct, server.pid());
     server.stop();
     let attempts = report.requests + report.errors.transport();
-    let mut cost = Cost::between(&before, &after, attempts, wall);
-    if let (Some(g), Some(b), Some(a)) = (cg, cpu_before, cpu_after) {
-        cost = cost.with_cgroup_cpu(g.cpu_source(), b, a, attempts, wall);
-    }
-    if let (Some(b), Some(a)) = (csw_before, csw_after) {
-        cost = cost.with_csw_count(b, a, attempts);
-    }
-    cost.cgroup_peak_kib = cg.and_then(|g| g.memory_peak_kib());
-    Ok((report, cost))
+    Ok((report, after.cost_since(&before, acct, attempts, wall)))
 }
 
 /// Runs the whole plan, round by round: every round runs each scenario
