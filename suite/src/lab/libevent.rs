@@ -3,7 +3,7 @@
 //! descriptor per call; with many active connections one scan finds many
 //! ready ones, so its cost is shared among their requests.
 
-use super::{missing, ChartSpec, Judgement, Lab, Measured, Point};
+use super::{missing, Judgement, Lab, Measured, Point};
 
 /// The models and the active connections of the sweep (plain lists).
 const MODELS: &[&str] = &["poll", "epoll"];
@@ -28,15 +28,7 @@ pub(super) fn lab() -> Lab {
             v
         },
         timing: ((1.0, 2), (2.0, 3)),
-        chart: ChartSpec {
-            x_desc: "idle connections watched",
-            y_desc: "server CPU µs per request",
-            log_x: true,
-            log_y: true,
-            y: |m| m.cost.cpu_us_per_request,
-            ideal: None,
-            lines: None,
-        },
+        chart: super::cpu_per_watched_chart(),
         judge,
     }
 }
