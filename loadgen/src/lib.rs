@@ -140,7 +140,7 @@ impl Run {
         config.validate()?;
         // An agent (--segment) runs its share of the load.
         let config = &segment::local(config)?;
-        let io = resolve_io(config.io, config.conn_mode)?;
+        let io = resolve_io(config.io)?;
         let addr = config.target.resolve()?;
         let mut need = config.connections + config.idle + 64;
         if io == Io::Uring {
@@ -189,24 +189,18 @@ pub fn io_uring_available() -> Result<(), String> {
 }
 
 /// The backend to use: io_uring when asked (an error where the kernel
-/// cannot), epoll when asked, else io_uring where the kernel can — except
-/// with a new connection per request, where the io_uring backend's fixed
-/// file table can run dry while closes are pending (it then reports
-/// connect errors that are the generator's, not the server's: about 1 in
-/// 1,500 connections at `-c 10` here), so epoll is the default there.
-fn resolve_io(asked: Option<Io>, conn_mode: ConnMode) -> Result<Io, Error> {
+/// cannot), epoll when asked, else io_uring where the kernel can.
+fn resolve_io(asked: Option<Io>) -> Result<Io, Error> {
     match asked {
         Some(Io::Epoll) => Ok(Io::Epoll),
         Some(Io::Uring) => uring::available()
             .map(|()| Io::Uring)
             .map_err(|e| Error::Config(format!("--io uring: io_uring unavailable here: {e}"))),
-        None => Ok(
-            if conn_mode == ConnMode::KeepAlive && uring::available().is_ok() {
-                Io::Uring
-            } else {
-                Io::Epoll
-            },
-        ),
+        None => Ok(if uring::available().is_ok() {
+            Io::Uring
+        } else {
+            Io::Epoll
+        }),
     }
 }
 

@@ -14,9 +14,10 @@
 //!   verified as in the epoll backend) and gives the buffer back.
 //! * **Registered (direct) descriptors**: each socket goes into the ring's
 //!   fixed file table when it is made and its own descriptor is closed, so
-//!   no request looks a descriptor up; closing is an `IORING_OP_SHUTDOWN`
-//!   (which ends the armed receive) hard-linked to an `IORING_OP_CLOSE` of
-//!   the table entry, both riding on the next enter.
+//!   no request looks a descriptor up; closing is an
+//!   `IORING_OP_ASYNC_CANCEL` of every request on the socket (which ends
+//!   the armed receive) hard-linked to an `IORING_OP_CLOSE` of the table
+//!   entry, both riding on the next enter.
 //! * **Set-up**: `SINGLE_ISSUER | DEFER_TASKRUN` (6.1: completions are
 //!   posted only inside our wait, in one batch), else `COOP_TASKRUN`, else
 //!   none. The backend needs 6.0 (multishot receive); [`available`] says
@@ -35,7 +36,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use io_uring::types::{BufRingEntry, Fixed, SubmitArgs, Timespec};
+use io_uring::types::{BufRingEntry, CancelBuilder, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -56,7 +57,7 @@ const CONNECT: u64 = 1;
 const RECV: u64 = 2;
 const SEND: u64 = 3;
 const CLOSE: u64 = 4;
-/// Shutdowns and cancels: nothing to do when they complete.
+/// Cancels: nothing to do when they complete.
 const IGNORE: u64 = u64::MAX;
 
 /// A completion for the engine, of connection `gen` of its slot (stale
@@ -164,7 +165,6 @@ fn check(ring: &IoUring) -> Result<(), String> {
         (opcode::Connect::CODE, "IORING_OP_CONNECT"),
         (opcode::Recv::CODE, "IORING_OP_RECV"),
         (opcode::Send::CODE, "IORING_OP_SEND"),
-        (opcode::Shutdown::CODE, "IORING_OP_SHUTDOWN"),
         (opcode::Close::CODE, "IORING_OP_CLOSE"),
         (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
     ] {
@@ -342,28 +342,29 @@ impl Ring {
         self.push(sqe.user_data(SEND << 56 | index as u64));
     }
 
-    /// Closes `slot`'s connection: a connect in flight is cancelled, the
-    /// socket shut down (which ends its receive) and its table entry
+    /// Closes `slot`'s connection: every request still in flight on it (a
+    /// connect, the armed receive, a send) is cancelled and its table entry
     /// closed. Completions of this connection that come later are stale.
+    ///
+    /// Both run inline in the next `io_uring_enter`, so the entry is free
+    /// again by the end of it. (An `IORING_OP_SHUTDOWN` would end the
+    /// receive too, but the kernel always hands a shutdown to an io-wq
+    /// worker thread: with a new connection per request the closes then
+    /// queued behind the workers, the table ran dry and connects failed
+    /// with EMFILE.)
     pub(crate) fn close(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
-        let (gen, connecting) = (s.gen, s.connecting);
         s.gen = (s.gen + 1) & 0xff_ffff;
         s.connecting = false;
         let Some(fixed) = s.fixed.take() else {
             return;
         };
-        if connecting {
-            let cancel = opcode::AsyncCancel::new(tag(CONNECT, gen, slot)).build();
-            self.push(cancel.user_data(IGNORE));
-        }
-        // Hard-linked: the close runs even if the shutdown fails (a socket
-        // that never connected).
-        let shutdown = opcode::Shutdown::new(Fixed(fixed), libc::SHUT_RDWR)
+        // Hard-linked: the close runs even when the cancel found nothing.
+        let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(fixed)).all())
             .build()
             .flags(squeue::Flags::IO_HARDLINK)
             .user_data(IGNORE);
-        self.push(shutdown);
+        self.push(cancel);
         let close = opcode::Close::new(Fixed(fixed)).build();
         self.push(close.user_data(CLOSE << 56 | u64::from(fixed)));
     }
