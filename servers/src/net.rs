@@ -189,9 +189,13 @@ pub fn accept(listener: impl AsFd, flags: SockFlag) -> nix::Result<OwnedFd> {
 /// writer past its idle timeout. A unix socket is left alone.
 pub fn prepare_accepted(fd: &OwnedFd) {
     if socket::setsockopt(fd, sockopt::TcpNoDelay, &true).is_ok() {
-        let _ = socket::setsockopt(fd, sockopt::SndBuf, &(2 * iomodels_workload::WINDOW));
+        let _ = socket::setsockopt(fd, sockopt::SndBuf, &ACCEPTED_SNDBUF);
     }
 }
+
+/// The send buffer an accepted TCP socket asks for (with `TCP_NODELAY`):
+/// [`prepare_accepted`], and uring-server's direct descriptors (`ring.rs`).
+pub const ACCEPTED_SNDBUF: usize = 2 * iomodels_workload::WINDOW;
 
 /// A receive timeout (blocking models use it to look at their deadlines
 /// and the stop flag now and then; `accept` honours it too).
@@ -224,9 +228,9 @@ pub const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(1
 
 /// What one call of [`accept_next`] gave.
 #[derive(Debug)]
-pub enum Accepted {
+pub enum Accepted<S = OwnedFd> {
     /// A connection.
-    Conn(OwnedFd),
+    Conn(S),
     /// None now: the backlog is empty (EAGAIN), the receive timeout of a
     /// blocking listener passed, or a signal came (EINTR): look at the stop
     /// flag and call again.
@@ -253,7 +257,7 @@ pub fn accept_next(listener: &impl AsFd, flags: SockFlag) -> anyhow::Result<Acce
 /// The ladder of [`accept_next`] applied to an accept a model made its own
 /// way (under a lock, after an epoll wake-up): a connection that died in
 /// the backlog counts as [`Accepted::Nothing`].
-pub fn accept_ladder(attempt: nix::Result<OwnedFd>) -> anyhow::Result<Accepted> {
+pub fn accept_ladder<S>(attempt: nix::Result<S>) -> anyhow::Result<Accepted<S>> {
     match attempt {
         Ok(fd) => Ok(Accepted::Conn(fd)),
         Err(e) if would_block(e) || e == Errno::EINTR || accept_error_is_transient(e) => {

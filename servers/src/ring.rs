@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
+use io_uring::types::{BufRingEntry, DestinationSlot, Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use iomodels_workload::{Conn, FileRequest, Host};
 use nix::errno::Errno;
@@ -94,6 +94,53 @@ pub struct Config {
     /// Receive buffers of 4 KiB in each ring's registered buffer ring (a power of two)
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = parse_buffers)]
     pub buffers: u16,
+
+    /// Accept into the ring's table of registered files (direct descriptors, kernel 6.8+): receives, sends and the close name a connection by its index, without a file lookup per request
+    #[arg(long)]
+    pub direct: bool,
+}
+
+/// A connection's socket.
+#[derive(Debug)]
+pub enum Socket {
+    /// A descriptor of the process.
+    Real(OwnedFd),
+    /// A direct descriptor (`--direct`): an index into the ring's table of
+    /// registered files, which only the ring's requests can use.
+    Direct(u32),
+}
+
+impl Socket {
+    #[inline]
+    fn target(&self) -> Target {
+        match self {
+            Socket::Real(fd) => Target::Fd(fd.as_raw_fd()),
+            Socket::Direct(i) => Target::Fixed(*i),
+        }
+    }
+}
+
+/// What a request names: a descriptor, or an index of the file table.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+/// Builds entry `$e` on `$t`, whichever kind of descriptor it is.
+macro_rules! on {
+    ($t:expr, |$fd:ident| $e:expr) => {
+        match $t {
+            Target::Fd(raw) => {
+                let $fd = Fd(raw);
+                $e
+            }
+            Target::Fixed(index) => {
+                let $fd = Fixed(index);
+                $e
+            }
+        }
+    };
 }
 
 /// A request in flight: its `user_data`.
@@ -116,9 +163,10 @@ pub type Received = nix::Result<Option<RecvBuf>>;
 #[derive(Debug)]
 pub enum Event {
     /// The accept: a connection or why not; `more`: a multishot accept
-    /// stays armed (without it, arm a new one).
+    /// stays armed (without it, arm a new one). A direct descriptor made
+    /// real ([`Ring::make_real`]) comes back this way too, with `more`.
     Accepted {
-        result: nix::Result<OwnedFd>,
+        result: nix::Result<Socket>,
         more: bool,
     },
     /// The poll on a descriptor: it is readable.
@@ -167,13 +215,16 @@ impl Event {
 enum Op {
     Accept {
         fd: RawFd,
+        tcp: bool,
     },
+    /// A direct descriptor installed as a real one.
+    Install,
     Poll {
         fd: RawFd,
     },
     Recv {
         conn: usize,
-        fd: RawFd,
+        fd: Target,
     },
     /// The kernel reads `buf` until the completion.
     Send {
@@ -203,7 +254,7 @@ impl Op {
             | Op::Send { conn, .. }
             | Op::Open { conn, .. }
             | Op::Read { conn, .. } => Some(conn),
-            Op::Accept { .. } | Op::Poll { .. } => None,
+            Op::Accept { .. } | Op::Poll { .. } | Op::Install => None,
         }
     }
 }
@@ -236,6 +287,15 @@ pub struct Ring {
     ready: Vec<Event>,
     multishot_accept: bool,
     multishot_recv: bool,
+    /// Accepts go into the file table (`--direct`).
+    direct: bool,
+    /// The file table: entries, entries in use, and how many must stay
+    /// free for a multishot accept into it (see [`Ring::accept`]).
+    table: u32,
+    used: u32,
+    headroom: u32,
+    /// The multishot accept into the table, cancelled when room runs short.
+    table_accept: Option<OpId>,
 }
 
 impl Ring {
@@ -269,6 +329,13 @@ impl Ring {
         })?;
         // Multishot accept came in 5.19, multishot recv in 6.0.
         let version = kernel_version(&kernel);
+        let table = if config.direct {
+            direct_table(&ring, version)
+        } else {
+            0
+        };
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn");
+        let headroom = somaxconn.map_or(4096, |s| s.trim().parse().unwrap_or(4096));
         Ok(Ring {
             ring,
             bufs,
@@ -282,6 +349,11 @@ impl Ring {
             ready: Vec::new(),
             multishot_accept: !config.single_shot && version >= (5, 19),
             multishot_recv: !config.single_shot && version >= (6, 0),
+            direct: table > 0,
+            table,
+            used: 0,
+            headroom,
+            table_accept: None,
         })
     }
 
@@ -300,22 +372,115 @@ impl Ring {
     }
 
     /// Accepts on `listener` (multishot where the kernel has it).
+    ///
+    /// With `--direct`, `None` while the file table is full. An accept into
+    /// a full table takes the connection off the backlog and then drops it
+    /// (the kernel's `io_accept` installs the file after accepting), where
+    /// a full descriptor table leaves it waiting: so the table is never
+    /// let fill. A multishot accept, which can take a whole backlog
+    /// (`somaxconn`) in one go, is used while that much is free; below,
+    /// one-shot accepts, one connection each.
     #[inline]
-    pub fn accept(&mut self, listener: BorrowedFd<'_>) -> OpId {
+    pub fn accept(&mut self, listener: BorrowedFd<'_>) -> Option<OpId> {
+        use nix::sys::socket::{getsockname, SockaddrLike, SockaddrStorage};
+        if self.direct && self.used >= self.table {
+            return None;
+        }
         let fd = listener.as_raw_fd();
+        let tcp = getsockname::<SockaddrStorage>(fd).is_ok_and(|a| {
+            a.family()
+                .is_some_and(|f| f != nix::sys::socket::AddressFamily::Unix)
+        });
         let sqe = self.accept_sqe(fd);
-        self.queue(Op::Accept { fd }, sqe)
+        let id = self.queue(Op::Accept { fd, tcp }, sqe);
+        self.table_accept = (self.direct && self.multishot_accept_now()).then_some(id);
+        Some(id)
+    }
+
+    /// Whether the next accept is multishot.
+    #[inline]
+    fn multishot_accept_now(&self) -> bool {
+        self.multishot_accept && (!self.direct || self.table.saturating_sub(self.used) > self.headroom)
     }
 
     #[inline]
     fn accept_sqe(&self, fd: RawFd) -> squeue::Entry {
-        let flags = libc::SOCK_CLOEXEC;
-        if self.multishot_accept {
-            opcode::AcceptMulti::new(Fd(fd)).flags(flags).build()
-        } else {
-            opcode::Accept::new(Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+        // A direct descriptor has no close-on-exec flag (the kernel refuses it).
+        let flags = if self.direct { 0 } else { libc::SOCK_CLOEXEC };
+        let slot = self.direct.then(DestinationSlot::auto_target);
+        if self.multishot_accept_now() {
+            (opcode::AcceptMulti::new(Fd(fd)).allocate_file_index(self.direct))
                 .flags(flags)
                 .build()
+        } else {
+            opcode::Accept::new(Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+                .file_index(slot)
+                .flags(flags)
+                .build()
+        }
+    }
+
+    /// The socket an accept's result `fd` names; a direct TCP one gets the
+    /// options `net::prepare_accepted` gives a real one, through the ring
+    /// (`IORING_OP_URING_CMD`, run inline with the next submission, before
+    /// the connection's first request).
+    #[inline]
+    fn accepted(&mut self, fd: i32, tcp: bool) -> Socket {
+        if !self.direct {
+            return Socket::Real(own(fd));
+        }
+        static ON: libc::c_int = 1;
+        static SNDBUF: libc::c_int = crate::net::ACCEPTED_SNDBUF as libc::c_int;
+        let options = [
+            (libc::IPPROTO_TCP, libc::TCP_NODELAY, &ON),
+            (libc::SOL_SOCKET, libc::SO_SNDBUF, &SNDBUF),
+        ];
+        self.used += 1;
+        if self.table.saturating_sub(self.used) <= self.headroom {
+            let accept = self.table_accept.take();
+            self.cancel(accept);
+        }
+        for (level, name, value) in options.into_iter().filter(|_| tcp) {
+            let value: *const libc::c_int = value;
+            let sqe = opcode::SetSockOpt::new(
+                Fixed(fd as u32),
+                level as u32,
+                name as u32,
+                value.cast(),
+                4,
+            );
+            self.push(sqe.build().user_data(IGNORE));
+        }
+        Socket::Direct(fd as u32)
+    }
+
+    /// Turns direct descriptor `socket` into a real one
+    /// (`IORING_OP_FIXED_FD_INSTALL`, then the table entry is closed); it
+    /// comes back as an [`Event::Accepted`]. What uses it: a refusal under
+    /// `--max-conns`, which `Shared::refuse` writes on a real descriptor.
+    pub fn make_real(&mut self, socket: Socket) {
+        match socket {
+            Socket::Direct(index) => {
+                let install = opcode::FixedFdInstall::new(Fixed(index), 0).build();
+                self.queue(Op::Install, install.flags(squeue::Flags::IO_HARDLINK));
+                self.release(Socket::Direct(index));
+            }
+            real => self.ready.push(Event::Accepted {
+                result: Ok(real),
+                more: true,
+            }),
+        }
+    }
+
+    /// Closes a socket no request uses any more: a real one now, a direct
+    /// one with an `IORING_OP_CLOSE` of its table entry (inline in the next
+    /// submission).
+    #[inline]
+    pub fn release(&mut self, socket: Socket) {
+        if let Socket::Direct(index) = socket {
+            self.used -= 1;
+            let close = opcode::Close::new(Fixed(index)).build();
+            self.push(close.user_data(IGNORE));
         }
     }
 
@@ -331,21 +496,25 @@ impl Ring {
     /// Receives on connection `conn`'s socket into a buffer the kernel picks
     /// from the buffer ring when data arrives.
     #[inline]
-    pub fn recv(&mut self, conn: usize, socket: BorrowedFd<'_>) -> OpId {
-        let fd = socket.as_raw_fd();
+    pub fn recv(&mut self, conn: usize, socket: &Socket) -> OpId {
+        let fd = socket.target();
         let sqe = self.recv_sqe(fd);
         self.queue(Op::Recv { conn, fd }, sqe)
     }
 
     #[inline]
-    fn recv_sqe(&self, fd: RawFd) -> squeue::Entry {
+    fn recv_sqe(&self, fd: Target) -> squeue::Entry {
         if self.multishot_recv {
-            opcode::RecvMulti::new(Fd(fd), BGID).build()
+            on!(fd, |fd| opcode::RecvMulti::new(fd, BGID).build())
         } else {
-            opcode::Recv::new(Fd(fd), std::ptr::null_mut(), BUF_SIZE as u32)
-                .buf_group(BGID)
-                .build()
-                .flags(squeue::Flags::BUFFER_SELECT)
+            on!(fd, |fd| opcode::Recv::new(
+                fd,
+                std::ptr::null_mut(),
+                BUF_SIZE as u32
+            ))
+            .buf_group(BGID)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
         }
     }
 
@@ -353,10 +522,11 @@ impl Ring {
     /// socket. They are copied into a buffer the request owns: the kernel
     /// reads it after this returns, while the caller's bytes may change.
     #[inline]
-    pub fn send(&mut self, conn: usize, socket: BorrowedFd<'_>, bytes: &[u8]) -> OpId {
+    pub fn send(&mut self, conn: usize, socket: &Socket, bytes: &[u8]) -> OpId {
         let mut buf = self.spare.pop().unwrap_or_default();
         buf.extend_from_slice(&bytes[..bytes.len().min(SEND_MAX)]);
-        let sqe = opcode::Send::new(Fd(socket.as_raw_fd()), buf.as_ptr(), buf.len() as u32)
+        let (ptr, len) = (buf.as_ptr(), buf.len() as u32);
+        let sqe = on!(socket.target(), |fd| opcode::Send::new(fd, ptr, len))
             .flags(libc::MSG_NOSIGNAL)
             .build();
         self.queue(Op::Send { conn, buf }, sqe)
@@ -558,8 +728,8 @@ impl Ring {
         if more {
             // A multishot request that goes on stays in the slab.
             return match token.op {
-                Op::Accept { .. } => Some(Event::Accepted {
-                    result: code(result).map(own),
+                Op::Accept { tcp, .. } => Some(Event::Accepted {
+                    result: code(result).map(|fd| self.accepted(fd, tcp)),
                     more,
                 }),
                 Op::Recv { conn, .. } => Some(Event::Received {
@@ -587,7 +757,7 @@ impl Ring {
         enum Again {
             Poll(RawFd),
             Accept(RawFd),
-            Recv(RawFd),
+            Recv(Target),
         }
         let refused = result == -libc::EINVAL;
         let (accept, recv) = (
@@ -598,7 +768,7 @@ impl Ring {
         let cancelled = token.cancelled;
         let sqe = match token.op {
             Op::Poll { fd } => Again::Poll(fd),
-            Op::Accept { fd } if accept => Again::Accept(fd),
+            Op::Accept { fd, .. } if accept => Again::Accept(fd),
             Op::Recv { fd, .. } if recv => Again::Recv(fd),
             _ => return Some(result),
         };
@@ -630,9 +800,13 @@ impl Ring {
             self.per_conn[conn] -= 1;
         }
         Some(match op {
-            Op::Accept { .. } => Event::Accepted {
-                result: code(result).map(own),
+            Op::Accept { tcp, .. } => Event::Accepted {
+                result: code(result).map(|fd| self.accepted(fd, tcp)),
                 more: false,
+            },
+            Op::Install => Event::Accepted {
+                result: code(result).map(|fd| Socket::Real(own(fd))),
+                more: true,
             },
             // Readable; a cancelled poll reports nothing.
             Op::Poll { .. } if result >= 0 => Event::Readable,
@@ -943,6 +1117,25 @@ fn setup_error(e: std::io::Error, kernel: &str) -> anyhow::Error {
     }
 }
 
+/// Whether `--direct` can be had: the kernel's socket `setsockopt`
+/// through the ring (6.7) and `IORING_OP_FIXED_FD_INSTALL` (6.8), and a
+/// sparse file table as large as the descriptor limit (at most 65,536
+/// entries). If not, one line says why and real descriptors serve.
+fn direct_table(ring: &IoUring, version: (u32, u32)) -> u32 {
+    let size = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft.min(65_536) as u32);
+    let why = if version < (6, 8) {
+        "needs kernel 6.8".to_string()
+    } else {
+        match ring.submitter().register_files_sparse(size) {
+            Ok(()) => return size,
+            Err(e) => format!("IORING_REGISTER_FILES_SPARSE: {e}"),
+        }
+    };
+    eprintln!("uring-server: --direct: {why}; using real descriptors");
+    0
+}
+
 /// Checks that the kernel has every request type [`Ring`] submits.
 fn probe(ring: &IoUring, kernel: &str) -> anyhow::Result<()> {
     let mut probe = Probe::new();
@@ -1084,6 +1277,7 @@ mod tests {
             sqpoll: false,
             single_shot: false,
             buffers: 4,
+            direct: false,
         };
         match Ring::new(&config) {
             Ok(ring) => Some(ring),
@@ -1162,8 +1356,9 @@ mod tests {
             return;
         };
         let (a, b) = UnixStream::pair().unwrap();
-        let recv = ring.recv(7, b.as_fd());
-        ring.send(8, a.as_fd(), b"hello");
+        let (a, b) = (Socket::Real(a.into()), Socket::Real(b.into()));
+        let recv = ring.recv(7, &b);
+        ring.send(8, &a, b"hello");
         let mut events = VecDeque::new();
         wait_for(&mut ring, &mut events, |e| {
             e.iter().any(|e| matches!(e, Event::Sent { .. }))
@@ -1202,7 +1397,7 @@ mod tests {
         assert_eq!(ring.in_flight(7), 0);
         // The finished request's id is stale: cancelling it queues nothing,
         // and a new request (which may reuse its slab index) is untouched.
-        let again = ring.recv(7, b.as_fd());
+        let again = ring.recv(7, &b);
         assert_ne!(again, recv);
         ring.cancel(Some(recv));
         assert!(ring.backlog.is_empty() && ring.ring.submission().len() == 1);

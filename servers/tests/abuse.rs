@@ -577,12 +577,27 @@ fn socket_inodes(pid: u32) -> HashSet<u64> {
                 continue;
             };
             let link = link.to_string_lossy();
-            if let Some(inode) = link
-                .strip_prefix("socket:[")
-                .and_then(|l| l.strip_suffix(']'))
-                .and_then(|i| i.parse().ok())
-            {
-                inodes.insert(inode);
+            // An io_uring's fixed file table (uring-server --direct) holds
+            // sockets no descriptor names: its fdinfo lists them.
+            let fdinfo = match &*link {
+                "anon_inode:[io_uring]" => {
+                    let info = format!("/proc/{p}/fdinfo/{}", fd.file_name().to_string_lossy());
+                    std::fs::read_to_string(info).unwrap_or_default()
+                }
+                _ => String::new(),
+            };
+            let names = fdinfo
+                .lines()
+                .filter_map(|l| l.split_once(": ").map(|(_, n)| n));
+            for name in names.chain([&*link]) {
+                if let Some(inode) = name
+                    .trim()
+                    .strip_prefix("socket:[")
+                    .and_then(|l| l.strip_suffix(']'))
+                    .and_then(|i| i.parse().ok())
+                {
+                    inodes.insert(inode);
+                }
             }
         }
     }

@@ -78,7 +78,7 @@ use clap::Parser;
 use iomodels_servers::cli::{self, Common};
 use iomodels_servers::host::{Admitted, ServerHost};
 use iomodels_servers::net::{self, Accepted};
-use iomodels_servers::ring::{self, Event, FileReads, OpId, Received, Ring};
+use iomodels_servers::ring::{self, Event, FileReads, OpId, Received, Ring, Socket};
 use iomodels_servers::signals;
 use iomodels_servers::startup::{Startup, Workers};
 use iomodels_servers::timers::Timers;
@@ -129,7 +129,7 @@ fn run(args: Args) -> Result<()> {
 
 /// One connection.
 struct Slot {
-    fd: OwnedFd,
+    sock: Socket,
     conn: Conn,
     /// Its place under `--max-conns`.
     _admitted: Admitted,
@@ -205,13 +205,13 @@ impl Server {
         self.accept_paused_until = self.accept_paused_until.filter(|&t| now < t);
         let waiting = self.accept_paused_until.or(self.stopping_since);
         if let (Some(l), None, None) = (&self.listener, self.accept_op, waiting) {
-            self.accept_op = Some(self.ring.accept(l.as_fd()));
+            self.accept_op = self.ring.accept(l.as_fd());
         }
     }
 
     /// A connection accepted, or why not. An accept that completes without
     /// `more` has stopped (a one-shot one always) and is re-armed.
-    fn on_accept(&mut self, result: nix::Result<OwnedFd>, more: bool, now: Instant) -> Result<()> {
+    fn on_accept(&mut self, result: nix::Result<Socket>, more: bool, now: Instant) -> Result<()> {
         if !more {
             self.accept_op = None;
         }
@@ -231,14 +231,21 @@ impl Server {
         Ok(())
     }
 
-    fn add_conn(&mut self, fd: OwnedFd, now: Instant) {
+    /// A connection, or its refusal (on a real descriptor: a direct one is
+    /// made real first and comes back here as an accept).
+    fn add_conn(&mut self, sock: Socket, now: Instant) {
         let Some(admitted) = self.host.shared().admit() else {
-            return self.host.shared().refuse(fd);
+            return match sock {
+                Socket::Real(fd) => self.host.shared().refuse(fd),
+                direct => self.ring.make_real(direct),
+            };
         };
-        net::prepare_accepted(&fd);
+        if let Socket::Real(fd) = &sock {
+            net::prepare_accepted(fd);
+        }
         self.host.stats().opened();
         let token = self.conns.insert(Slot {
-            fd,
+            sock,
             conn: self.host.shared().new_conn(now),
             _admitted: admitted,
             timer: None,
@@ -312,13 +319,13 @@ impl Server {
         let data_dir = &self.host.shared().data_dir;
         (slot.file).queue(&mut self.ring, token, &mut slot.conn, data_dir);
         if slot.sending.is_none() && !slot.conn.output().is_empty() {
-            slot.sending = Some(self.ring.send(token, slot.fd.as_fd(), slot.conn.output()));
+            slot.sending = Some(self.ring.send(token, &slot.sock, slot.conn.output()));
         }
         if slot.conn.wants_close() {
             return self.close(token);
         }
         match (slot.conn.wants_read(), slot.recv) {
-            (true, None) => slot.recv = Some(self.ring.recv(token, slot.fd.as_fd())),
+            (true, None) => slot.recv = Some(self.ring.recv(token, &slot.sock)),
             // Backpressure (a parked /wait, output the peer does not read):
             // stop receiving, so that TCP's window holds the peer back.
             (false, Some(_)) if self.ring.multishot_recv() => self.ring.cancel(slot.recv),
@@ -343,7 +350,7 @@ impl Server {
     fn free_if_done(&mut self, token: usize) {
         let done = self.conns.get(token).is_some_and(|s| s.closing);
         if done && self.ring.in_flight(token) == 0 {
-            drop(self.conns.remove(token));
+            self.ring.release(self.conns.remove(token).sock);
             self.host.stats().closed();
         }
     }
@@ -377,7 +384,7 @@ impl Server {
         // Non-blocking now, so that taking the backlog ends at EAGAIN.
         let _ = fcntl(&listener, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
         while let Ok(Accepted::Conn(fd)) = net::accept_next(&listener, SockFlag::empty()) {
-            self.add_conn(fd, now);
+            self.add_conn(Socket::Real(fd), now);
         }
         self.ring.cancel(self.accept_op);
         self.listener = Some(listener);
