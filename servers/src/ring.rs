@@ -95,9 +95,9 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = parse_buffers)]
     pub buffers: u16,
 
-    /// Accept into the ring's table of registered files (direct descriptors, kernel 6.8+): receives, sends and the close name a connection by its index, without a file lookup per request
+    /// Accept into real descriptors, not into the ring's table of registered files (direct descriptors: the default where the kernel has them, 6.8+; receives, sends and the close name a connection by its index, and no system call touches it)
     #[arg(long)]
-    pub direct: bool,
+    pub no_direct: bool,
 }
 
 /// A connection's socket.
@@ -105,7 +105,7 @@ pub struct Config {
 pub enum Socket {
     /// A descriptor of the process.
     Real(OwnedFd),
-    /// A direct descriptor (`--direct`): an index into the ring's table of
+    /// A direct descriptor (without `--no-direct`): an index into the ring's table of
     /// registered files, which only the ring's requests can use.
     Direct(u32),
 }
@@ -287,7 +287,7 @@ pub struct Ring {
     ready: Vec<Event>,
     multishot_accept: bool,
     multishot_recv: bool,
-    /// Accepts go into the file table (`--direct`).
+    /// Accepts go into the file table (no `--no-direct`).
     direct: bool,
     /// The file table: entries, entries in use, and how many must stay
     /// free for a multishot accept into it (see [`Ring::accept`]).
@@ -329,7 +329,7 @@ impl Ring {
         })?;
         // Multishot accept came in 5.19, multishot recv in 6.0.
         let version = kernel_version(&kernel);
-        let table = if config.direct {
+        let table = if !config.no_direct {
             direct_table(&ring, version)
         } else {
             0
@@ -373,7 +373,7 @@ impl Ring {
 
     /// Accepts on `listener` (multishot where the kernel has it).
     ///
-    /// With `--direct`, `None` while the file table is full. An accept into
+    /// With direct descriptors, `None` while the file table is full. An accept into
     /// a full table takes the connection off the backlog and then drops it
     /// (the kernel's `io_accept` installs the file after accepting), where
     /// a full descriptor table leaves it waiting: so the table is never
@@ -400,7 +400,8 @@ impl Ring {
     /// Whether the next accept is multishot.
     #[inline]
     fn multishot_accept_now(&self) -> bool {
-        self.multishot_accept && (!self.direct || self.table.saturating_sub(self.used) > self.headroom)
+        self.multishot_accept
+            && (!self.direct || self.table.saturating_sub(self.used) > self.headroom)
     }
 
     #[inline]
@@ -1117,7 +1118,7 @@ fn setup_error(e: std::io::Error, kernel: &str) -> anyhow::Error {
     }
 }
 
-/// Whether `--direct` can be had: the kernel's socket `setsockopt`
+/// Whether direct descriptors can be had: the kernel's socket `setsockopt`
 /// through the ring (6.7) and `IORING_OP_FIXED_FD_INSTALL` (6.8), and a
 /// sparse file table as large as the descriptor limit (at most 65,536
 /// entries). If not, one line says why and real descriptors serve.
@@ -1132,7 +1133,8 @@ fn direct_table(ring: &IoUring, version: (u32, u32)) -> u32 {
             Err(e) => format!("IORING_REGISTER_FILES_SPARSE: {e}"),
         }
     };
-    eprintln!("uring-server: --direct: {why}; using real descriptors");
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| eprintln!("uring-server: no direct descriptors ({why}); using real ones"));
     0
 }
 
@@ -1277,7 +1279,7 @@ mod tests {
             sqpoll: false,
             single_shot: false,
             buffers: 4,
-            direct: false,
+            no_direct: true,
         };
         match Ring::new(&config) {
             Ok(ring) => Some(ring),

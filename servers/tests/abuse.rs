@@ -577,7 +577,7 @@ fn socket_inodes(pid: u32) -> HashSet<u64> {
                 continue;
             };
             let link = link.to_string_lossy();
-            // An io_uring's fixed file table (uring-server --direct) holds
+            // An io_uring's fixed file table (uring-server's direct descriptors) holds
             // sockets no descriptor names: its fdinfo lists them.
             let fdinfo = match &*link {
                 "anon_inode:[io_uring]" => {

@@ -60,11 +60,11 @@ pub const SERVERS: &[Model] = &[
     // The fallbacks: one-shot accept and recv, and a buffer ring so small
     // that it runs dry (ENOBUFS) whenever several connections receive.
     model("uring-server", &["--single-shot", "--buffers", "4"]),
-    // Direct descriptors: the fixed file table, multishot and one-shot.
-    model("uring-server", &["--direct"]),
+    // Real descriptors instead of the ring's fixed file table.
+    model("uring-server", &["--no-direct"]),
     model(
         "uring-server",
-        &["--direct", "--single-shot", "--workers", "2"],
+        &["--no-direct", "--single-shot", "--workers", "2"],
     ),
     model("tokio-server", &["--workers", "2"]),
     model("tokio-server", &["--flavor", "current-thread"]),
