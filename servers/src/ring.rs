@@ -421,14 +421,16 @@ impl Ring {
         }
     }
 
-    /// The socket an accept's result `fd` names; a direct TCP one gets the
-    /// options `net::prepare_accepted` gives a real one, through the ring
+    /// The socket an accept's result `fd` names, with the options of
+    /// `net::prepare_accepted` (which a direct TCP one gets through the ring
     /// (`IORING_OP_URING_CMD`, run inline with the next submission, before
-    /// the connection's first request).
+    /// the connection's first request)).
     #[inline]
     fn accepted(&mut self, fd: i32, tcp: bool) -> Socket {
         if !self.direct {
-            return Socket::Real(own(fd));
+            let fd = own(fd);
+            crate::net::prepare_accepted(&fd);
+            return Socket::Real(fd);
         }
         static ON: libc::c_int = 1;
         static SNDBUF: libc::c_int = crate::net::ACCEPTED_SNDBUF as libc::c_int;
