@@ -14,6 +14,10 @@
 # counted. Generator CPU per request: the generator's user + system time
 # (the shell's `time`) over the same requests. GEN (from lib.sh) marks a run
 # where the generator used >= 90 % of its core.
+# Then where each figure's CPU goes: user space against the kernel (on
+# loopback the kernel part holds the TCP work of both directions: a send
+# runs the receiving socket's side too), which bounds what any change in
+# user space can still save.
 # GENERATOR=loadgen drives the server table with loadgen (its default I/O
 # backend) instead of wrk -t1. Extra flags for uring-server: URING_FLAGS.
 # The targets are printed with each ratio; the machine's load average is
@@ -105,6 +109,18 @@ awk -F'\t' '
     split("wrk|loadgen --io uring|loadgen --io epoll", q, "|")
     for (i = 1; i <= 3; i++)
       printf "| %s | %.2f | %.2f | %.0f |\n", q[i], g(q[i]), s(q[i]), median(q[i], 1)
+    print ""
+    print "Where one request'"'"'s CPU goes (medians, us per request; kernel = total - user):"
+    print ""
+    print "| run | server user | server kernel | generator user | generator kernel |"
+    print "|---|---|---|---|---|"
+    for (i = 1; i <= 3; i++)
+      for (c = 50; c <= 500; c += 450) {
+        n = m[i] " c=" c
+        printf "| %s | %.2f | %.2f | %.2f | %.2f |\n", n, median(n, 6), s(n) - median(n, 6), median(n, 7), g(n) - median(n, 7)
+      }
+    for (i = 1; i <= 3; i++)
+      printf "| %s on nginx | %.2f | %.2f | %.2f | %.2f |\n", q[i], median(q[i], 6), s(q[i]) - median(q[i], 6), median(q[i], 7), g(q[i]) - median(q[i], 7)
     print ""
     print "targets (medians):"
     check("loadgen --io uring / wrk, generator CPU", g("loadgen --io uring") / g("wrk"), 0.6)

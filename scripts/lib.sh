@@ -204,6 +204,19 @@ tree_ticks() {
   echo "$total"
 }
 
+# tree_user_ticks PID...: the user-space share of tree_ticks (utime +
+# cutime); the rest is the kernel's, on loopback including the TCP receive
+# path of the peer's socket, which runs in the sender's system call (this
+# kernel has no IRQ_TIME_ACCOUNTING: softirq time is charged to the task).
+tree_user_ticks() {
+  local p total=0 t
+  for p in $(tree_pids "$@"); do
+    t=$(awk '{ sub(/^.*\) /, ""); print $12 + $14 }' "/proc/$p/stat" 2>/dev/null) || t=0
+    total=$((total + ${t:-0}))
+  done
+  echo "$total"
+}
+
 # --- The A/B benchmark --------------------------------------------------
 #
 #   ab_add NAME "PIDS" COMMAND...   a contestant: the server process trees
@@ -248,9 +261,11 @@ ab_add() {
 
 # _ab_one INDEX ROUND: one measured run, a line of output, a results row.
 _ab_one() {
-  local i=$1 round=$2 before after out rps req p50 errs cpu wall hz
+  local i=$1 round=$2 before after ubefore uafter out rps req p50 errs cpu ucpu wall hz
   local name=${_AB_NAMES[$i]}
   hz=$(getconf CLK_TCK)
+  # shellcheck disable=SC2086
+  ubefore=$(tree_user_ticks ${_AB_PIDS[$i]})
   # shellcheck disable=SC2086
   before=$(tree_ticks ${_AB_PIDS[$i]})
   out=$({
@@ -259,6 +274,8 @@ _ab_one() {
   } 2>&1) || die "$name: the generator failed: $(tail -2 <<<"$out" | paste -sd'|')"
   # shellcheck disable=SC2086
   after=$(tree_ticks ${_AB_PIDS[$i]})
+  # shellcheck disable=SC2086
+  uafter=$(tree_user_ticks ${_AB_PIDS[$i]})
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   req=$(awk '/ requests in / {print $1}' <<<"$out")
   [ -n "$rps" ] && [ -n "${req:-}" ] && [ "$req" -gt 0 ] ||
@@ -266,8 +283,9 @@ _ab_one() {
   p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
   # Failed requests: wrk's non-2xx answers and socket errors, loadgen's errors.
   errs=$(awk '/Non-2xx|Socket errors|^  Errors:/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) n += $i } END { print n + 0 }' <<<"$out")
-  read -r cpu wall < <(tail -1 <<<"$out" | awk '{printf "%.2f %.2f\n", $1 + $2, $3}')
+  read -r cpu ucpu wall < <(tail -1 <<<"$out" | awk '{printf "%.2f %.2f %.2f\n", $1 + $2, $1, $3}')
   awk -v name="$name" -v r="$round" -v rps="$rps" -v req="$req" -v t=$((after - before)) \
+    -v ut=$((uafter - ubefore)) -v ucpu="$ucpu" \
     -v hz="$hz" -v cpu="$cpu" -v wall="$wall" -v p50="$p50" -v errs="$errs" -v out="$WORK/ab.results" '
     BEGIN {
       server = t / hz * 1e6 / req; gen = cpu * 1e6 / req; share = 100 * cpu / wall; limited = share >= 90
@@ -276,7 +294,9 @@ _ab_one() {
       if (limited) printf "  GEN"
       if (errs > 0) printf "  %d errors", errs
       printf "\n"
-      printf "%s\t%s\t%s\t%s\t%s\t%d\n", name, rps, server, cpu, gen, limited >> out
+      # Columns 7 and 8: the user-space share of the server and generator
+      # figures (µs per request), for scripts that say where the time goes.
+      printf "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", name, rps, server, cpu, gen, limited, ut / hz * 1e6 / req, ucpu * 1e6 / req >> out
     }'
 }
 
