@@ -28,7 +28,7 @@
 //! * **Accept** is one *multishot* request: one completion per connection,
 //!   a *direct descriptor* (6.8+; `--no-direct`: a real one), an index in
 //!   the ring's own file table: socket options and the close are requests
-//!   too. With a new connection per request, 5–7 % less CPU per request.
+//!   too. With a new connection per request, 3–7 % less CPU per request.
 //! * **Receive** is one multishot recv per connection with *provided
 //!   buffers*: the kernel takes a 4 KiB buffer from a ring we registered
 //!   (`--buffers`) only when data arrives (an idle connection owns none);
