@@ -296,6 +296,8 @@ pub struct Ring {
     headroom: u32,
     /// The multishot accept into the table, cancelled when room runs short.
     table_accept: Option<OpId>,
+    /// The listener accepted on, and whether it is a TCP one.
+    listener_tcp: Option<(RawFd, bool)>,
 }
 
 impl Ring {
@@ -354,6 +356,7 @@ impl Ring {
             used: 0,
             headroom,
             table_accept: None,
+            listener_tcp: None,
         })
     }
 
@@ -382,15 +385,21 @@ impl Ring {
     /// one-shot accepts, one connection each.
     #[inline]
     pub fn accept(&mut self, listener: BorrowedFd<'_>) -> Option<OpId> {
-        use nix::sys::socket::{getsockname, SockaddrLike, SockaddrStorage};
+        use nix::sys::socket::{getsockname, AddressFamily, SockaddrLike, SockaddrStorage};
         if self.direct && self.used >= self.table {
             return None;
         }
         let fd = listener.as_raw_fd();
-        let tcp = getsockname::<SockaddrStorage>(fd).is_ok_and(|a| {
-            a.family()
-                .is_some_and(|f| f != nix::sys::socket::AddressFamily::Unix)
-        });
+        // Whether its sockets take TCP options (asked once per listener).
+        let tcp = match self.listener_tcp {
+            Some((known, tcp)) if known == fd => tcp,
+            _ => {
+                let family = getsockname::<SockaddrStorage>(fd).map(|a| a.family());
+                let tcp = family.is_ok_and(|f| f.is_some_and(|f| f != AddressFamily::Unix));
+                self.listener_tcp = Some((fd, tcp));
+                tcp
+            }
+        };
         let sqe = self.accept_sqe(fd);
         let id = self.queue(Op::Accept { fd, tcp }, sqe);
         self.table_accept = (self.direct && self.multishot_accept_now()).then_some(id);
