@@ -162,7 +162,14 @@ impl Connection {
             if self.conn.wants_close() {
                 return None;
             }
-            if !progress {
+            // Another pass only if it could do something: read more, serve
+            // a file, or sleep through a /wait. (After a request's read and
+            // its response's write, a pass that finds nothing cost a tenth
+            // of a keep-alive request's instructions.)
+            let more = (self.readable && self.conn.wants_read())
+                || self.conn.file_pending()
+                || (blocking_wait && self.conn.parked_until().is_some());
+            if !progress || !more {
                 return Some(Interest {
                     read: self.conn.wants_read(),
                     write: !self.conn.output().is_empty(),

@@ -664,6 +664,21 @@ impl Conn {
         self.relay = true;
     }
 
+    /// Whether a `/file` request is parked or being read: only then can
+    /// [`Conn::take_file_request`] have something, now or once output
+    /// drains. An event loop that has nothing else left to do skips a pass
+    /// that would find nothing.
+    pub fn file_pending(&self) -> bool {
+        matches!(self.parked, Some(Parked::File(..)))
+            || matches!(
+                self.stream,
+                Some(Stream {
+                    source: Source::File { .. },
+                    ..
+                })
+            )
+    }
+
     /// What a `/file` request needs from the model now, each step given
     /// once: open the file, then read it piece by piece as the window has
     /// room (so a large file never sits whole in memory).
