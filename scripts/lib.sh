@@ -194,24 +194,21 @@ tree_pids() {
 # + cstime (children already reaped), as the orchestrator counts them
 # (suite/src/procfs.rs). The difference of two readings is the CPU spent
 # between them.
-tree_ticks() {
-  local p total=0 t
-  for p in $(tree_pids "$@"); do
-    # Fields after "pid (comm) ": utime is the 12th, then stime, cutime, cstime.
-    t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$p/stat" 2>/dev/null) || t=0
-    total=$((total + ${t:-0}))
-  done
-  echo "$total"
-}
+tree_ticks() { _tree_sum '$12 + $13 + $14 + $15' "$@"; }
 
 # tree_user_ticks PID...: the user-space share of tree_ticks (utime +
 # cutime); the rest is the kernel's, on loopback including the TCP receive
 # path of the peer's socket, which runs in the sender's system call (this
 # kernel has no IRQ_TIME_ACCOUNTING: softirq time is charged to the task).
-tree_user_ticks() {
-  local p total=0 t
+tree_user_ticks() { _tree_sum '$12 + $14' "$@"; }
+
+# _tree_sum EXPR PID...: EXPR of /proc/PID/stat's fields after "pid (comm) "
+# (utime is the 12th, then stime, cutime, cstime), summed over the trees.
+_tree_sum() {
+  local expr=$1 p total=0 t
+  shift
   for p in $(tree_pids "$@"); do
-    t=$(awk '{ sub(/^.*\) /, ""); print $12 + $14 }' "/proc/$p/stat" 2>/dev/null) || t=0
+    t=$(awk "{ sub(/^.*\\) /, \"\"); print $expr }" "/proc/$p/stat" 2>/dev/null) || t=0
     total=$((total + ${t:-0}))
   done
   echo "$total"
