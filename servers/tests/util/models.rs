@@ -58,8 +58,12 @@ pub const SERVERS: &[Model] = &[
     model("oneshot-server", &["--workers", "3"]),
     model("uring-server", &[]),
     // The fallbacks: one-shot accept and recv, and a buffer ring so small
-    // that it runs dry (ENOBUFS) whenever several connections receive.
-    model("uring-server", &["--single-shot", "--buffers", "4"]),
+    // that it runs dry (ENOBUFS) whenever several connections receive; two
+    // rings, each with its own table of direct descriptors.
+    model(
+        "uring-server",
+        &["--single-shot", "--buffers", "4", "--workers", "2"],
+    ),
     // Real descriptors instead of the ring's fixed file table.
     model("uring-server", &["--no-direct"]),
     model(
