@@ -1,3 +1,5 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034 # variables set here are read by the scripts that source it
 # Helpers the scripts share. Source it from the repository root, after
 # `set -euo pipefail`:
 #
@@ -194,12 +196,14 @@ tree_pids() {
 # + cstime (children already reaped), as the orchestrator counts them
 # (suite/src/procfs.rs). The difference of two readings is the CPU spent
 # between them.
+# shellcheck disable=SC2016 # awk's fields, not the shell's
 tree_ticks() { _tree_sum '$12 + $13 + $14 + $15' "$@"; }
 
 # tree_user_ticks PID...: the user-space share of tree_ticks (utime +
 # cutime); the rest is the kernel's, on loopback including the TCP receive
 # path of the peer's socket, which runs in the sender's system call (this
 # kernel has no IRQ_TIME_ACCOUNTING: softirq time is charged to the task).
+# shellcheck disable=SC2016 # awk's fields, not the shell's
 tree_user_ticks() { _tree_sum '$12 + $14' "$@"; }
 
 # _tree_sum EXPR PID...: EXPR of /proc/PID/stat's fields after "pid (comm) "
