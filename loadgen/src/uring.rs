@@ -32,12 +32,11 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use io_uring::types::{BufRingEntry, CancelBuilder, Fixed, SubmitArgs, Timespec};
+use io_uring::types::{CancelBuilder, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
+use iomodels_bufring::BufRing;
 use nix::errno::Errno;
 use nix::sys::socket::{
     setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrLike, SockaddrStorage,
@@ -47,8 +46,6 @@ use slab::Slab;
 
 use crate::config::Addr;
 
-/// Size of one provided receive buffer.
-const BUF_SIZE: usize = 4096;
 /// The buffer group of the receive buffers.
 const BGID: u16 = 0;
 
@@ -145,7 +142,7 @@ pub(crate) fn available() -> Result<(), String> {
     let bufs = BufRing::new(4).map_err(|e| format!("mmap: {e}"))?;
     let ring = build(64).map_err(|e| format!("io_uring_setup: {e}"))?;
     check(&ring)?;
-    bufs.register(&ring)
+    bufs.register(&ring, BGID)
         .map_err(|e| format!("provided buffer rings (5.19): {e}"))?;
     ring.submitter()
         .register_files_sparse(4)
@@ -231,7 +228,7 @@ impl Ring {
         check(&ring).map_err(io::Error::other)?;
         let count = (connections * 2).clamp(256, 4096).next_power_of_two() as u16;
         let bufs = BufRing::new(count)?;
-        bufs.register(&ring)?;
+        bufs.register(&ring, BGID)?;
         let table = table_size(connections);
         ring.submitter().register_files_sparse(table)?;
         let (sockaddr, family, tcp) = match addr {
@@ -525,107 +522,4 @@ impl Ring {
 /// A request's `user_data`: kind, connection generation, slot.
 fn tag(kind: u64, gen: u32, slot: usize) -> u64 {
     kind << 56 | u64::from(gen & 0xff_ffff) << 32 | slot as u64 & 0xffff_ffff
-}
-
-/// Maps `len` bytes of fresh zeroed memory, faulted in now.
-fn map_memory(len: usize) -> io::Result<NonNull<u8>> {
-    use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
-    let len = std::num::NonZeroUsize::new(len).ok_or_else(|| io::Error::other("empty mapping"))?;
-    // SAFETY: a fresh private anonymous mapping, aliased by nothing.
-    let ptr = unsafe {
-        mmap_anonymous(
-            None,
-            len,
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_PRIVATE | MapFlags::MAP_POPULATE,
-        )
-    }?;
-    Ok(ptr.cast())
-}
-
-/// The registered ring of provided receive buffers: `count` buffers of
-/// [`BUF_SIZE`] bytes. (The servers' `ring.rs` has the same structure; the
-/// two crates share no code, so it is here too.)
-struct BufRing {
-    entries: NonNull<BufRingEntry>,
-    memory: NonNull<u8>,
-    count: u16,
-    tail: u16,
-}
-
-impl BufRing {
-    fn new(count: u16) -> io::Result<BufRing> {
-        let mut ring = BufRing {
-            entries: map_memory(count as usize * std::mem::size_of::<BufRingEntry>())?.cast(),
-            memory: map_memory(count as usize * BUF_SIZE)?,
-            count,
-            tail: 0,
-        };
-        for bid in 0..count {
-            ring.recycle(bid);
-        }
-        Ok(ring)
-    }
-
-    /// Registers the buffers with `ring` as group [`BGID`].
-    fn register(&self, ring: &IoUring) -> io::Result<()> {
-        // SAFETY: the entries stay mapped until `self` drops, which `Ring`
-        // does after its io_uring (field order); `available` drops its test
-        // ring before its buffers too (reverse declaration order).
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                self.entries.as_ptr() as u64,
-                self.count,
-                BGID,
-                0,
-            )
-        }
-    }
-
-    fn data(&self, bid: u16, len: usize) -> &[u8] {
-        let bid = usize::from(bid & (self.count - 1));
-        // SAFETY: buffer `bid` lies inside `memory`; the kernel filled its
-        // first `len` (≤ BUF_SIZE) bytes and writes it again only after
-        // `recycle` hands it back, which needs `&mut self`.
-        unsafe {
-            std::slice::from_raw_parts(self.memory.as_ptr().add(bid * BUF_SIZE), len.min(BUF_SIZE))
-        }
-    }
-
-    fn recycle(&mut self, bid: u16) {
-        let mask = self.count - 1;
-        let bid = bid & mask;
-        // SAFETY: the index is masked into the `count` entries of our
-        // mapping; the entry at our tail is past what we published, so the
-        // kernel does not read it yet; the address is inside `memory`.
-        unsafe {
-            let entry = &mut *self.entries.as_ptr().add(usize::from(self.tail & mask));
-            entry.set_addr(self.memory.as_ptr().add(usize::from(bid) * BUF_SIZE) as u64);
-            entry.set_len(BUF_SIZE as u32);
-            entry.set_bid(bid);
-        }
-        self.tail = self.tail.wrapping_add(1);
-        // SAFETY: the tail is a u16 inside the first entry of our mapping,
-        // 2-byte aligned; the kernel reads it concurrently, so it is
-        // published with a release store after the entry is written.
-        unsafe {
-            let tail = BufRingEntry::tail(self.entries.as_ptr()).cast_mut();
-            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
-        }
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        use nix::sys::mman::munmap;
-        // SAFETY: both mappings were made in `new` with these lengths, and
-        // the io_uring that used them is gone (see `register`).
-        unsafe {
-            let _ = munmap(
-                self.entries.cast(),
-                self.count as usize * std::mem::size_of::<BufRingEntry>(),
-            );
-            let _ = munmap(self.memory.cast(), self.count as usize * BUF_SIZE);
-        }
-    }
 }

@@ -1,6 +1,7 @@
 //! io_uring for `uring-server`: the ring, its requests in flight, and the
 //! rules the kernel sets. Every io_uring `unsafe` block of the crate is in
-//! this file, each with the reason it holds.
+//! this file, each with the reason it holds (the buffer ring's are in
+//! `iomodels-bufring`).
 //!
 //! * **Set-up** ([`Ring::new`]): the best setup flags this kernel takes
 //!   (`SINGLE_ISSUER | DEFER_TASKRUN | SUBMIT_ALL`, then `COOP_TASKRUN |
@@ -25,8 +26,9 @@
 //!   retried, else the entry waits for the next turn; `io_uring_enter`
 //!   failing with `ETIME`, `EINTR`, `EBUSY` or `EAGAIN` is not fatal.
 //! * **The provided-buffer ring**: `--buffers` buffers of 4 KiB the kernel
-//!   picks from when data arrives; a [`RecvBuf`] is one of them lent to the
-//!   model until [`Ring::give_back`].
+//!   picks from when data arrives (the `iomodels-bufring` crate, which
+//!   loadgen's io_uring backend uses too); a [`RecvBuf`] is one of them lent
+//!   to the model until [`Ring::give_back`].
 //! * **`/file`** ([`FileReads`]): `IORING_OP_OPENAT` and `fstat`
 //!   ([`Ring::open_file`]), then one `IORING_OP_READ` per piece the
 //!   connection's window has room for ([`Ring::read_at`]).
@@ -35,17 +37,16 @@
 
 use std::collections::VecDeque;
 use std::ffi::CString;
-use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use io_uring::types::{BufRingEntry, DestinationSlot, Fd, Fixed, SubmitArgs, Timespec};
+use io_uring::types::{DestinationSlot, Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
+use iomodels_bufring::{BufRing, BUF_SIZE};
 use iomodels_workload::{Conn, FileRequest, Host};
 use nix::errno::Errno;
 use slab::Slab;
@@ -54,9 +55,6 @@ use crate::host::ServerHost;
 use crate::net::{ListenAddr, ListenOptions};
 use crate::signals;
 use crate::startup::Startup;
-
-/// Size of one provided receive buffer.
-const BUF_SIZE: usize = 4096;
 
 /// `io_uring_enter` calls this process has made (each `submit_and_wait`,
 /// and each submit forced by a full submission queue): `/status` shows it
@@ -312,18 +310,7 @@ impl Ring {
             return Err(unavailable("no IORING_ENTER_EXT_ARG (5.11)", &kernel));
         }
         let bufs = BufRing::new(config.buffers)?;
-        // SAFETY: the entries belong to `bufs`, which `Ring` drops only
-        // after the io_uring (field order), so they stay valid while
-        // registered.
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                bufs.entries.as_ptr() as u64,
-                config.buffers,
-                BGID,
-                0,
-            )
-        }
-        .map_err(|e| {
+        bufs.register(&ring, BGID).map_err(|e| {
             unavailable(
                 format!("provided buffer rings (IORING_REGISTER_PBUF_RING, 5.19): {e}"),
                 &kernel,
@@ -1169,105 +1156,6 @@ fn probe(ring: &IoUring, kernel: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Maps `len` bytes of fresh zeroed memory, faulted in now (MAP_POPULATE),
-/// so its cost shows at start-up and not per connection.
-fn map_memory(len: usize) -> anyhow::Result<NonNull<u8>> {
-    use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
-    let len = NonZeroUsize::new(len).ok_or_else(|| anyhow::anyhow!("empty mapping"))?;
-    // SAFETY: a fresh private anonymous mapping, aliased by nothing.
-    let ptr = unsafe {
-        mmap_anonymous(
-            None,
-            len,
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_PRIVATE | MapFlags::MAP_POPULATE,
-        )
-    }
-    .map_err(|e| anyhow::anyhow!("mmap of {len} bytes for the buffer ring: {e}"))?;
-    Ok(ptr.cast())
-}
-
-/// The registered ring of provided receive buffers: `count` buffers of
-/// [`BUF_SIZE`] bytes. The kernel takes one from the head when data
-/// arrives; the model puts it back at the tail once handled.
-struct BufRing {
-    /// The ring of `count` entries the kernel reads (page-aligned).
-    entries: NonNull<BufRingEntry>,
-    /// The buffers themselves.
-    memory: NonNull<u8>,
-    count: u16,
-    tail: u16,
-}
-
-impl BufRing {
-    fn new(count: u16) -> anyhow::Result<BufRing> {
-        let mut ring = BufRing {
-            entries: map_memory(count as usize * std::mem::size_of::<BufRingEntry>())?.cast(),
-            memory: map_memory(count as usize * BUF_SIZE)?,
-            count,
-            tail: 0,
-        };
-        for bid in 0..count {
-            ring.recycle(bid);
-        }
-        Ok(ring)
-    }
-
-    /// The first `len` bytes of buffer `bid`, which a completion handed us.
-    #[inline]
-    fn data(&self, bid: u16, len: usize) -> &[u8] {
-        let bid = usize::from(bid & (self.count - 1));
-        // SAFETY: buffer `bid` lies inside `memory`; the kernel filled its
-        // first `len` (≤ BUF_SIZE) bytes and writes it again only after
-        // `recycle` puts it back, which needs `&mut self` and so cannot
-        // happen while this slice lives.
-        unsafe {
-            std::slice::from_raw_parts(self.memory.as_ptr().add(bid * BUF_SIZE), len.min(BUF_SIZE))
-        }
-    }
-
-    /// Gives buffer `bid` back to the kernel.
-    #[inline]
-    fn recycle(&mut self, bid: u16) {
-        let mask = self.count - 1;
-        let bid = bid & mask;
-        // SAFETY: the index is masked into the `count` entries of our
-        // mapping; the entry at our tail is past what we have published,
-        // so the kernel does not read it yet; the buffer address is inside
-        // `memory`.
-        unsafe {
-            let entry = &mut *self.entries.as_ptr().add(usize::from(self.tail & mask));
-            entry.set_addr(self.memory.as_ptr().add(usize::from(bid) * BUF_SIZE) as u64);
-            entry.set_len(BUF_SIZE as u32);
-            entry.set_bid(bid);
-        }
-        self.tail = self.tail.wrapping_add(1);
-        // SAFETY: the ring's tail is a u16 inside the first entry of our
-        // mapping, 2-byte aligned; the kernel reads it concurrently, so it
-        // is published with a release store after the entry is written.
-        unsafe {
-            let tail = BufRingEntry::tail(self.entries.as_ptr()).cast_mut();
-            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
-        }
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        use nix::sys::mman::munmap;
-        // SAFETY: both mappings were made in `new` with these lengths and
-        // nothing points into them any more: `Ring` drops its io_uring (and
-        // with it the registration) before its buffer ring.
-        unsafe {
-            let _ = munmap(
-                self.entries.cast(),
-                self.count as usize * std::mem::size_of::<BufRingEntry>(),
-            );
-            let _ = munmap(self.memory.cast(), self.count as usize * BUF_SIZE);
-        }
-    }
 }
 
 #[cfg(test)]

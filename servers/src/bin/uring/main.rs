@@ -59,9 +59,9 @@
 //! with many busy connections and disk reads; **loses** with one connection
 //! at a time, and with large bodies, where copying dominates.
 //!
-//! **Where the rules live.** io_uring (setup, probe, requests, buffer ring,
-//! file table, waits, `/file`, flags, every `unsafe`) is `servers/src/ring.rs`;
-//! the protocol the workload's `Conn`; `--max-conns` `Shared::admit`/`refuse`;
+//! **Where the rules live.** io_uring (setup, probe, requests, file table,
+//! waits, `/file`, flags, `unsafe`) is `servers/src/ring.rs`, the buffer ring
+//! `bufring/`; the protocol `Conn`; `--max-conns` `Shared::admit`/`refuse`;
 //! accept errors `net::accept_ladder`; the stop `signals::may_close`.
 //!
 //! **Run it**: `cargo run --release -p iomodels-servers --bin uring-server
