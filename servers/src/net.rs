@@ -186,16 +186,39 @@ pub fn accept(listener: impl AsFd, flags: SockFlag) -> nix::Result<OwnedFd> {
 /// buffer the kernel's autotuning grows it, up to `tcp_wmem`'s 4 MB, while
 /// a peer reads nothing: that is kernel memory per stuck client, and each
 /// growth lets a write move, which looks like progress and keeps a stuck
-/// writer past its idle timeout. A unix socket is left alone.
+/// writer past its idle timeout. A unix socket is left alone (it refuses
+/// the first option, and then gets none).
 pub fn prepare_accepted(fd: &OwnedFd) {
-    if socket::setsockopt(fd, sockopt::TcpNoDelay, &true).is_ok() {
-        let _ = socket::setsockopt(fd, sockopt::SndBuf, &ACCEPTED_SNDBUF);
+    for (i, (level, name, value)) in ACCEPTED_TCP_OPTIONS.iter().enumerate() {
+        // SAFETY: `value` is a c_int of a static, passed with its size; the
+        // kernel only reads it during the call.
+        let set = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                *level,
+                *name,
+                std::ptr::from_ref(value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set != 0 && i == 0 {
+            return;
+        }
     }
 }
 
-/// The send buffer an accepted TCP socket asks for (with `TCP_NODELAY`):
-/// [`prepare_accepted`], and uring-server's direct descriptors (`ring.rs`).
-pub const ACCEPTED_SNDBUF: usize = 2 * iomodels_workload::WINDOW;
+/// The options every accepted TCP socket gets, as (level, name, value), in
+/// one list: [`prepare_accepted`] sets them with `setsockopt`, uring-server's
+/// direct descriptors through the ring (`ring.rs`), which reads the values
+/// after the call that queued them returns (so a static).
+pub static ACCEPTED_TCP_OPTIONS: [(libc::c_int, libc::c_int, libc::c_int); 2] = [
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY, 1),
+    (
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUF,
+        (2 * iomodels_workload::WINDOW) as libc::c_int,
+    ),
+];
 
 /// A receive timeout (blocking models use it to look at their deadlines
 /// and the stop flag now and then; `accept` honours it too).

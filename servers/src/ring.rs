@@ -417,10 +417,11 @@ impl Ring {
         }
     }
 
-    /// The socket an accept's result `fd` names, with the options of
-    /// `net::prepare_accepted` (which a direct TCP one gets through the ring
+    /// The socket an accept's result `fd` names, with every accepted
+    /// socket's options (`net::ACCEPTED_TCP_OPTIONS`): a real one through
+    /// `net::prepare_accepted`, a direct TCP one through the ring
     /// (`IORING_OP_URING_CMD`, run inline with the next submission, before
-    /// the connection's first request)).
+    /// the connection's first request).
     #[inline]
     fn accepted(&mut self, fd: i32, tcp: bool) -> Socket {
         if !self.direct {
@@ -428,25 +429,19 @@ impl Ring {
             crate::net::prepare_accepted(&fd);
             return Socket::Real(fd);
         }
-        static ON: libc::c_int = 1;
-        static SNDBUF: libc::c_int = crate::net::ACCEPTED_SNDBUF as libc::c_int;
-        let options = [
-            (libc::IPPROTO_TCP, libc::TCP_NODELAY, &ON),
-            (libc::SOL_SOCKET, libc::SO_SNDBUF, &SNDBUF),
-        ];
         self.used += 1;
         if self.table.saturating_sub(self.used) <= self.headroom {
             let accept = self.table_accept.take();
             self.cancel(accept);
         }
-        for (level, name, value) in options.into_iter().filter(|_| tcp) {
-            let value: *const libc::c_int = value;
+        let options = crate::net::ACCEPTED_TCP_OPTIONS.iter().filter(|_| tcp);
+        for (level, name, value) in options {
             let sqe = opcode::SetSockOpt::new(
                 Fixed(fd as u32),
-                level as u32,
-                name as u32,
-                value.cast(),
-                4,
+                *level as u32,
+                *name as u32,
+                std::ptr::from_ref(value).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
             );
             self.push(sqe.build().user_data(IGNORE));
         }
