@@ -74,18 +74,16 @@ ab_add "loadgen --io epoll" "$npid" target/release/loadgen --io epoll -t1 -c50 -
 ab_run "$rounds"
 ab_reset
 
-# The table: medians of each contestant's rows, and the targets.
+# The table, from the medians ab_run wrote (name, then the medians of
+# requests/s, server us/req, generator s, generator us/req, GEN, server
+# user us/req, generator user us/req), and the targets.
 echo
 awk -F'\t' '
-  function median(name, col,   a, n, i, j, x) {
-    n = 0
-    for (i = 1; i <= rows; i++) if (row[i, 0] == name) a[++n] = row[i, col]
-    for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-  }
-  { rows++; for (c = 1; c <= NF; c++) row[rows, c - 1] = $c }
-  function s(n) { return median(n, 2) }   # server us/req
-  function g(n) { return median(n, 4) }   # generator us/req
+  { for (c = 2; c <= NF; c++) med[$1, c - 1] = $c }
+  function s(n) { return med[n, 2] }   # server us/req
+  function g(n) { return med[n, 4] }   # generator us/req
+  function su(n) { return med[n, 6] }  # of which user space
+  function gu(n) { return med[n, 7] }
   function check(what, x, target) {
     printf "  %-44s %6.3f  (target <= %.2f: %s)\n", what, x, target, x <= target ? "met" : "MISSED"
   }
@@ -108,7 +106,7 @@ awk -F'\t' '
     print "|---|---|---|---|"
     split("wrk|loadgen --io uring|loadgen --io epoll", q, "|")
     for (i = 1; i <= 3; i++)
-      printf "| %s | %.2f | %.2f | %.0f |\n", q[i], g(q[i]), s(q[i]), median(q[i], 1)
+      printf "| %s | %.2f | %.2f | %.0f |\n", q[i], g(q[i]), s(q[i]), med[q[i], 1]
     print ""
     print "Where one request'"'"'s CPU goes (medians, us per request; kernel = total - user):"
     print ""
@@ -117,10 +115,10 @@ awk -F'\t' '
     for (i = 1; i <= 3; i++)
       for (c = 50; c <= 500; c += 450) {
         n = m[i] " c=" c
-        printf "| %s | %.2f | %.2f | %.2f | %.2f |\n", n, median(n, 6), s(n) - median(n, 6), median(n, 7), g(n) - median(n, 7)
+        printf "| %s | %.2f | %.2f | %.2f | %.2f |\n", n, su(n), s(n) - su(n), gu(n), g(n) - gu(n)
       }
     for (i = 1; i <= 3; i++)
-      printf "| %s on nginx | %.2f | %.2f | %.2f | %.2f |\n", q[i], median(q[i], 6), s(q[i]) - median(q[i], 6), median(q[i], 7), g(q[i]) - median(q[i], 7)
+      printf "| %s on nginx | %.2f | %.2f | %.2f | %.2f |\n", q[i], su(q[i]), s(q[i]) - su(q[i]), gu(q[i]), g(q[i]) - gu(q[i])
     print ""
     print "targets (medians):"
     check("loadgen --io uring / wrk, generator CPU", g("loadgen --io uring") / g("wrk"), 0.6)
@@ -129,5 +127,5 @@ awk -F'\t' '
     check("epoll-server / nginx at 50", s("epoll-server c=50") / s("nginx c=50"), 0.85)
     check("uring-server / epoll-server at 50", s("uring-server c=50") / s("epoll-server c=50"), 0.9)
     check("uring-server / epoll-server at 500", s("uring-server c=500") / s("epoll-server c=500"), 0.9)
-  }' "$WORK"/ab.results.*
+  }' "$WORK"/ab.medians.*
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -243,7 +243,8 @@ _AB_CMDS=()
 
 # ab_reset: forgets the contestants and results, for a second benchmark in
 # the same script (after ab_run has printed the first; its rows stay in
-# $WORK/ab.results.N, N counting from 1).
+# $WORK/ab.results.N and its medians in $WORK/ab.medians.N, N counting
+# from 1).
 ab_reset() {
   _AB_NAMES=()
   _AB_PIDS=()
@@ -251,6 +252,7 @@ ab_reset() {
   local n=1
   while [ -e "$WORK/ab.results.$n" ]; do n=$((n + 1)); done
   [ ! -e "$WORK/ab.results" ] || mv "$WORK/ab.results" "$WORK/ab.results.$n"
+  [ ! -e "$WORK/ab.medians" ] || mv "$WORK/ab.medians" "$WORK/ab.medians.$n"
 }
 
 ab_add() {
@@ -310,7 +312,8 @@ ab_run() {
       _ab_one "$i" "$r"
     done
   done
-  awk -F'\t' -v sep="$(printf '%s\037' "${_AB_NAMES[@]}")" -v pairs="${AB_PAIRS:-1}" '
+  awk -F'\t' -v sep="$(printf '%s\037' "${_AB_NAMES[@]}")" -v pairs="${AB_PAIRS:-1}" \
+    -v medians="$WORK/ab.medians" '
     function median(name, col,   a, n, i, j, x) {
       n = 0
       for (i = 1; i <= rows; i++) if (row[i, 0] == name) a[++n] = row[i, col]
@@ -324,7 +327,10 @@ ab_run() {
       print "medians:"
       for (i = 1; i <= k; i++) {
         n = name[i]
-        for (c = 1; c <= 4; c++) m[n, c] = median(n, c)
+        for (c = 1; c <= 7; c++) m[n, c] = median(n, c)
+        printf "%s", n >> medians
+        for (c = 1; c <= 7; c++) printf "\t%s", m[n, c] >> medians
+        printf "\n" >> medians
         printf "  %-20s %11.0f req/s  server %7.2f us/req  generator %5.2f s CPU (%6.2f us/req)", n, m[n, 1], m[n, 2], m[n, 3], m[n, 4]
         if (gen[n]) printf "  GEN in %d of %d rounds", gen[n], runs[n]
         printf "\n"
